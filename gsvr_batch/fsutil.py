@@ -1,0 +1,85 @@
+"""Durable file writes and output-path safety (DESIGN invariants 2 and 10)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import DiskFull, OutputError
+
+TMP_PREFIX = ".gsvr-tmp-"
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory so a rename inside it survives a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> str:
+    """Write ``data`` to ``path`` so that it is either absent or complete; return its sha256.
+
+    temp file in the same folder → write → flush → fsync → rename → fsync folder.
+    A kill at any instant leaves at most a ``.gsvr-tmp-*`` file, never a partial file
+    under the final name.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    except OSError as exc:
+        raise _translate(exc, path) from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise _translate(exc, path) from exc
+    return hashlib.sha256(data).hexdigest()
+
+
+def _translate(exc: OSError, path: Path) -> Exception:
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"no space left on device writing {path}: {exc.strerror}")
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1024 * 1024) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_inside(root: str | os.PathLike[str], candidate: str | os.PathLike[str]) -> bool:
+    """True if ``candidate`` (after resolving symlinks of existing parts) lies inside ``root``."""
+    root_r = Path(root).resolve()
+    cand_r = Path(candidate).resolve()
+    return cand_r == root_r or root_r in cand_r.parents
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int:
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    st = os.statvfs(p)
+    return st.f_bavail * st.f_frsize
