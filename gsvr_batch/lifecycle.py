@@ -1,0 +1,247 @@
+"""One small function per state transition (after rq's ``job_lifecycle`` and saq's ``Queue.finish``).
+
+:class:`BatchLog` owns the journal writer and the folded state together: every transition
+builds its record, has :func:`state.apply` accept it (an illegal transition raises before
+anything is written), appends it, and only then returns. Nothing else writes the journal.
+
+:func:`replay` is the read-only side: snapshot + tail, or the full journal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import journal as jr
+from .errors import JournalError
+from .state import TERMINAL, BatchState, TaskStatus, apply, fold
+
+log = logging.getLogger("gsvr_batch.journal")
+
+SNAPSHOT_EVERY_COMPLETIONS = 10
+SNAPSHOT_EVERY_SECONDS = 300.0
+
+
+@dataclass
+class Replay:
+    state: BatchState
+    end_offset: int  # byte offset after the last good record
+    torn_bytes: int  # bytes after it that do not form a good record (0 = clean)
+    used_snapshot: bool
+    records_read: int  # records folded (excluding those covered by the snapshot)
+    last_crc: str | None
+
+
+def replay(path: str | os.PathLike[str], *, use_snapshot: bool = True) -> Replay:
+    """Rebuild the state from the journal at ``path`` without changing anything on disk."""
+    path = Path(path)
+    if not path.exists():
+        raise JournalError(f"journal not found: {path}")
+    if path.is_dir():
+        raise JournalError(f"journal path is a directory: {path}")
+    state = BatchState()
+    start, first_line, expect, used = 0, 1, None, False
+    last_crc = None
+    if use_snapshot:
+        snap = jr.load_snapshot(path)
+        if snap is not None:
+            try:
+                state = BatchState.from_dict(snap["state"])
+                start, first_line, expect, used = snap["offset"], snap["seq"] + 1, snap["seq"] + 1, True
+                last_crc = snap["last_crc"]
+            except (KeyError, TypeError, ValueError):
+                state, start, first_line, expect, used = BatchState(), 0, 1, None, False
+    end = start
+    n = 0
+    for _line, end_off, rec in jr.iter_records(path, start_offset=start, first_line=first_line, expect_seq=expect):
+        apply(state, rec)
+        end = end_off
+        n += 1
+    if n:
+        last_crc = None  # recomputed lazily by the writer from its own appends
+        with open(path, "rb") as fh:
+            fh.seek(end - 11)
+            last_crc = fh.read(8).decode("ascii", "replace")
+    size = path.stat().st_size
+    return Replay(state=state, end_offset=end, torn_bytes=size - end, used_snapshot=used, records_read=n,
+                  last_crc=last_crc)
+
+
+class BatchLog:
+    """The manager's handle on one batch: journal writer + current state, always in step."""
+
+    def __init__(self, path: str | os.PathLike[str], state: BatchState, writer: jr.JournalWriter) -> None:
+        self.path = Path(path)
+        self.state = state
+        self.writer = writer
+        self._completions_since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+        self._records_since_snapshot = 0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, warn=log.warning) -> tuple[BatchLog, Replay | None]:
+        """Open (or create) the journal for writing. The caller must hold the run lock.
+
+        A torn tail is cut off here — the copy is kept next to the journal — and reported.
+        """
+        path = Path(path)
+        if path.exists() and path.stat().st_size > 0:
+            rp = replay(path)
+            if rp.torn_bytes:
+                backup = jr.cut_torn_tail(path, rp.end_offset)
+                warn(f"journal {path}: cut off a torn last record ({rp.torn_bytes} bytes, "
+                     f"from a crash mid-write); the original is kept as {backup.name}")
+            writer = jr.JournalWriter(path, next_seq=rp.state.last_seq + 1)
+            writer.last_crc = rp.last_crc
+            return cls(path, rp.state, writer), rp
+        writer = jr.JournalWriter(path, next_seq=1)
+        return cls(path, BatchState(), writer), None
+
+    def close(self) -> None:
+        self.writer.close()
+
+    # -- the one place records are made --------------------------------------------------------
+    def _record(self, type_: str, *, durable: bool = False, **fields: Any) -> dict[str, Any]:
+        rec = self.writer.make(type_, fields)
+        apply(self.state, rec)  # refuses an illegal transition before anything reaches the disk
+        self.writer.write(rec, durable=durable)
+        self._records_since_snapshot += 1
+        return rec
+
+    def sync(self) -> None:
+        self.writer.sync()
+
+    # -- batch ---------------------------------------------------------------------------------
+    def create_batch(self, *, manifest: str, manifest_identity: str, manifest_hash: str,
+                     settings: dict[str, Any], version: str) -> dict[str, Any]:
+        return self._record("batch_created", durable=True, batch_id=uuid.uuid4().hex[:12], manifest=manifest,
+                            manifest_identity=manifest_identity, manifest_hash=manifest_hash, settings=settings,
+                            version=version)
+
+    def manifest_changed(self, manifest_hash: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._record("manifest_changed", manifest_hash=manifest_hash, settings=settings)
+
+    def run_started(self, **info: Any) -> dict[str, Any]:
+        return self._record("run_started", durable=True, pid=os.getpid(), **info)
+
+    def run_finished(self, exit_code: int) -> dict[str, Any]:
+        return self._record("run_finished", durable=True, exit_code=int(exit_code), counts=self.state.counts())
+
+    def pause(self, reason: str) -> dict[str, Any]:
+        return self._record("batch_paused", durable=True, reason=reason)
+
+    def resume(self, reason: str = "resumed") -> dict[str, Any]:
+        return self._record("batch_resumed", durable=True, reason=reason)
+
+    def cancel(self, reason: str) -> dict[str, Any]:
+        return self._record("batch_cancelled", durable=True, reason=reason)
+
+    def stop(self, kind: str, reason: str, **extra: Any) -> dict[str, Any]:
+        return self._record("batch_stopped", durable=True, kind=kind, reason=reason, **extra)
+
+    def finish(self) -> dict[str, Any]:
+        return self._record("batch_finished", durable=True, counts=self.state.counts(),
+                            cost_usd=round(self.state.total_cost_usd, 6))
+
+    def charge_requests(self, model: str, count: int, day: str) -> dict[str, Any]:
+        return self._record("requests_charged", model=model, count=count, day=day)
+
+    def notification(self, **fields: Any) -> dict[str, Any]:
+        return self._record("notification", **fields)
+
+    # -- tasks ---------------------------------------------------------------------------------
+    def add_task(self, **fields: Any) -> dict[str, Any]:
+        return self._record("task_added", **fields)
+
+    def drop_task(self, task_id: str, reason: str) -> dict[str, Any]:
+        return self._record("task_dropped", task_id=task_id, reason=reason)
+
+    def start_task(self, task_id: str, worker: int | None = None) -> dict[str, Any]:
+        attempt = self.state.tasks[task_id].attempts + 1
+        return self._record("task_started", task_id=task_id, attempt=attempt, worker=worker)
+
+    def step(self, task_id: str, step: str) -> dict[str, Any] | None:
+        t = self.state.tasks.get(task_id)
+        if t is None or t.status is not TaskStatus.RUNNING:
+            return None  # a late event from a task that has already ended: nothing to record
+        return self._record("task_step", task_id=task_id, step=step)
+
+    def upload_finished(self, task_id: str, upload: dict[str, Any]) -> dict[str, Any] | None:
+        t = self.state.tasks.get(task_id)
+        if t is None or t.status is not TaskStatus.RUNNING:
+            return None
+        # Durable: a crash right after an upload must not cost the upload (invariant 4).
+        return self._record("upload_finished", durable=True, task_id=task_id, upload=upload)
+
+    def upload_deleted(self, task_id: str, name: str) -> dict[str, Any]:
+        return self._record("upload_deleted", task_id=task_id, name=name)
+
+    def complete_task(self, task_id: str, *, output: str, sha256: str, bytes_: int | None, usage: dict[str, int],
+                      cost_usd: float, model_version: str | None, video_duration: float | None,
+                      elapsed: float | None) -> dict[str, Any]:
+        # The output is already fsynced under its final name (pipeline); now the record, fsynced.
+        rec = self._record("task_completed", durable=True, task_id=task_id, output=output, sha256=sha256,
+                           bytes=bytes_, usage=usage, cost_usd=round(cost_usd, 8), model_version=model_version,
+                           video_duration=video_duration, elapsed=elapsed)
+        self._completions_since_snapshot += 1
+        return rec
+
+    def fail_task(self, task_id: str, error: dict[str, Any], cost_usd: float = 0.0) -> dict[str, Any]:
+        t = self.state.tasks[task_id]
+        return self._record("task_failed", durable=True, task_id=task_id, attempt=t.attempts,
+                            **_error_fields(error), cost_usd=round(cost_usd, 8))
+
+    def schedule_retry(self, task_id: str, error: dict[str, Any], delay: float, *, now: float | None = None,
+                       cost_usd: float = 0.0) -> dict[str, Any]:
+        t = self.state.tasks[task_id]
+        now = time.time() if now is None else now
+        return self._record("retry_scheduled", task_id=task_id, attempt=t.attempts + 1, delay=round(delay, 3),
+                            not_before=round(now + delay, 3), **_error_fields(error), cost_usd=round(cost_usd, 8))
+
+    def requeue(self, task_id: str, reason: str, *, in_flight: bool = True, refund_attempt: bool = False,
+                reset_attempts: bool = False) -> dict[str, Any]:
+        return self._record("task_requeued", task_id=task_id, reason=reason, in_flight=in_flight,
+                            refund_attempt=refund_attempt, reset_attempts=reset_attempts)
+
+    def skip_task(self, task_id: str, reason: str, video_duration: float | None = None) -> dict[str, Any]:
+        return self._record("task_skipped", durable=True, task_id=task_id, reason=reason,
+                            video_duration=video_duration)
+
+    # -- Gemini Batch Mode ---------------------------------------------------------------------
+    def batch_job_submitted(self, name: str, task_ids: list[str], model: str, **extra: Any) -> dict[str, Any]:
+        return self._record("batch_job_submitted", durable=True, name=name, task_ids=task_ids, model=model, **extra)
+
+    def batch_job_updated(self, name: str, state: str, done: bool = False, **extra: Any) -> dict[str, Any]:
+        return self._record("batch_job_updated", durable=True, name=name, state=state, done=done, **extra)
+
+    # -- snapshots -----------------------------------------------------------------------------
+    def maybe_snapshot(self, *, force: bool = False, now: float | None = None) -> bool:
+        """Write a snapshot after 10 completions or 5 minutes with new records (or when forced)."""
+        now = time.monotonic() if now is None else now
+        due = self._completions_since_snapshot >= SNAPSHOT_EVERY_COMPLETIONS or (
+            self._records_since_snapshot and now - self._last_snapshot >= SNAPSHOT_EVERY_SECONDS)
+        if not (due or (force and self._records_since_snapshot)):
+            return False
+        # The snapshot must never describe records that are not yet on disk.
+        self.writer.sync()
+        jr.write_snapshot(self.path, self.state.to_dict(), self.state.last_seq, self.writer.offset,
+                          self.writer.last_crc)
+        self._completions_since_snapshot = 0
+        self._records_since_snapshot = 0
+        self._last_snapshot = now
+        return True
+
+
+def _error_fields(error: dict[str, Any]) -> dict[str, Any]:
+    out = {k: error.get(k) for k in ("error_class", "message", "retryable", "kind") if k in error}
+    out.setdefault("error_class", "Error")
+    out.setdefault("message", "")
+    return out
+
+
+__all__ = ["BatchLog", "Replay", "replay", "fold", "TERMINAL"]

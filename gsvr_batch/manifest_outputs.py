@@ -1,0 +1,59 @@
+"""Output file names: patterns, sanitising, uniqueness (DESIGN invariant 10 starts here)."""
+
+from __future__ import annotations
+
+import string
+import unicodedata
+
+PATTERN_FIELDS = ("stem", "title", "template", "date", "id", "index", "ext")
+_MAX_FIELD_BYTES = 120  # a file name is at most 255 bytes; one Chinese character is 3
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` cannot be used (unknown field, bad braces), or None."""
+    try:
+        parsed = list(string.Formatter().parse(pattern))
+    except ValueError as exc:
+        return f"output pattern {pattern!r} is malformed: {exc} (write a literal brace as {{{{ or }}}})"
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        if name not in PATTERN_FIELDS:
+            return f"output pattern {pattern!r} uses unknown field {{{name}}}; fields: " + ", ".join(
+                "{" + f + "}" for f in PATTERN_FIELDS)
+    return None
+
+
+def sanitise_component(value: str) -> str:
+    """Make a manifest value safe as (part of) one file name.
+
+    Path separators and control characters become '_' so a title like "A/B" cannot create
+    a folder or climb out of the output root; Unicode (Chinese, emoji), spaces and
+    punctuation are kept so names stay readable.
+    """
+    out = []
+    for ch in value:
+        if ch in "/\\" or unicodedata.category(ch) == "Cc":
+            out.append("_")
+        else:
+            out.append(ch)
+    text = "".join(out).strip().strip(".").strip()
+    encoded = text.encode("utf-8")
+    if len(encoded) > _MAX_FIELD_BYTES:
+        text = encoded[:_MAX_FIELD_BYTES].decode("utf-8", errors="ignore").rstrip()
+    return text or "_"
+
+
+def render_pattern(pattern: str, values: dict[str, object]) -> str:
+    """Fill a pattern; string values are sanitised, the pattern's own '/' makes subfolders."""
+    safe = {k: (sanitise_component(v) if isinstance(v, str) else v) for k, v in values.items()}
+    return pattern.format_map(safe)
+
+
+def with_suffix_number(rel: str, n: int) -> str:
+    """'a/b.md', 2 → 'a/b-2.md' (the number goes before the extension)."""
+    head, sep, name = rel.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, ext, dot = name, "", ""
+    return f"{head}{sep}{stem}-{n}{dot}{ext}"

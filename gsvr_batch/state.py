@@ -1,0 +1,410 @@
+"""Current state of a batch: a pure fold over journal records (DESIGN invariant 1).
+
+History lives in the journal; this module only knows how each record changes the state.
+``apply`` refuses every illegal transition with :class:`IllegalTransition` *before* mutating
+anything, so a refused record leaves the state as it was.
+
+Task life cycle::
+
+    PENDING ──task_started──► RUNNING ──task_completed──► COMPLETED
+       ▲  ▲                    │  │  └──task_failed────► FAILED
+       │  └─retry_scheduled────┘  └───task_skipped───► SKIPPED   (also from PENDING)
+       └──task_requeued (crash, batch stop, retry command, --force) ◄── RUNNING / TERMINAL
+
+``task_dropped`` hides a task whose job left the manifest; ``task_added`` brings it back.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterable
+
+from .errors import IllegalTransition
+
+
+class TaskStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.SKIPPED})
+DONE = frozenset({TaskStatus.COMPLETED, TaskStatus.SKIPPED})  # nothing left to do, not an error
+RUNNABLE = frozenset({TaskStatus.PENDING})
+
+
+@dataclass
+class TaskState:
+    task_id: str
+    source: str
+    source_kind: str = "local"
+    title: str = ""
+    template: str = ""
+    model: str = ""
+    output: str = ""
+    output_format: str = "md"
+    origin: str = ""
+    status: TaskStatus = TaskStatus.PENDING
+    dropped: bool = False
+    attempts: int = 0  # attempts started so far
+    worker: int | None = None
+    step: str | None = None
+    started_ts: str | None = None
+    finished_ts: str | None = None
+    not_before: float | None = None  # unix time before which a scheduled retry must not start
+    last_error: dict[str, Any] | None = None
+    skipped_reason: str | None = None
+    upload: dict[str, Any] | None = None  # live Files API upload we may reuse
+    sha256: str | None = None
+    bytes: int | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    cost_usd: float = 0.0
+    model_version: str | None = None
+    video_duration: float | None = None
+    elapsed: float | None = None
+    requeues_in_flight: int = 0  # times this task was in flight when a run ended abruptly
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskState:
+        names = {f.name for f in fields(cls)}
+        t = cls(**{k: v for k, v in d.items() if k in names})
+        t.status = TaskStatus(t.status)
+        return t
+
+
+@dataclass
+class BatchState:
+    batch_id: str | None = None
+    manifest: str | None = None
+    manifest_identity: str | None = None
+    manifest_hash: str | None = None
+    created_ts: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+    paused: bool = False
+    cancelled: bool = False
+    stopped: dict[str, Any] | None = None  # last batch_stopped record's fields
+    finished: bool = False
+    runs: int = 0
+    running_run: bool = False  # a run_started without its run_finished (a crash, or a live run)
+    last_seq: int = 0
+    last_ts: str | None = None
+    requests_by_day: dict[str, dict[str, int]] = field(default_factory=dict)  # day → model → count
+    total_cost_usd: float = 0.0
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+    batch_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # Gemini Batch Mode jobs
+
+    # -- derived views -------------------------------------------------------------------------
+    def live_tasks(self) -> Iterable[TaskState]:
+        return (t for t in self.tasks.values() if not t.dropped)
+
+    def counts(self) -> dict[str, int]:
+        c = {s.value: 0 for s in TaskStatus}
+        for t in self.live_tasks():
+            c[t.status.value] += 1
+        c["total"] = sum(c[s.value] for s in TaskStatus)
+        return c
+
+    def is_complete(self) -> bool:
+        return all(t.status in TERMINAL for t in self.live_tasks())
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tasks"] = {k: t.to_dict() for k, t in self.tasks.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BatchState:
+        names = {f.name for f in fields(cls)}
+        s = cls(**{k: v for k, v in d.items() if k in names and k != "tasks"})
+        s.tasks = {k: TaskState.from_dict(v) for k, v in d.get("tasks", {}).items()}
+        return s
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _illegal(rec: dict[str, Any], why: str) -> IllegalTransition:
+    return IllegalTransition(f"record seq {rec.get('seq')} ({rec.get('type')}): {why}")
+
+
+def _task(state: BatchState, rec: dict[str, Any]) -> TaskState:
+    tid = rec.get("task_id")
+    t = state.tasks.get(tid)  # type: ignore[arg-type]
+    if t is None:
+        raise _illegal(rec, f"unknown task {tid!r}")
+    return t
+
+
+def _need(rec: dict[str, Any], t: TaskState, allowed: Iterable[TaskStatus], *, live: bool = True) -> None:
+    allowed = frozenset(allowed)
+    if t.status not in allowed:
+        names = "/".join(sorted(s.value for s in allowed))
+        raise _illegal(rec, f"task {t.task_id} is {t.status.value}, must be {names}")
+    if live and t.dropped:
+        raise _illegal(rec, f"task {t.task_id} was dropped from the manifest")
+
+
+def apply(state: BatchState, rec: dict[str, Any]) -> BatchState:
+    """Apply one record to ``state`` (in place) and return it; raise IllegalTransition if illegal."""
+    typ = rec.get("type")
+    seq = rec.get("seq")
+    if not isinstance(seq, int) or (state.last_seq and seq != state.last_seq + 1):
+        raise _illegal(rec, f"sequence number {seq} does not follow {state.last_seq}")
+    if typ != "batch_created" and state.batch_id is None:
+        raise _illegal(rec, "journal does not start with batch_created")
+    handler = _HANDLERS.get(typ)  # type: ignore[arg-type]
+    if handler is None:
+        raise _illegal(rec, f"unknown record type {typ!r}")
+    handler(state, rec)
+    state.last_seq = seq
+    state.last_ts = rec.get("ts")
+    return state
+
+
+def fold(records: Iterable[dict[str, Any]], state: BatchState | None = None) -> BatchState:
+    state = state if state is not None else BatchState()
+    for rec in records:
+        apply(state, rec)
+    return state
+
+
+# -- handlers: each checks first, then mutates ---------------------------------------------------
+
+
+def _batch_created(s: BatchState, r: dict[str, Any]) -> None:
+    if s.batch_id is not None:
+        raise _illegal(r, "batch already created")
+    s.batch_id = r["batch_id"]
+    s.manifest = r.get("manifest")
+    s.manifest_identity = r.get("manifest_identity")
+    s.manifest_hash = r.get("manifest_hash")
+    s.settings = dict(r.get("settings") or {})
+    s.created_ts = r.get("ts")
+
+
+def _manifest_changed(s: BatchState, r: dict[str, Any]) -> None:
+    s.manifest_hash = r.get("manifest_hash")
+    if r.get("settings") is not None:
+        s.settings = dict(r["settings"])
+
+
+def _run_started(s: BatchState, r: dict[str, Any]) -> None:
+    # Pause and cancel belong to the run that received them; a new run starts afresh.
+    s.runs += 1
+    s.running_run = True
+    s.paused = False
+    s.cancelled = False
+    s.stopped = None
+    s.finished = False
+
+
+def _run_finished(s: BatchState, r: dict[str, Any]) -> None:
+    s.running_run = False
+
+
+def _task_added(s: BatchState, r: dict[str, Any]) -> None:
+    tid = r["task_id"]
+    old = s.tasks.get(tid)
+    if old is not None and not old.dropped:
+        raise _illegal(r, f"task {tid} already exists")
+    if old is not None:
+        old.dropped = False  # the job came back into the manifest: keep its history
+        return
+    names = {f.name for f in fields(TaskState)}
+    s.tasks[tid] = TaskState(**{k: v for k, v in r.items() if k in names and k not in ("status",)})
+
+
+def _task_dropped(s: BatchState, r: dict[str, Any]) -> None:
+    t = _task(s, r)
+    _need(r, t, set(TaskStatus) - {TaskStatus.RUNNING})
+    t.dropped = True
+
+
+def _task_started(s: BatchState, r: dict[str, Any]) -> None:
+    t = _task(s, r)
+    _need(r, t, RUNNABLE)
+    attempt = int(r.get("attempt", t.attempts + 1))
+    if attempt != t.attempts + 1:
+        raise _illegal(r, f"task {t.task_id} attempt {attempt} does not follow {t.attempts}")
+    t.status = TaskStatus.RUNNING
+    t.attempts = attempt
+    t.worker = r.get("worker")
+    t.step = "queued"
+    t.started_ts = r.get("ts")
+    t.not_before = None
+
+
+def _task_step(s: BatchState, r: dict[str, Any]) -> None:
+    t = _task(s, r)
+    _need(r, t, {TaskStatus.RUNNING})
+    t.step = r.get("step")
+
+
+def _upload_finished(s: BatchState, r: dict[str, Any]) -> None:
+    t = _task(s, r)
+    _need(r, t, {TaskStatus.RUNNING})
+    t.upload = dict(r["upload"])
+
+
+def _upload_deleted(s: BatchState, r: dict[str, Any]) -> None:
+    t = _task(s, r)
+    if t.upload and t.upload.get("name") == r.get("name"):
+        t.upload = None
+
+
+def _task_completed(s: BatchState, r: dict[str, Any]) -> None:
+    t = _task(s, r)
+    _need(r, t, {TaskStatus.RUNNING})
+    if not r.get("sha256"):
+        raise _illegal(r, "completed record without sha256")
+    t.status = TaskStatus.COMPLETED
+    t.output = r.get("output", t.output)
+    t.sha256 = r["sha256"]
+    t.bytes = r.get("bytes")
+    t.usage = dict(r.get("usage") or {})
+    cost = float(r.get("cost_usd") or 0.0)
+    t.cost_usd += cost
+    s.total_cost_usd += cost
+    t.model_version = r.get("model_version")
+    t.video_duration = r.get("video_duration")
+    t.elapsed = r.get("elapsed")
+    t.finished_ts = r.get("ts")
+    t.step = None
+    t.last_error = None
+
+
+def _task_failed(s: BatchState, r: dict[str, Any]) -> None:
+    t = _task(s, r)
+    _need(r, t, {TaskStatus.RUNNING})
+    t.status = TaskStatus.FAILED
+    t.last_error = {k: r.get(k) for k in ("error_class", "message", "retryable", "kind") if k in r}
+    t.finished_ts = r.get("ts")
+    t.step = None
+    _charge(s, t, r)
+
+
+def _retry_scheduled(s: BatchState, r: dict[str, Any]) -> None:
+    t = _task(s, r)
+    _need(r, t, {TaskStatus.RUNNING})
+    t.status = TaskStatus.PENDING
+    t.not_before = r.get("not_before")
+    t.last_error = {k: r.get(k) for k in ("error_class", "message", "retryable", "kind") if k in r}
+    t.step = None
+    _charge(s, t, r)
+
+
+def _charge(s: BatchState, t: TaskState, r: dict[str, Any]) -> None:
+    # A failed attempt may still have been billed (tokens spent before a bad answer).
+    cost = float(r.get("cost_usd") or 0.0)
+    t.cost_usd += cost
+    s.total_cost_usd += cost
+
+
+def _task_requeued(s: BatchState, r: dict[str, Any]) -> None:
+    t = _task(s, r)
+    _need(r, t, {TaskStatus.RUNNING} | TERMINAL)
+    if t.status is TaskStatus.RUNNING and r.get("in_flight", True):
+        t.requeues_in_flight += 1
+    if t.status is TaskStatus.RUNNING and r.get("refund_attempt"):
+        t.attempts -= 1  # stopped before it could reach the API: not a real attempt
+    t.status = TaskStatus.PENDING
+    t.step = None
+    t.not_before = None
+    if r.get("reset_attempts"):
+        t.attempts = 0
+
+
+def _task_skipped(s: BatchState, r: dict[str, Any]) -> None:
+    t = _task(s, r)
+    _need(r, t, {TaskStatus.PENDING, TaskStatus.RUNNING})
+    t.status = TaskStatus.SKIPPED
+    t.skipped_reason = r.get("reason")
+    t.finished_ts = r.get("ts")
+    t.step = None
+    if r.get("video_duration") is not None:
+        t.video_duration = r["video_duration"]
+
+
+def _requests_charged(s: BatchState, r: dict[str, Any]) -> None:
+    day = s.requests_by_day.setdefault(r["day"], {})
+    day[r["model"]] = day.get(r["model"], 0) + int(r.get("count", 1))
+
+
+def _batch_paused(s: BatchState, r: dict[str, Any]) -> None:
+    s.paused = True
+
+
+def _batch_resumed(s: BatchState, r: dict[str, Any]) -> None:
+    s.paused = False
+
+
+def _batch_cancelled(s: BatchState, r: dict[str, Any]) -> None:
+    s.cancelled = True
+
+
+def _batch_stopped(s: BatchState, r: dict[str, Any]) -> None:
+    s.stopped = {k: v for k, v in r.items() if k not in ("seq", "crc")}
+
+
+def _batch_finished(s: BatchState, r: dict[str, Any]) -> None:
+    s.finished = True
+
+
+def _notification(s: BatchState, r: dict[str, Any]) -> None:
+    s.notifications.append({k: v for k, v in r.items() if k not in ("seq", "crc")})
+
+
+def _batch_job_submitted(s: BatchState, r: dict[str, Any]) -> None:
+    s.batch_jobs[r["name"]] = {"name": r["name"], "task_ids": list(r.get("task_ids", [])),
+                               "state": "SUBMITTED", "ts": r.get("ts"), "model": r.get("model")}
+
+
+def _batch_job_updated(s: BatchState, r: dict[str, Any]) -> None:
+    job = s.batch_jobs.get(r["name"])
+    if job is None:
+        raise _illegal(r, f"unknown batch job {r['name']!r}")
+    job["state"] = r.get("state", job["state"])
+    if r.get("done"):
+        job["done"] = True
+
+
+_HANDLERS = {
+    "batch_created": _batch_created,
+    "manifest_changed": _manifest_changed,
+    "run_started": _run_started,
+    "run_finished": _run_finished,
+    "task_added": _task_added,
+    "task_dropped": _task_dropped,
+    "task_started": _task_started,
+    "task_step": _task_step,
+    "upload_finished": _upload_finished,
+    "upload_deleted": _upload_deleted,
+    "task_completed": _task_completed,
+    "task_failed": _task_failed,
+    "retry_scheduled": _retry_scheduled,
+    "task_requeued": _task_requeued,
+    "task_skipped": _task_skipped,
+    "requests_charged": _requests_charged,
+    "batch_paused": _batch_paused,
+    "batch_resumed": _batch_resumed,
+    "batch_cancelled": _batch_cancelled,
+    "batch_stopped": _batch_stopped,
+    "batch_finished": _batch_finished,
+    "notification": _notification,
+    "batch_job_submitted": _batch_job_submitted,
+    "batch_job_updated": _batch_job_updated,
+}
+
+RECORD_TYPES = frozenset(_HANDLERS)
