@@ -10,7 +10,8 @@ import sys
 import click
 
 from . import __version__
-from .errors import GsvrError
+from .errors import GsvrError, LockHeld, UsageError
+from .exitcodes import ExitCode
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +24,326 @@ def fail(exc: GsvrError) -> None:
     """Print ``Error: ...`` and exit with the error's documented code (never a traceback)."""
     click.echo(f"Error: {exc}", err=True)
     sys.exit(int(exc.exit_code))
+
+
+@cli.command("templates")
+@click.option("--templates", "templates_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Extra template folder (repeatable; later folders override earlier ones and the built-ins).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def templates_cmd(templates_dirs: tuple[str, ...], as_json: bool) -> None:
+    """List prompt templates: name, version, parameters (defaults, required) and where each comes from."""
+    import json
+
+    from .templates import METADATA_KEYS, load_templates
+
+    try:
+        found = load_templates(templates_dirs)
+    except GsvrError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps([t.to_dict() for t in found.values()], ensure_ascii=False, indent=2))
+        return
+    for name in sorted(found):
+        t = found[name]
+        origin = "built-in" if t.builtin else t.source
+        click.echo(f"{click.style(name, bold=True)}  v{t.version}  ({origin})")
+        if t.description:
+            click.echo(f"  {t.description}")
+        if t.parameters:
+            width = max(len(p.name) for p in t.parameters)
+            for p in t.parameters:
+                if p.required:
+                    note = "required"
+                elif p.default is not None:
+                    note = f"default: {p.default!r}" if isinstance(p.default, str) else f"default: {p.default}"
+                elif p.name in METADATA_KEYS:
+                    note = "filled from the video / manifest title"
+                else:
+                    note = "optional, no default"
+                if p.choices:
+                    note += f"; one of {', '.join(map(str, p.choices))}"
+                click.echo(f"    {p.name:<{width}}  {note}")
+        else:
+            click.echo("    (no parameters)")
+        click.echo("")
+
+
+@cli.command("validate")
+@click.argument("manifest", type=click.Path(path_type=str))
+@click.option("--templates", "templates_dirs", multiple=True, type=click.Path(path_type=str), metavar="DIR",
+              help="Extra folder of prompt templates (repeatable).")
+def validate_cmd(manifest: str, templates_dirs: tuple[str, ...]) -> None:
+    """Check MANIFEST (YAML, CSV, folder or list file) without calling any API.
+
+    Prints every problem as FILE:LINE: message (hint). Exit 2 if any is an error.
+    """
+    import os
+
+    from .errors import ManifestError
+    from .manifest import validate_manifest
+
+    overrides = {"templates_dir": list(templates_dirs)} if templates_dirs else None
+    result, problems = validate_manifest(manifest, overrides)
+    for problem in problems:
+        click.echo(str(problem))
+    errors = sum(1 for p in problems if p.is_error)
+    warnings = len(problems) - errors
+    if result is None:
+        fail(ManifestError(f"{manifest}: {_count(errors, 'error')}, {_count(warnings, 'warning')}", problems))
+    root = str(result.output_root)
+    try:
+        rel = os.path.relpath(root)
+        root = rel if not rel.startswith("..") else root
+    except ValueError:
+        pass
+    outputs = len({j.output_path for j in result.jobs})
+    suffix = f" ({_count(warnings, 'warning')})" if warnings else ""
+    click.echo(f"OK: {_count(len(result.jobs), 'job')}, {_count(outputs, 'output')} under {root}{suffix}")
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+# ---------------------------------------------------------------------------------------------
+# run / retry / replay / status / repair / pause / resume / cancel  (core commands)
+
+EXIT_CODES_HELP = "\n".join(f"  {int(c):>3}  {d}" for c, d in __import__(
+    "gsvr_batch.exitcodes", fromlist=["DESCRIPTIONS"]).DESCRIPTIONS.items())
+
+
+def _run_options(f):
+    opts = [
+        click.option("--journal", type=click.Path(dir_okay=False), help="Journal file (default: OUTPUT_ROOT/.gsvr/journal.jsonl)."),
+        click.option("--workers", "-j", type=click.IntRange(1, 32), help="Worker processes (default 2)."),
+        click.option("--sandbox/--no-sandbox", default=None, help="Run against the built-in offline Gemini sandbox (overrides the manifest's `sandbox:`)."),
+        click.option("--template", "-t", help="Template for every job that does not name one."),
+        click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False), help="Output root folder."),
+        click.option("--output-pattern", help='Output file name pattern, e.g. "{title}_{date}_{template}.md".'),
+        click.option("--format", "output_format", type=click.Choice(["md", "json", "html"]), help="Output format."),
+        click.option("--model", "-m", help="Gemini model (default gemini-2.5-flash)."),
+        click.option("--templates", "templates_dir", multiple=True, type=click.Path(file_okay=False), metavar="DIR", help="Extra template folder (repeatable)."),
+        click.option("--tier", type=click.Choice(["free", "1", "2", "3"]), help="Quota tier for built-in rate limits."),
+        click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Generate requests per minute (all workers together)."),
+        click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Input tokens per minute."),
+        click.option("--rpd", type=click.IntRange(min=1), help="Generate requests per day (Pacific day)."),
+        click.option("--keep-uploads/--delete-uploads", default=None, help="Keep uploaded videos in the Files API after success."),
+        click.option("--max-attempts", type=click.IntRange(1, 100), help="Attempts per task before it fails (default 4)."),
+        click.option("--request-timeout", type=click.FloatRange(min=1), help="Seconds per HTTP request (default 600)."),
+        click.option("--cost-limit", type=click.FloatRange(min=0), metavar="USD", help="Stop dispatching before the estimated spend passes USD (exit 75)."),
+        click.option("--max-duration", type=click.FloatRange(min=1), metavar="SECONDS", help="Skip videos longer than this."),
+        click.option("--summary-interval", type=click.FloatRange(min=1), metavar="SECONDS", help="Seconds between progress lines without a TTY (default 30)."),
+        click.option("--notify", multiple=True, metavar="URL", help="Webhook to notify on finish / abort / quota / cost limit (repeatable)."),
+        click.option("--pricing", type=click.Path(dir_okay=False, exists=True), help="Pricing table override (JSON)."),
+        click.option("--mode", type=click.Choice(["online", "batch"]), help="online (default) or Gemini Batch Mode (half price, up to 24 h)."),
+        click.option("--force", is_flag=True, help="Reprocess every job, even completed ones."),
+        click.option("--skip-existing", is_flag=True, help="Skip jobs whose output file already exists."),
+        click.option("--wait", is_flag=True, help="When the daily quota runs out, sleep until it resets instead of exiting 75."),
+        click.option("--dry-run", is_flag=True, help="Validate, probe videos and print the cost estimate; send and journal nothing."),
+        click.option("--progress", type=click.Choice(["auto", "bar", "log", "quiet"]), default="auto", show_default=True, help="Progress display (auto: bar on a terminal, log lines otherwise)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _build_run_options(source: str, kw: dict) -> "RunOptions":
+    from .runner import RunOptions
+
+    kw = dict(kw)
+    kw.pop("dry_run", None)
+    return RunOptions(manifest=source, **kw)
+
+
+@cli.command("run", epilog="Exit codes:\n\n" + EXIT_CODES_HELP)
+@click.argument("manifest", metavar="MANIFEST|FOLDER|LIST")
+@_run_options
+def run_cmd(manifest: str, **kw) -> None:
+    """Run (or continue) the batch in MANIFEST: a YAML/CSV manifest, a folder of videos, or a text list.
+
+    Rerunning the same command continues where the last run stopped; finished work is never redone.
+
+    \b
+    Examples:
+      gsvr-batch run jobs/manifest.yaml
+      gsvr-batch run ./course_videos --template comprehensive_lesson --output ./lessons --sandbox
+      gsvr-batch run talks.csv --rpm 10 --rpd 250 --cost-limit 5
+    """
+    dry_run = kw.get("dry_run")
+    try:
+        opts = _build_run_options(manifest, kw)
+        if dry_run:
+            from .dryrun import dry_run as do_dry_run
+
+            click.echo(do_dry_run(opts))
+            sys.exit(0)
+        from .runner import run_batch
+
+        result = run_batch(opts, echo=lambda s: click.echo(s))
+    except GsvrError as exc:
+        _fail_with_problems(exc)
+    except KeyboardInterrupt:
+        click.echo("Error: interrupted before the batch started; nothing was changed", err=True)
+        sys.exit(130)
+    click.echo(result.message)
+    click.echo(f"Journal: {result.journal}")
+    click.echo(f"Outputs: {result.output_root}")
+    sys.exit(result.exit_code)
+
+
+def _fail_with_problems(exc: GsvrError) -> None:
+    problems = getattr(exc, "problems", None)
+    if problems:
+        for p in problems:
+            click.echo(str(p), err=True)
+    fail(exc)
+
+
+@cli.command("retry")
+@click.argument("journal", type=click.Path(dir_okay=False))
+@click.option("--failed", "retry_failed", is_flag=True, help="Re-queue every failed task.")
+@click.option("--ids", "ids", multiple=True, metavar="ID", help="Re-queue these task ids (repeatable or comma separated).")
+@click.option("--workers", "-j", type=click.IntRange(1, 32))
+@click.option("--sandbox/--no-sandbox", default=None)
+@click.option("--progress", type=click.Choice(["auto", "bar", "log", "quiet"]), default="auto")
+def retry_cmd(journal: str, retry_failed: bool, ids: tuple[str, ...], workers, sandbox, progress) -> None:
+    """Re-queue failed (or chosen) tasks of JOURNAL's batch and run them; the journal keeps every attempt.
+
+    \b
+    Example:
+      gsvr-batch retry jobs/output/.gsvr/journal.jsonl --failed
+    """
+    from .runner import RunOptions, run_batch
+    from .summary import batch_document
+
+    try:
+        ids_list = tuple(i.strip() for part in ids for i in part.split(",") if i.strip())
+        if not retry_failed and not ids_list:
+            raise UsageError("say what to retry: --failed and/or --ids ID[,ID...]")
+        from .lifecycle import replay
+
+        st = replay(journal).state
+        if not st.manifest:
+            raise UsageError(f"{journal} has no batch in it")
+        opts = RunOptions(manifest=st.manifest, journal=journal, workers=workers, sandbox=sandbox,
+                          retry_failed=retry_failed, retry_ids=ids_list, progress=progress)
+        result = run_batch(opts, echo=lambda s: click.echo(s))
+    except GsvrError as exc:
+        _fail_with_problems(exc)
+    click.echo(result.message)
+    sys.exit(result.exit_code)
+
+
+@cli.command("replay")
+@click.argument("journal", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (for scripts).")
+@click.option("--verify", is_flag=True, help="Check every completed output exists with its recorded sha256 (exit 1 if not).")
+def replay_cmd(journal: str, as_json: bool, verify: bool) -> None:
+    """Rebuild the batch state from JOURNAL and print it (read-only; safe while a run is going).
+
+    \b
+    Examples:
+      gsvr-batch replay jobs/output/.gsvr/journal.jsonl
+      gsvr-batch replay jobs/output/.gsvr/journal.jsonl --json | jq .counts
+      gsvr-batch replay jobs/output/.gsvr/journal.jsonl --verify
+    """
+    from .summary import batch_document, render_replay, to_json
+
+    try:
+        doc = batch_document(journal, verify=verify)
+    except GsvrError as exc:
+        fail(exc)
+    click.echo(to_json(doc) if as_json else render_replay(doc))
+    if verify and doc["verify_problems"]:
+        sys.exit(int(ExitCode.TASKS_FAILED))
+
+
+@cli.command("status")
+@click.argument("journal", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def status_cmd(journal: str, as_json: bool) -> None:
+    """Short live view of JOURNAL's batch: counts, rate, ETA, who holds the lock, running tasks and their step.
+
+    \b
+    Example:
+      gsvr-batch status jobs/output/.gsvr/journal.jsonl
+    """
+    from .summary import render_status, status_document, to_json
+
+    try:
+        doc = status_document(journal)
+    except GsvrError as exc:
+        fail(exc)
+    click.echo(to_json(doc) if as_json else render_status(doc))
+
+
+@cli.command("repair")
+@click.argument("journal", type=click.Path(dir_okay=False, exists=True))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def repair_cmd(journal: str, yes: bool) -> None:
+    """Cut JOURNAL at its first damaged record (the original is copied aside).
+
+    Tasks whose records are lost are simply run again; outputs are never deleted.
+
+    \b
+    Example:
+      gsvr-batch repair jobs/output/.gsvr/journal.jsonl --yes
+    """
+    from .channels import lock_is_held
+    from .journal import repair
+
+    if lock_is_held(journal):
+        fail(LockHeld(f"a run is using {journal}; stop it before repairing"))
+    if not yes and not click.confirm(f"Cut {journal} at its first damaged record?", default=False):
+        sys.exit(int(ExitCode.USAGE))
+    kept, backup, dropped = repair(journal)
+    click.echo(f"Kept {kept} good records, dropped {dropped} bytes; the original is at {backup}")
+
+
+def _control(journal: str, command: str) -> None:
+    from .channels import send_command
+
+    try:
+        send_command(journal, command)
+    except GsvrError as exc:
+        fail(exc)
+    click.echo(f"Sent {command} to the run on {journal} (takes effect within a second).")
+
+
+@cli.command("pause")
+@click.argument("journal", type=click.Path(dir_okay=False))
+def pause_cmd(journal: str) -> None:
+    """Pause the run on JOURNAL: no new tasks start, running ones hold at their next API call.
+
+    \b
+    Example:
+      gsvr-batch pause jobs/output/.gsvr/journal.jsonl
+    """
+    _control(journal, "pause")
+
+
+@cli.command("resume")
+@click.argument("journal", type=click.Path(dir_okay=False))
+def resume_cmd(journal: str) -> None:
+    """Resume a paused run on JOURNAL.
+
+    \b
+    Example:
+      gsvr-batch resume jobs/output/.gsvr/journal.jsonl
+    """
+    _control(journal, "resume")
+
+
+@cli.command("cancel")
+@click.argument("journal", type=click.Path(dir_okay=False))
+def cancel_cmd(journal: str) -> None:
+    """Cancel the run on JOURNAL: stop dispatching, let running calls end, exit 4. Rerun to continue.
+
+    \b
+    Example:
+      gsvr-batch cancel jobs/output/.gsvr/journal.jsonl
+    """
+    _control(journal, "cancel")
 
 
 def main() -> None:

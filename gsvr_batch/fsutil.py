@@ -6,6 +6,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from .errors import DiskFull, OutputError
 
@@ -21,12 +22,18 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> str:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, before_replace: Callable[[], None] | None = None
+) -> str:
     """Write ``data`` to ``path`` so that it is either absent or complete; return its sha256.
 
     temp file in the same folder → write → flush → fsync → rename → fsync folder.
     A kill at any instant leaves at most a ``.gsvr-tmp-*`` file, never a partial file
     under the final name.
+
+    ``before_replace`` runs after the fsync and just before the rename; if it raises, the
+    temp file is removed and nothing appears under the final name (a worker uses it to
+    check that its manager is still alive).
     """
     path = Path(path)
     try:
@@ -40,6 +47,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> str:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
@@ -48,6 +57,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> str:
         except OSError:
             pass
         raise _translate(exc, path) from exc
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return hashlib.sha256(data).hexdigest()
 
 

@@ -1,0 +1,753 @@
+"""Manifests: what to process, read from YAML, CSV, a folder or a list file, and checked.
+
+``load_manifest`` turns any of those into a :class:`Manifest` of :class:`Job` items with
+stable ids, or raises :class:`ManifestError` holding every problem found (file, line, fix
+hint). ``validate_manifest`` does the same without raising. Nothing here calls an API.
+
+Relative paths resolve against the manifest's folder, never the caller's cwd: cron runs
+jobs from ``/``. Values given on the command line (``overrides``) win over the manifest;
+relative paths among them resolve against the cwd, as any command-line path does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import media
+from .errors import GsvrError, ManifestError
+from .fsutil import atomic_write_bytes, is_inside
+from .manifest_csv import decode_text, parse_csv, parse_source_list
+from .manifest_outputs import pattern_problem, render_pattern, with_suffix_number
+from .manifest_types import (
+    DEFAULT_MODEL,
+    DEFAULT_OUTPUT_DIR,
+    DEFAULT_OUTPUT_PATTERN,
+    DEFAULT_TEMPLATE,
+    OUTPUT_FORMATS,
+    Job,
+    Manifest,
+    Problem,
+    RawJob,
+    RawManifest,
+    Settings,
+)
+from .manifest_yaml import did_you_mean, parse_yaml
+
+__all__ = [
+    "DEFAULT_MODEL", "DEFAULT_OUTPUT_DIR", "DEFAULT_OUTPUT_PATTERN", "DEFAULT_TEMPLATE", "Job", "Manifest",
+    "Problem", "Settings", "derive_manifest", "load_manifest", "validate_manifest", "write_manifest_yaml",
+    "OVERRIDE_KEYS",
+]
+
+SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(Settings))
+OVERRIDE_KEYS = SETTINGS_FIELDS + ("template", "output_dir", "output_pattern", "output_format", "model", "date")
+CLI = "<command line>"
+TIERS = ("free", "tier1", "tier2", "tier3")
+MODES = ("online", "batch")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# --- public API ---------------------------------------------------------------------------
+
+
+def load_manifest(path: str | os.PathLike[str], overrides: dict | None = None, *, date: str | None = None,
+                  check_files: bool = True) -> Manifest:
+    """Read and check a manifest; raise :class:`ManifestError` (with ``problems``) if anything is wrong.
+
+    ``path``: .yaml/.yml, .csv, a folder of videos, or a text file listing sources.
+    ``date``: the YYYY-MM-DD used for ``{date}`` in output names (pass the date the journal's
+    batch was created, so names do not change from one day's run to the next).
+    ``check_files=False`` skips per-file content checks (existence, size, magic bytes); the
+    pipeline then reports those as task failures instead of refusing the whole batch.
+    """
+    manifest, problems = validate_manifest(path, overrides, date=date, check_files=check_files)
+    if manifest is None:
+        raise ManifestError(_summary(problems), problems)
+    return manifest
+
+
+def validate_manifest(path: str | os.PathLike[str], overrides: dict | None = None, *, date: str | None = None,
+                      check_files: bool = True) -> tuple[Manifest | None, list[Problem]]:
+    """Check everything without calling any API. Returns the manifest (None if any error) and every problem."""
+    display = str(path)
+    try:
+        raw, problems, identity, content_hash = _read(Path(path), display)
+        if raw is None:
+            return None, problems
+        manifest, more = _build(raw, overrides or {}, date=date, check_files=check_files,
+                                path=Path(path).absolute() if not Path(path).is_dir() else None,
+                                identity=identity, content_hash=content_hash)
+    except (OSError, UnicodeError) as exc:  # never a traceback for bad input
+        return None, [Problem(display, None, f"cannot read the manifest: {exc}", None)]
+    problems += more
+    if any(p.is_error for p in problems):
+        return None, problems
+    assert manifest is not None
+    manifest.warnings = [p for p in problems if not p.is_error]
+    return manifest, problems
+
+
+def derive_manifest(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], template: str | None = None,
+                    output_dir: str | os.PathLike[str] | None = None, *, output_pattern: str | None = None,
+                    output_format: str | None = None, model: str | None = None, overrides: dict | None = None,
+                    date: str | None = None, check_files: bool = True) -> Manifest:
+    """A manifest for ``gsvr-batch run ./folder --template X --output ./lessons`` (no manifest file).
+
+    ``inputs``: folders, video files, URLs or list files. Relative paths (inputs and
+    ``output_dir``) are command-line paths, so they resolve against the cwd.
+    """
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if not items:
+        raise ManifestError("no inputs given", [Problem(CLI, None, "no inputs given", "name a folder or a list file")])
+    raw_jobs: list[tuple[dict, str]] = []
+    local_dirs: list[str] = []
+    for item in items:
+        text = os.fspath(item)
+        kind, _ = media.classify_source(text)
+        if kind != "local":
+            raw_jobs.append(({"source": text}, text))
+            continue
+        abs_path = os.path.abspath(os.path.expanduser(text))
+        is_list = os.path.isfile(abs_path) and not media.is_video_name(abs_path)
+        raw_jobs.append(({"list" if is_list else "source": abs_path}, text))
+        local_dirs.append(abs_path if os.path.isdir(abs_path) else os.path.dirname(abs_path))
+    # identities are relative to this folder, so moving the whole tree keeps the ids
+    base = Path(os.path.commonpath(local_dirs)) if local_dirs else Path.cwd()
+    raw = RawManifest(file=CLI, base_dir=base)
+    raw.jobs = [RawJob(fields, shown, None, base) for fields, shown in raw_jobs]
+    ov = dict(overrides or {})
+    for key, value in (("template", template), ("output_dir", output_dir), ("output_pattern", output_pattern),
+                       ("output_format", output_format), ("model", model)):
+        if value is not None:
+            ov[key] = os.fspath(value)
+    identity = _sha256("\n".join(str(Path(os.fspath(i)).absolute()) for i in items).encode())
+    manifest, problems = _build(raw, ov, date=date, check_files=check_files, path=None, identity=identity,
+                                content_hash=None)
+    if manifest is None or any(p.is_error for p in problems):
+        raise ManifestError(_summary(problems), problems)
+    manifest.warnings = [p for p in problems if not p.is_error]
+    return manifest
+
+
+def write_manifest_yaml(manifest: Manifest, path: str | os.PathLike[str]) -> None:
+    """Write ``manifest`` as a YAML manifest that loads back to the same jobs and ids (durably)."""
+    base = manifest.base_dir
+    jobs = []
+    for job in manifest.jobs:
+        entry: dict[str, Any] = {"source": _identity_path(job.source, base) if job.source_kind == "local"
+                                 else job.source}
+        entry["title"] = job.title
+        entry["template"] = job.template
+        entry["model"] = job.model
+        entry["output"] = Path(job.output_path).relative_to(manifest.output_root).as_posix()
+        entry["output_format"] = job.output_format
+        if job.params:
+            entry["params"] = dict(job.params)
+        if job.max_duration is not None:
+            entry["max_duration"] = job.max_duration
+        jobs.append(entry)
+    settings = {k: v for k, v in dataclasses.asdict(manifest.settings).items()
+                if v not in (None, [], {}) and k != "templates_dir"}
+    if manifest.templates_dirs:
+        settings["templates_dir"] = [str(p) for p in manifest.templates_dirs]
+    doc = {
+        "base_dir": str(base),
+        "defaults": {"output_dir": str(manifest.output_root)},
+        "settings": settings,
+        "jobs": jobs,
+    }
+    header = ("# Written by gsvr-batch so this batch can be re-run exactly: every job is explicit.\n"
+              f"# Output names were rendered on {manifest.date}.\n")
+    text = header + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False, default_flow_style=False)
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def _read(path: Path, display: str) -> tuple[RawManifest | None, list[Problem], str, str | None]:
+    """Parse ``path`` by what it is; returns (raw, problems, identity, content_hash or None for folders)."""
+    if not path.exists():
+        hint = "check the path; relative paths are relative to the current folder"
+        if path.is_symlink():
+            return None, [Problem(display, None, "manifest is a dangling symlink", hint)], "", None
+        return None, [Problem(display, None, f"manifest not found: {display}", hint)], "", None
+    identity = _sha256(str(path.resolve()).encode("utf-8"))
+    if path.is_dir():
+        base = path.absolute()
+        raw = RawManifest(file=display, base_dir=base)
+        raw.jobs = [RawJob({"source": str(base)}, display, None, base)]
+        return raw, [], identity, None
+    data = path.read_bytes()
+    content_hash = _sha256(data)
+    text, problems = decode_text(data, display)
+    if text is None:
+        return None, problems, identity, content_hash
+    base = path.absolute().parent
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        raw, problems = parse_yaml(text, display, base)
+    elif suffix == ".csv":
+        raw, problems = parse_csv(text, display, base)
+    else:
+        entries, problems = parse_source_list(text, display, base)
+        if not entries:
+            problems.append(Problem(display, None, "manifest is empty: add one video path or URL per line",
+                                    "lines starting with # are comments"))
+            return None, problems, identity, content_hash
+        raw = RawManifest(file=display, base_dir=base)
+        raw.jobs = [RawJob({"source": s}, display, n, base) for n, s in entries]
+    return raw, problems, identity, content_hash
+
+
+# --- building ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Entry:
+    """One video after expansion of folders and list files."""
+
+    fields: dict[str, Any]
+    kind: str
+    source: str  # absolute path or normalised URL
+    file: str
+    line: int | None
+    origin_job: RawJob
+    explicit_output: str | None = None
+
+
+def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: bool, path: Path | None,
+           identity: str, content_hash: str | None) -> tuple[Manifest | None, list[Problem]]:
+    problems: list[Problem] = []
+    for key in overrides:
+        if key not in OVERRIDE_KEYS:
+            problems.append(Problem(CLI, None, f"unknown option '{key}'", did_you_mean(key, OVERRIDE_KEYS)))
+    day = str(date or overrides.get("date") or _dt.date.today().isoformat())
+
+    settings, more = _settings(raw, overrides)
+    problems += more
+    defaults, more = _defaults(raw, overrides)
+    problems += more
+
+    out_dir = overrides.get("output_dir")
+    if out_dir is not None:
+        output_root = Path(os.path.abspath(os.path.expanduser(os.fspath(out_dir))))
+    else:
+        output_root = raw.base_dir / Path(str(defaults.get("output_dir", DEFAULT_OUTPUT_DIR))).expanduser()
+    output_root = output_root.resolve()  # a symlinked root is fine; what matters is what's inside it
+
+    templates_dirs = []
+    cli_dirs = overrides.get("templates_dir") or []
+    for d in ([cli_dirs] if isinstance(cli_dirs, (str, os.PathLike)) else cli_dirs):
+        templates_dirs.append(Path(os.path.abspath(os.path.expanduser(os.fspath(d)))))
+    for d in settings.templates_dir:
+        templates_dirs.append((raw.base_dir / Path(d).expanduser()).absolute())
+    for d in templates_dirs:
+        if not d.is_dir():
+            problems.append(Problem(raw.file, raw.settings_lines.get("templates_dir"),
+                                    f"templates folder not found: {d}", "templates_dir names a folder of *.yaml templates"))
+    settings.templates_dir = [str(d) for d in templates_dirs]
+    if settings.journal:
+        settings.journal = str((raw.base_dir / Path(settings.journal).expanduser()).absolute())
+
+    entries: list[_Entry] = []
+    for rj in raw.jobs:
+        got, more = _expand(rj, raw, check_files)
+        entries += got
+        problems += more
+
+    jobs, more = _make_jobs(entries, raw, overrides, defaults, settings, output_root, day, check_files)
+    problems += more
+    problems += _check_templates(jobs, entries, templates_dirs)
+
+    if content_hash is None:  # folder / derived manifests: what they expand to is their content
+        content_hash = _sha256("\n".join(f"{j.job_id} {j.source}" for j in jobs).encode("utf-8"))
+    manifest = Manifest(path=path, base_dir=raw.base_dir, output_root=output_root, jobs=jobs, settings=settings,
+                        templates_dirs=templates_dirs, identity=identity, content_hash=content_hash,
+                        defaults=defaults, date=day)
+    return manifest, problems
+
+
+def _expand(rj: RawJob, raw: RawManifest, check_files: bool) -> tuple[list[_Entry], list[Problem]]:
+    """Folder and list-file jobs become one entry per video."""
+    problems: list[Problem] = []
+    fields = dict(rj.fields)
+    if "list" in fields:
+        value = fields.pop("list")
+        line = rj.line_of("list")
+        if not isinstance(value, str) or not value.strip():
+            return [], [Problem(rj.file, line, "'list' must name a text file of sources", "e.g. list: videos.txt")]
+        list_path = Path(os.path.normpath(rj.base_dir / Path(value.strip()).expanduser()))
+        shown = _shown(list_path, rj.file)
+        try:
+            data = list_path.read_bytes()
+        except OSError as exc:
+            return [], [Problem(rj.file, line, f"cannot read list file {shown}: {exc.strerror or exc}",
+                                "paths are relative to the manifest's folder")]
+        text, problems = decode_text(data, shown)
+        if text is None:
+            return [], problems
+        lines, more = parse_source_list(text, shown, list_path.parent)
+        problems += more
+        if not lines:
+            problems.append(Problem(rj.file, line, f"list file {shown} has no sources",
+                                    "one path or URL per line; # starts a comment"))
+        out: list[_Entry] = []
+        for number, src in lines:
+            sub = RawJob({**fields, "source": src}, shown, number, list_path.parent)
+            got, more = _expand(sub, raw, check_files)
+            out += got
+            problems += more
+        return out, problems
+
+    source = fields.get("source")
+    line = rj.line_of("source")
+    if not isinstance(source, str) or not source.strip():
+        return [], [Problem(rj.file, line, "'source' must be a file path, folder or URL", "e.g. source: videos/a.mp4")]
+    kind, normalised = media.classify_source(source)
+    if kind != "local":
+        return [_Entry(fields, kind, normalised, rj.file, rj.line, rj)], []
+    abs_path = os.path.normpath(os.path.join(rj.base_dir, os.path.expanduser(normalised)))
+    if os.path.isdir(abs_path):
+        videos = _scan_folder(abs_path)
+        if not videos:
+            exts = " ".join(media.VIDEO_EXTENSIONS)
+            return [], [Problem(rj.file, line, f"folder {_shown(Path(abs_path), rj.file)} has no video files",
+                                f"looked recursively for {exts}")]
+        if "output" in fields:
+            problems.append(Problem(rj.file, rj.line_of("output"),
+                                    f"'output' names one file but this folder job has {len(videos)} videos",
+                                    "use output_pattern, e.g. '{stem}_{template}.md'"))
+            fields.pop("output")
+        if "title" in fields and len(videos) > 1:
+            fields.pop("title")  # one title for many videos would make every name the same
+            problems.append(Problem(rj.file, rj.line_of("title"), "'title' ignored for a folder job",
+                                    "titles come from the file names", "warning"))
+        return [_Entry(fields, "local", v, rj.file, rj.line, rj) for v in videos], problems
+    return [_Entry(fields, "local", abs_path, rj.file, rj.line, rj)], []
+
+
+def _scan_folder(folder: str) -> list[str]:
+    """Video files under ``folder``, recursively, sorted by relative path; hidden entries skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and media.is_video_name(name):
+                found.append(os.path.join(dirpath, name))
+    return sorted(found, key=lambda p: Path(os.path.relpath(p, folder)).as_posix())
+
+
+def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, defaults: dict, settings: Settings,
+               output_root: Path, day: str, check_files: bool) -> tuple[list[Job], list[Problem]]:
+    problems: list[Problem] = []
+    planned = []  # (entry, values dict, rel output or None, explicit?)
+    for index, e in enumerate(entries, start=1):
+        f = e.fields
+        rj = e.origin_job
+        bad = False
+        values: dict[str, Any] = {}
+        for key, default in (("template", DEFAULT_TEMPLATE), ("model", DEFAULT_MODEL)):
+            v = overrides.get(key) or f.get(key) or defaults.get(key) or default
+            if not isinstance(v, str) or not v.strip():
+                problems.append(Problem(e.file, rj.line_of(key), f"'{key}' must be a name", None))
+                bad = True
+            values[key] = str(v).strip()
+        explicit = f.get("output")
+        if explicit is not None and (not isinstance(explicit, str) or not explicit.strip()):
+            problems.append(Problem(e.file, rj.line_of("output"), "'output' must be a file name", None))
+            bad, explicit = True, None
+        fmt = overrides.get("output_format") or f.get("output_format")
+        if not fmt and explicit and Path(explicit).suffix.lower().lstrip(".") in OUTPUT_FORMATS:
+            fmt = Path(explicit).suffix.lower().lstrip(".")
+        fmt = fmt or defaults.get("output_format") or "md"
+        if fmt not in OUTPUT_FORMATS:
+            problems.append(Problem(e.file, rj.line_of("output_format"), f"unknown output_format '{fmt}'",
+                                    did_you_mean(str(fmt), OUTPUT_FORMATS) or "use md, json or html"))
+            bad = True
+        params = dict(defaults.get("params") or {})
+        job_params = f.get("params")
+        if job_params is not None and not isinstance(job_params, dict):
+            problems.append(Problem(e.file, rj.line_of("params"), "'params' must be a mapping",
+                                    "indent 'name: value' lines under 'params:'"))
+            bad = True
+        elif job_params:
+            params.update(job_params)
+        max_duration = settings.max_duration
+        if f.get("max_duration") is not None:
+            max_duration = _duration(f["max_duration"])
+            if max_duration is None:
+                problems.append(Problem(e.file, rj.line_of("max_duration"), "max_duration must be a positive duration",
+                                        "seconds, or e.g. '90m', '1h30m', '1:30:00'"))
+                bad = True
+        if e.kind == "local":
+            stem = Path(e.source).stem
+            if check_files:
+                problems += _check_local(e, raw.base_dir)
+        elif e.kind == "youtube":
+            stem = e.source.rsplit("v=", 1)[-1]
+        else:
+            tail = [s for s in e.source.split("?")[0].split("/") if s]
+            stem = Path(tail[-1]).stem if len(tail) > 2 else (tail[-1] if tail else "video")
+        title = f.get("title")
+        title = str(title).strip() if title is not None and str(title).strip() else stem
+        source_id = _identity_path(e.source, raw.base_dir) if e.kind == "local" else (
+            stem if e.kind == "youtube" else e.source)
+        values.update(stem=stem, title=title, date=day, index=index, ext=fmt, source_id=source_id, params=params,
+                      output_format=fmt, max_duration=max_duration)
+        if bad:
+            continue
+        if explicit:
+            rel = explicit.strip()
+            if not Path(rel).suffix:
+                rel += f".{fmt}"
+            planned.append((e, values, rel, True))
+            continue
+        pattern = overrides.get("output_pattern") or f.get("output_pattern") or defaults.get("output_pattern") \
+            or DEFAULT_OUTPUT_PATTERN
+        why = pattern_problem(str(pattern)) if isinstance(pattern, str) else "output_pattern must be text"
+        if why:
+            problems.append(Problem(e.file, rj.line_of("output_pattern") if "output_pattern" in f
+                                    else raw.defaults_lines.get("output_pattern"), why, None))
+            continue
+        if "{ext}" not in pattern:
+            # the extension follows output_format: "{stem}.md" with format json writes "{stem}.json"
+            suffix = Path(pattern).suffix
+            if suffix.lower().lstrip(".") in OUTPUT_FORMATS:
+                pattern = pattern[: -len(suffix)]
+            pattern += ".{ext}"
+        # {id} cannot be the final id (that hashes the output name); use the id of source + template
+        values["id"] = _sha256(json.dumps([source_id, values["template"], pattern]).encode())[:16]
+        try:
+            rel = render_pattern(pattern, {k: values[k] for k in ("stem", "title", "template", "date", "id",
+                                                                   "index", "ext")})
+        except (ValueError, KeyError, IndexError) as exc:
+            problems.append(Problem(e.file, rj.line, f"output pattern {pattern!r} cannot be filled: {exc}", None))
+            continue
+        planned.append((e, values, rel, False))
+
+    # explicit outputs first: two jobs naming the same file is the user's error to fix
+    taken: dict[str, _Entry] = {}
+    final: list[tuple[_Entry, dict, str]] = []
+    resolved: dict[int, str] = {}
+    for i, (e, values, rel, explicit) in enumerate(planned):
+        if not explicit:
+            continue
+        checked, why = _inside_root(output_root, rel)
+        if why:
+            problems.append(Problem(e.file, e.origin_job.line_of("output"), why,
+                                    "outputs must stay inside output_dir; use a relative name without '..'"))
+            continue
+        key = checked.casefold()  # case-insensitive file systems (macOS, Windows) would clash too
+        if key in taken:
+            first = taken[key]
+            problems.append(Problem(e.file, e.origin_job.line_of("output"),
+                                    f"duplicate output '{checked}' (also the output of the job at {first.file}:{first.line})",
+                                    "give each job its own output name"))
+            continue
+        taken[key] = e
+        resolved[i] = checked
+    # pattern outputs: a clash gets -2, -3 ... in job order, so adding a job at the end renames nothing
+    for i, (e, values, rel, explicit) in enumerate(planned):
+        if explicit:
+            continue
+        checked, why = _inside_root(output_root, rel)
+        if why:
+            line = e.origin_job.line_of("output_pattern") if "output_pattern" in e.fields else e.line
+            problems.append(Problem(e.file, line, why, "the output pattern must produce a name inside output_dir"))
+            continue
+        candidate, n = checked, 1
+        while candidate.casefold() in taken:
+            n += 1
+            candidate = with_suffix_number(checked, n)
+        taken[candidate.casefold()] = e
+        resolved[i] = candidate
+    for i, (e, values, rel, explicit) in enumerate(planned):
+        if i in resolved:
+            final.append((e, values, resolved[i]))
+
+    jobs = []
+    seen_sources: dict[tuple[str, str], _Entry] = {}
+    for e, v, rel in final:
+        job_id = _sha256(json.dumps([v["source_id"], v["template"], rel], ensure_ascii=False).encode("utf-8"))[:16]
+        key = (v["source_id"], v["template"])
+        if key in seen_sources:
+            first = seen_sources[key]
+            problems.append(Problem(e.file, e.line, f"the same source and template as the job at {first.file}:{first.line}",
+                                    "the video will be processed twice; remove one if that is not intended",
+                                    "warning"))
+        seen_sources.setdefault(key, e)
+        jobs.append(Job(job_id=job_id, source=e.source, source_kind=e.kind, title=v["title"], template=v["template"],
+                        params=v["params"], model=v["model"], output_path=str(output_root / rel),
+                        output_format=v["output_format"], max_duration=v["max_duration"],
+                        origin=f"{e.file}:{e.line}" if e.line else e.file))
+    return jobs, problems
+
+
+def _inside_root(root: Path, rel: str) -> tuple[str, str | None]:
+    """(relative POSIX name, None) if ``rel`` stays inside ``root``; else ("", why)."""
+    p = Path(os.path.expanduser(rel))
+    candidate = Path(os.path.normpath(p if p.is_absolute() else root / p))
+    if not (root in candidate.parents):
+        return "", f"output '{rel}' resolves outside the output root {root}"
+    # existing parts may be symlinks pointing elsewhere: follow them
+    if not is_inside(root, candidate):
+        return "", f"output '{rel}' resolves outside the output root {root} (through a symlink)"
+    return candidate.relative_to(root).as_posix(), None
+
+
+def _check_local(e: _Entry, base: Path) -> list[Problem]:
+    """Per-file checks that need no API: exists, type, size (stat only), magic bytes (first bytes only)."""
+    shown = _identity_path(e.source, base)
+    line = e.origin_job.line_of("source") if e.file == e.origin_job.file else e.line
+    where = "paths are relative to the manifest's folder " + str(base)
+    try:
+        st = os.stat(e.source)
+    except FileNotFoundError:
+        if os.path.islink(e.source):
+            return [Problem(e.file, line, f"{shown} is a dangling symlink (its target {os.readlink(e.source)} is gone)",
+                            "fix or remove the link")]
+        return [Problem(e.file, line, f"file not found: {shown}", where)]
+    except OSError as exc:
+        return [Problem(e.file, line, f"cannot read {shown}: {exc.strerror or exc}", None)]
+    ext = Path(e.source).suffix.lower()
+    if ext not in media.VIDEO_MIME_TYPES:
+        return [Problem(e.file, line, f"unsupported file type '{ext or Path(e.source).name}': {shown}",
+                        "supported: " + " ".join(media.VIDEO_EXTENSIONS))]
+    if not os.path.isfile(e.source):
+        return [Problem(e.file, line, f"{shown} is not a regular file", None)]
+    if st.st_size == 0:
+        return [Problem(e.file, line, f"file is empty (0 bytes): {shown}", "re-export or re-download it")]
+    if st.st_size > media.MAX_VIDEO_BYTES:
+        return [Problem(e.file, line, f"file is {st.st_size / 1024**3:.1f} GB, over the Files API's 2 GB limit: {shown}",
+                        "compress or split it, e.g. with ffmpeg")]
+    try:
+        head = media.read_head(e.source)
+    except OSError as exc:
+        return [Problem(e.file, line, f"cannot read {shown}: {exc.strerror or exc}", "check its permissions")]
+    if media.sniff_container(head) is None:
+        return [Problem(e.file, line, f"{shown} does not look like a video (no known container signature)",
+                        "it may be a renamed text or HTML file; re-download or re-export it")]
+    return []
+
+
+def _check_templates(jobs: list[Job], entries: list[_Entry], templates_dirs: list[Path]) -> list[Problem]:
+    try:
+        from . import templates as templates_mod  # lazy: validation works before templates exist
+    except ImportError:
+        return []
+    try:
+        # missing folders are already reported by _build
+        available = templates_mod.load_templates([d for d in templates_dirs if d.is_dir()])
+    except GsvrError as exc:
+        return [Problem(str(templates_dirs[0]) if templates_dirs else "templates", None,
+                        f"cannot load templates: {exc}", None)]
+    by_origin = {f"{e.file}:{e.line}" if e.line else e.file: e for e in entries}
+    problems: list[Problem] = []
+    reported: set[tuple[str, str]] = set()
+    for job in jobs:
+        e = by_origin.get(job.origin)
+        file = e.file if e else job.origin
+        line = (e.origin_job.line_of("template") if e and e.file == e.origin_job.file else (e.line if e else None))
+        template = available.get(job.template)
+        if template is None:
+            if (job.origin, "t") not in reported:
+                reported.add((job.origin, "t"))
+                hint = did_you_mean(job.template, sorted(available)) or "available: " + ", ".join(sorted(available))
+                problems.append(Problem(file, line, f"unknown template '{job.template}'", hint))
+            continue
+        for message in templates_mod.check_params(template, job.params):
+            if (job.origin, message) not in reported:
+                reported.add((job.origin, message))
+                problems.append(Problem(file, e.line if e else None, message,
+                                        "params must match the parameters the template declares"))
+    return problems
+
+
+# --- sections ----------------------------------------------------------------------------
+
+
+def _defaults(raw: RawManifest, overrides: dict) -> tuple[dict, list[Problem]]:
+    problems = []
+    d = dict(raw.defaults)
+    for key in ("template", "model", "output_dir", "output_pattern", "output_format"):
+        if key in d and (not isinstance(d[key], str) or not d[key].strip()):
+            problems.append(Problem(raw.file, raw.defaults_lines.get(key), f"defaults.{key} must be text", None))
+            d.pop(key)
+    if "params" in d and not isinstance(d["params"], dict):
+        problems.append(Problem(raw.file, raw.defaults_lines.get("params"), "defaults.params must be a mapping",
+                                "indent 'name: value' lines under 'params:'"))
+        d.pop("params")
+    if d.get("output_format") and d["output_format"] not in OUTPUT_FORMATS:
+        problems.append(Problem(raw.file, raw.defaults_lines.get("output_format"),
+                                f"unknown output_format '{d['output_format']}'",
+                                did_you_mean(d["output_format"], OUTPUT_FORMATS) or "use md, json or html"))
+        d.pop("output_format")
+    if d.get("output_pattern"):
+        why = pattern_problem(d["output_pattern"])
+        if why:
+            problems.append(Problem(raw.file, raw.defaults_lines.get("output_pattern"), why, None))
+            d.pop("output_pattern")
+    for key in ("output_format", "output_pattern"):
+        v = overrides.get(key)
+        if v is not None:
+            why = (pattern_problem(v) if key == "output_pattern" else
+                   (None if v in OUTPUT_FORMATS else f"unknown output format '{v}' (use md, json or html)"))
+            if why:
+                problems.append(Problem(CLI, None, why, None))
+    d["template"] = d.get("template") or DEFAULT_TEMPLATE
+    d["model"] = d.get("model") or DEFAULT_MODEL
+    return d, problems
+
+
+def _settings(raw: RawManifest, overrides: dict) -> tuple[Settings, list[Problem]]:
+    problems: list[Problem] = []
+    values = dict(raw.settings)
+    lines = dict(raw.settings_lines)
+    for key in SETTINGS_FIELDS:
+        if key != "templates_dir" and overrides.get(key) is not None:  # CLI folders: see _build
+            values[key] = overrides[key]
+            lines[key] = None
+    s = Settings()
+
+    def bad(key: str, message: str, hint: str | None = None) -> None:
+        problems.append(Problem(raw.file if lines.get(key) is not None else CLI, lines.get(key), message, hint))
+
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key == "workers":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 32:
+                bad(key, "settings.workers must be a whole number from 1 to 32", "2-8 suits the free and tier-1 quotas")
+            else:
+                s.workers = value
+        elif key in ("sandbox", "keep_uploads"):
+            if not isinstance(value, bool):
+                bad(key, f"settings.{key} must be true or false")
+            else:
+                setattr(s, key, value)
+        elif key == "api_key_env":
+            if not isinstance(value, str) or not _ENV_NAME.match(value):
+                # never echo the value: people paste the key itself here
+                bad(key, "settings.api_key_env must be the NAME of an environment variable",
+                    "e.g. api_key_env: GEMINI_API_KEY, and export GEMINI_API_KEY=... in the shell")
+            else:
+                s.api_key_env = value
+        elif key == "tier":
+            text = str(value).strip().lower().replace(" ", "").replace("-", "").replace("_", "")
+            if text in ("1", "2", "3"):
+                text = "tier" + text
+            if text not in TIERS:
+                bad(key, f"unknown settings.tier '{value}'", did_you_mean(str(value), TIERS) or "use " + ", ".join(TIERS))
+            else:
+                s.tier = text
+        elif key in ("rpm", "tpm", "request_timeout", "summary_interval"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                bad(key, f"settings.{key} must be a positive number")
+            else:
+                setattr(s, key, float(value))
+        elif key in ("rpd", "max_attempts"):
+            limit = 100 if key == "max_attempts" else 10**9
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                bad(key, f"settings.{key} must be a whole number from 1 to {limit}")
+            else:
+                setattr(s, key, value)
+        elif key == "cost_limit":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                bad(key, "settings.cost_limit must be an amount in USD (0 or more)")
+            else:
+                s.cost_limit = float(value)
+        elif key == "max_duration":
+            seconds = _duration(value)
+            if seconds is None:
+                bad(key, "settings.max_duration must be a positive duration", "seconds, or e.g. '90m', '1h30m', '1:30:00'")
+            else:
+                s.max_duration = seconds
+        elif key == "mode":
+            if value not in MODES:
+                bad(key, f"unknown settings.mode '{value}'", did_you_mean(str(value), MODES) or "use online or batch")
+            else:
+                s.mode = value
+        elif key == "notify":
+            items = value if isinstance(value, list) else [value]
+            if not all(isinstance(i, dict) for i in items):
+                bad(key, "settings.notify must be a list of mappings", "e.g. notify: [{type: email, to: me@example.org}]")
+            else:
+                s.notify = [dict(i) for i in items]
+        elif key == "templates_dir":
+            items = value if isinstance(value, list) else [value]
+            if not all(isinstance(i, (str, os.PathLike)) and os.fspath(i).strip() for i in items):
+                bad(key, "templates_dir must be a folder path or a list of them")
+            elif lines.get(key) is not None:  # CLI ones are handled (against the cwd) by the caller
+                s.templates_dir = [os.fspath(i) for i in items]
+        elif key == "journal":
+            if not isinstance(value, (str, os.PathLike)) or not os.fspath(value).strip():
+                bad(key, "settings.journal must be a file path")
+            else:
+                s.journal = os.fspath(value) if lines.get(key) is not None else os.path.abspath(os.fspath(value))
+    return s, problems
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _duration(value: Any) -> float | None:
+    """Seconds from 5400, '5400', '90m', '1h30m', '45s', '1:30:00' or '90:00'; None if not a positive duration."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if value > 0 else None
+    text = str(value).strip().lower()
+    seconds: float | None = None
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    elif re.fullmatch(r"\d+(:\d{1,2}){1,2}", text):
+        seconds = 0.0
+        for part in text.split(":"):
+            seconds = seconds * 60 + int(part)
+    else:
+        m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)s)?", text)
+        if m and any(m.groups()):
+            h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+            seconds = h * 3600 + mi * 60 + s
+    return seconds if seconds and seconds > 0 else None
+
+
+def _identity_path(source: str, base: Path) -> str:
+    """A local source as the manifest names it: relative POSIX path inside the base folder, else absolute."""
+    p = Path(source)
+    try:
+        return p.relative_to(base).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
+def _shown(path: Path, relative_to_file: str) -> str:
+    """How to name ``path`` in a message: relative to the cwd when that is shorter and inside it."""
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _summary(problems: Iterable[Problem]) -> str:
+    problems = list(problems)
+    errors = [p for p in problems if p.is_error]
+    if not errors:
+        return "manifest has problems"
+    lines = "\n".join(f"  {p}" for p in errors)
+    return f"manifest has {len(errors)} error{'s' if len(errors) != 1 else ''}:\n{lines}"

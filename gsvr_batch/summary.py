@@ -1,0 +1,174 @@
+"""Read-only views of a batch for ``replay`` and ``status`` (safe while a run is writing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .channels import lock_is_held, read_owner
+from .fsutil import sha256_file
+from .lifecycle import replay
+from .progress import fmt_duration
+from .state import BatchState, TaskStatus
+
+
+def verify_outputs(state: BatchState) -> list[dict[str, Any]]:
+    """Every completed task's output must exist with the sha256 its record says."""
+    problems = []
+    for t in state.live_tasks():
+        if t.status is not TaskStatus.COMPLETED:
+            continue
+        try:
+            digest = sha256_file(t.output)
+        except OSError as exc:
+            problems.append({"task_id": t.task_id, "output": t.output, "problem": f"missing ({exc.strerror})"})
+            continue
+        if digest != t.sha256:
+            problems.append({"task_id": t.task_id, "output": t.output,
+                             "problem": f"sha256 {digest[:12]}… differs from the journal's {str(t.sha256)[:12]}…"})
+    return problems
+
+
+def batch_document(journal: str | os.PathLike[str], *, verify: bool = False) -> dict[str, Any]:
+    """The state as one JSON-able document (``replay --json``)."""
+    rp = replay(journal)
+    s = rp.state
+    doc: dict[str, Any] = {
+        "journal": str(Path(journal).resolve()),
+        "batch_id": s.batch_id,
+        "manifest": s.manifest,
+        "created": s.created_ts,
+        "last_record": s.last_ts,
+        "records": s.last_seq,
+        "runs": s.runs,
+        "finished": s.finished,
+        "stopped": s.stopped,
+        "paused": s.paused and s.running_run,
+        "counts": s.counts(),
+        "cost_usd": round(s.total_cost_usd, 6),
+        "torn_tail_bytes": rp.torn_bytes,
+        "requests_by_day": s.requests_by_day,
+        "tasks": [
+            {"id": t.task_id, "source": t.source, "title": t.title, "template": t.template, "model": t.model,
+             "status": t.status.value, "attempts": t.attempts, "output": t.output, "sha256": t.sha256,
+             "cost_usd": round(t.cost_usd, 6), "usage": t.usage, "step": t.step,
+             "skipped_reason": t.skipped_reason, "last_error": t.last_error}
+            for t in s.live_tasks()
+        ],
+    }
+    if verify:
+        doc["verify_problems"] = verify_outputs(s)
+    return doc
+
+
+def render_replay(doc: dict[str, Any]) -> str:
+    c = doc["counts"]
+    lines = [
+        f"Journal:  {doc['journal']}",
+        f"Manifest: {doc['manifest']}",
+        f"Batch:    {doc['batch_id']}  ({doc['records']} records, {doc['runs']} runs, last {doc['last_record']})",
+        f"Tasks:    {c['total']} total: {c['completed']} completed, {c['skipped']} skipped, "
+        f"{c['failed']} failed, {c['running']} running, {c['pending']} pending",
+        f"Cost:     ${doc['cost_usd']:.4f}",
+    ]
+    if doc.get("stopped"):
+        st = doc["stopped"]
+        lines.append(f"Stopped:  {st.get('kind')}: {st.get('reason')}")
+    if doc["torn_tail_bytes"]:
+        lines.append(f"Note:     {doc['torn_tail_bytes']} bytes at the end do not form a complete record "
+                     f"(a run may be writing, or the last run crashed mid-write; the next run cuts them off)")
+    unfinished = [t for t in doc["tasks"] if t["status"] in ("pending", "running", "failed")]
+    if unfinished:
+        lines.append("")
+        lines.append("Unfinished or failed:")
+        for t in unfinished:
+            err = t["last_error"] or {}
+            why = f" — {err.get('error_class')}: {err.get('message')}" if err else ""
+            lines.append(f"  {t['id']}  {t['status']:<8} attempts={t['attempts']}  {t['title'] or t['source']}{why}")
+    done = [t for t in doc["tasks"] if t["status"] == "completed"]
+    if done:
+        lines.append("")
+        lines.append("Outputs:")
+        for t in done:
+            lines.append(f"  {t['id']}  {t['output']}")
+    if "verify_problems" in doc:
+        lines.append("")
+        if doc["verify_problems"]:
+            lines.append(f"Verify: {len(doc['verify_problems'])} problem(s):")
+            for p in doc["verify_problems"]:
+                lines.append(f"  {p['task_id']}  {p['output']}: {p['problem']}")
+        else:
+            lines.append(f"Verify: all {len(done)} outputs match their recorded sha256.")
+    return "\n".join(lines)
+
+
+def status_document(journal: str | os.PathLike[str], *, now: float | None = None) -> dict[str, Any]:
+    """Short live view: counts, rate, ETA, lock holder, running tasks with their step."""
+    now = time.time() if now is None else now
+    doc = batch_document(journal)
+    rp_state = replay(journal).state
+    held = lock_is_held(journal)
+    doc["running_now"] = held
+    doc["owner"] = read_owner(journal) if held else {}
+    finished_ts = sorted(_ts(t.finished_ts) for t in rp_state.live_tasks()
+                         if t.status is TaskStatus.COMPLETED and t.finished_ts)
+    recent = [t for t in finished_ts if t and now - t <= 600]
+    rate = len(recent) / 600 * 60 if recent else 0.0  # tasks per minute over the last 10 minutes
+    left = doc["counts"]["pending"] + doc["counts"]["running"]
+    doc["rate_per_min"] = round(rate, 2)
+    doc["eta_seconds"] = (left / rate * 60) if rate else None
+    doc["running_tasks"] = [
+        {"id": t.task_id, "title": t.title, "step": t.step,
+         "elapsed": (now - _ts(t.started_ts)) if t.started_ts else None}
+        for t in rp_state.live_tasks() if t.status is TaskStatus.RUNNING
+    ]
+    rl = Path(str(journal) + ".ratelimit")
+    if held and rl.exists():
+        try:
+            from .ratelimit import RateLimiter
+
+            lim = RateLimiter.attach(str(rl))
+            doc["rate_limiter"] = lim.snapshot()
+            lim.close()
+        except Exception:  # noqa: BLE001 - status is best effort about the limiter
+            pass
+    return doc
+
+
+def _ts(iso: str | None) -> float:
+    if not iso:
+        return 0.0
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def render_status(doc: dict[str, Any]) -> str:
+    c = doc["counts"]
+    if doc["running_now"]:
+        o = doc.get("owner") or {}
+        head = f"Running (pid {o.get('pid')} on {o.get('host')}, since {o.get('since')})"
+        if doc.get("paused"):
+            head += " — PAUSED"
+    else:
+        head = "Not running"
+        if doc.get("stopped"):
+            head += f" — last run stopped: {doc['stopped'].get('kind')}: {doc['stopped'].get('reason')}"
+        elif doc.get("finished"):
+            head += " — batch finished"
+    lines = [
+        head,
+        f"{c['completed'] + c['skipped']}/{c['total']} done, {c['failed']} failed, {c['running']} running, "
+        f"{c['pending']} pending; cost ${doc['cost_usd']:.4f}",
+        f"rate {doc['rate_per_min']:.2f} tasks/min (last 10 min), ETA "
+        f"{fmt_duration(doc['eta_seconds']) if doc['eta_seconds'] is not None else 'unknown'}",
+    ]
+    for t in doc["running_tasks"]:
+        lines.append(f"  {t['id']}  {t['step'] or 'starting':<11} {fmt_duration(t['elapsed'])}  {t['title']}")
+    return "\n".join(lines)
+
+
+def to_json(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, ensure_ascii=False, indent=2, default=str)
