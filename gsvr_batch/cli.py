@@ -346,5 +346,56 @@ def cancel_cmd(journal: str) -> None:
     _control(journal, "cancel")
 
 
+@cli.command("sandbox")
+@click.option("--port", type=int, default=0, show_default=True, help="Port on 127.0.0.1 (0: any free port).")
+@click.option("--rpm", type=float, default=None, help="Generate requests per minute per model.")
+@click.option("--rpd", type=int, default=None, help="Generate requests per day per model.")
+@click.option("--tpm", type=float, default=None, help="Input tokens per minute per model.")
+@click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds added to each generate call.")
+@click.option("--fail-rate", type=float, default=0.0, show_default=True,
+              help="Probability that a generate call or upload fails (500, 503 or dropped connection).")
+@click.option("--processing-delay", type=float, default=0.5, show_default=True,
+              help="Seconds an uploaded file stays PROCESSING.")
+@click.option("--batch-duration", type=float, default=2.0, show_default=True, help="Seconds a batch job runs.")
+@click.option("--api-key", default=None, help="Accept only this key (default: any non-empty key).")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None, help="Request log (JSONL).")
+@click.option("--seed", type=int, default=None, help="Seed for injected failures.")
+def sandbox_cmd(port: int, rpm: float | None, rpd: int | None, tpm: float | None, latency: float,
+                fail_rate: float, processing_delay: float, batch_duration: float, api_key: str | None,
+                log_path: str | None, seed: int | None) -> None:
+    """Run the offline Gemini-compatible sandbox server in the foreground (Ctrl-C stops it)."""
+    import signal
+    import threading
+
+    from .sandbox import SandboxConfig, SandboxServer
+
+    config = SandboxConfig(port=port, rpm=rpm, rpd=rpd, tpm=tpm, latency=latency, fail_rate=fail_rate,
+                           processing_delay=processing_delay, batch_duration=batch_duration,
+                           api_key=api_key, log_path=log_path, seed=seed)
+    server = SandboxServer(config)
+    try:
+        url = server.start()
+    except OSError as exc:
+        fail(UsageError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}"))
+        return
+    stop = threading.Event()
+    # SIGTERM (e.g. from a test harness or systemd) stops as cleanly as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    click.echo(f"gsvr-batch sandbox listening on {url}")
+    click.echo("Point the client at it with:")
+    click.echo(f"  export GOOGLE_GEMINI_BASE_URL={url}")
+    click.echo("  export GEMINI_API_KEY=sandbox-key" + ("" if api_key is None else "   # or the --api-key value"))
+    click.echo(f"Stats: {url}/_sandbox/stats    Press Ctrl-C to stop.", err=False)
+    sys.stdout.flush()
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        click.echo("sandbox stopped")
+
+
 def main() -> None:
     cli(prog_name="gsvr-batch")

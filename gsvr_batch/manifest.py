@@ -41,7 +41,7 @@ from .manifest_types import (
     RawManifest,
     Settings,
 )
-from .manifest_yaml import did_you_mean, parse_yaml
+from .manifest_yaml import API_KEY_SHAPE, did_you_mean, parse_yaml
 
 __all__ = [
     "DEFAULT_MODEL", "DEFAULT_OUTPUT_DIR", "DEFAULT_OUTPUT_PATTERN", "DEFAULT_TEMPLATE", "Job", "Manifest",
@@ -252,9 +252,11 @@ def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: 
         templates_dirs.append(Path(os.path.abspath(os.path.expanduser(os.fspath(d)))))
     for d in settings.templates_dir:
         templates_dirs.append((raw.base_dir / Path(d).expanduser()).absolute())
-    for d in templates_dirs:
+    n_cli = len(templates_dirs)
+    for i, d in enumerate(templates_dirs):
         if not d.is_dir():
-            problems.append(Problem(raw.file, raw.settings_lines.get("templates_dir"),
+            problems.append(Problem(CLI if i < n_cli else raw.file,
+                                    None if i < n_cli else raw.settings_lines.get("templates_dir"),
                                     f"templates folder not found: {d}", "templates_dir names a folder of *.yaml templates"))
     settings.templates_dir = [str(d) for d in templates_dirs]
     if settings.journal:
@@ -288,7 +290,7 @@ def _expand(rj: RawJob, raw: RawManifest, check_files: bool) -> tuple[list[_Entr
         if not isinstance(value, str) or not value.strip():
             return [], [Problem(rj.file, line, "'list' must name a text file of sources", "e.g. list: videos.txt")]
         list_path = Path(os.path.normpath(rj.base_dir / Path(value.strip()).expanduser()))
-        shown = _shown(list_path, rj.file)
+        shown = _shown(list_path)
         try:
             data = list_path.read_bytes()
         except OSError as exc:
@@ -322,7 +324,7 @@ def _expand(rj: RawJob, raw: RawManifest, check_files: bool) -> tuple[list[_Entr
         videos = _scan_folder(abs_path)
         if not videos:
             exts = " ".join(media.VIDEO_EXTENSIONS)
-            return [], [Problem(rj.file, line, f"folder {_shown(Path(abs_path), rj.file)} has no video files",
+            return [], [Problem(rj.file, line, f"folder {_shown(Path(abs_path))} has no video files",
                                 f"looked recursively for {exts}")]
         if "output" in fields:
             problems.append(Problem(rj.file, rj.line_of("output"),
@@ -438,12 +440,13 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
 
     # explicit outputs first: two jobs naming the same file is the user's error to fix
     taken: dict[str, _Entry] = {}
+    folder_ok: dict[Path, bool] = {}
     final: list[tuple[_Entry, dict, str]] = []
     resolved: dict[int, str] = {}
     for i, (e, values, rel, explicit) in enumerate(planned):
         if not explicit:
             continue
-        checked, why = _inside_root(output_root, rel)
+        checked, why = _inside_root(output_root, rel, folder_ok)
         if why:
             problems.append(Problem(e.file, e.origin_job.line_of("output"), why,
                                     "outputs must stay inside output_dir; use a relative name without '..'"))
@@ -461,7 +464,7 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
     for i, (e, values, rel, explicit) in enumerate(planned):
         if explicit:
             continue
-        checked, why = _inside_root(output_root, rel)
+        checked, why = _inside_root(output_root, rel, folder_ok)
         if why:
             line = e.origin_job.line_of("output_pattern") if "output_pattern" in e.fields else e.line
             problems.append(Problem(e.file, line, why, "the output pattern must produce a name inside output_dir"))
@@ -494,14 +497,23 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
     return jobs, problems
 
 
-def _inside_root(root: Path, rel: str) -> tuple[str, str | None]:
-    """(relative POSIX name, None) if ``rel`` stays inside ``root``; else ("", why)."""
+def _inside_root(root: Path, rel: str, cache: dict[Path, bool]) -> tuple[str, str | None]:
+    """(relative POSIX name, None) if ``rel`` stays inside ``root``; else ("", why).
+
+    ``root`` is already resolved. ``cache`` remembers per folder whether it resolves inside
+    the root, so 10,000 outputs in one folder cost one ``resolve()``, not 10,000.
+    """
     p = Path(os.path.expanduser(rel))
     candidate = Path(os.path.normpath(p if p.is_absolute() else root / p))
     if not (root in candidate.parents):
         return "", f"output '{rel}' resolves outside the output root {root}"
     # existing parts may be symlinks pointing elsewhere: follow them
-    if not is_inside(root, candidate):
+    ok = cache.get(candidate.parent)
+    if ok is None:
+        ok = cache[candidate.parent] = is_inside(root, candidate.parent)
+    if ok and os.path.islink(candidate):
+        ok = is_inside(root, candidate)
+    if not ok:
         return "", f"output '{rel}' resolves outside the output root {root} (through a symlink)"
     return candidate.relative_to(root).as_posix(), None
 
@@ -637,7 +649,7 @@ def _settings(raw: RawManifest, overrides: dict) -> tuple[Settings, list[Problem
             else:
                 setattr(s, key, value)
         elif key == "api_key_env":
-            if not isinstance(value, str) or not _ENV_NAME.match(value):
+            if not isinstance(value, str) or not _ENV_NAME.match(value) or API_KEY_SHAPE.search(value):
                 # never echo the value: people paste the key itself here
                 bad(key, "settings.api_key_env must be the NAME of an environment variable",
                     "e.g. api_key_env: GEMINI_API_KEY, and export GEMINI_API_KEY=... in the shell")
@@ -732,7 +744,7 @@ def _identity_path(source: str, base: Path) -> str:
         return p.as_posix()
 
 
-def _shown(path: Path, relative_to_file: str) -> str:
+def _shown(path: Path) -> str:
     """How to name ``path`` in a message: relative to the cwd when that is shorter and inside it."""
     try:
         return path.relative_to(Path.cwd()).as_posix()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import string
-import unicodedata
 
 PATTERN_FIELDS = ("stem", "title", "template", "date", "id", "index", "ext")
+# path separators and the C0/C1 control characters (exactly Unicode category Cc)
+_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]")
 _MAX_FIELD_BYTES = 120  # a file name is at most 255 bytes; one Chinese character is 3
 
 
@@ -31,13 +33,7 @@ def sanitise_component(value: str) -> str:
     a folder or climb out of the output root; Unicode (Chinese, emoji), spaces and
     punctuation are kept so names stay readable.
     """
-    out = []
-    for ch in value:
-        if ch in "/\\" or unicodedata.category(ch) == "Cc":
-            out.append("_")
-        else:
-            out.append(ch)
-    text = "".join(out).strip().strip(".").strip()
+    text = _UNSAFE.sub("_", value).strip().strip(".").strip()
     encoded = text.encode("utf-8")
     if len(encoded) > _MAX_FIELD_BYTES:
         text = encoded[:_MAX_FIELD_BYTES].decode("utf-8", errors="ignore").rstrip()

@@ -276,7 +276,14 @@ def _upload(task: _Task, src: inputs.ResolvedInput) -> UploadRef:
     client = task.w.client
     task.step("uploading")
     config = {"display_name": src.display_name, "mime_type": src.mime_type, "http_options": {"headers": task.headers}}
-    f = task.call("file", "upload", lambda: client.files.upload(file=src.path, config=config))
+
+    def upload() -> Any:
+        # An open file, not the path: given a path, the SDK puts the file's base name in an
+        # X-Goog-Upload-File-Name header, which httpx refuses for non-ASCII names (讲座.mp4).
+        with open(src.path, "rb") as fh:
+            return client.files.upload(file=fh, config=config)
+
+    f = task.call("file", "upload", upload)
     ref = UploadRef(
         name=f.name,
         uri=f.uri,
@@ -393,7 +400,9 @@ def _run(task: _Task, result: TaskResult) -> None:
 
     spec = task.spec
     client = task.w.client
-    # Template problems are known before anything costs an API call.
+    # Problems that would make the whole call useless are found before it costs quota.
+    if not fsutil.is_inside(spec.output_root, spec.output_path):
+        raise OutputError(f"output path {spec.output_path} is outside the output root {spec.output_root}; refused")
     template = templates.get_template(spec.template, spec.templates_dirs)
     gen = templates.generation_config(template)
 
@@ -404,6 +413,7 @@ def _run(task: _Task, result: TaskResult) -> None:
         max_download_bytes=spec.max_download_bytes,
         timeout=task.w.cfg.request_timeout,
         on_step=task.step,
+        temp_root=spec.extra.get("download_dir"),
     ) as src:
         result.video_duration = src.duration
         if spec.max_duration is not None and src.duration is not None and src.duration > spec.max_duration:

@@ -95,7 +95,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import BatchStop, QuotaExhausted, RateLimited, UsageError

@@ -389,7 +389,7 @@ def check_params(t: Template, params: dict | None) -> list[str]:
         if p.required and given is None and p.name not in METADATA_KEYS:
             problems.append(f"template '{t.name}': missing required parameter '{p.name}'"
                             + (f" ({p.description})" if p.description else ""))
-        if given is not None and p.choices and given not in p.choices:
+        if given is not None and p.choices and str(given) not in {str(c) for c in p.choices}:
             problems.append(
                 f"template '{t.name}': parameter '{p.name}' is {given!r}; "
                 f"allowed: {', '.join(map(str, p.choices))}"
@@ -421,7 +421,7 @@ def metadata_values(metadata: dict | None, *, now: datetime | None = None) -> di
     title = md.get("title") or md.get("video_title")
     if title:
         out["title"] = out["video_title"] = str(title)
-    dur = md.get("duration", md.get("duration_seconds", md.get("video_duration")))
+    dur = next((md[k] for k in ("duration", "duration_seconds", "video_duration") if md.get(k) is not None), None)
     if isinstance(dur, (int, float)) and not isinstance(dur, bool):
         out["duration"] = out["video_duration"] = format_duration(dur) or ""
         out["duration_seconds"] = out["video_duration_seconds"] = str(int(round(dur)))

@@ -120,7 +120,7 @@ def refresh(job: BatchJob, now: float, duration: float, store: FileStore, proces
 
 
 def _run(job: BatchJob, now: float, store: FileStore, processing_delay: float) -> None:
-    results: list[dict] = []
+    results: list[tuple[BatchItem, dict]] = []
     ok = failed = 0
     for item in job.items:
         model = str(item.request.get("model") or job.model).split("models/", 1)[-1]
@@ -135,19 +135,19 @@ def _run(job: BatchJob, now: float, store: FileStore, processing_delay: float) -
         except rpc.ApiError as exc:
             entry["error"] = {"code": _GRPC.get(exc.status, 2), "message": exc.message}
             failed += 1
-        results.append((item, entry))  # type: ignore[arg-type]
+        results.append((item, entry))
     job.counts = {"requestCount": str(len(job.items)), "successfulRequestCount": str(ok),
                   "failedRequestCount": str(failed), "pendingRequestCount": "0"}
     if job.input_file is None:
         inlined = []
-        for item, entry in results:  # type: ignore[misc]
+        for item, entry in results:
             if item.metadata is not None:
                 entry = {**entry, "metadata": item.metadata}
             inlined.append(entry)
         job.output = {"inlinedResponses": {"inlinedResponses": inlined}}
     else:
         lines = []
-        for i, (item, entry) in enumerate(results):  # type: ignore[misc]
+        for i, (item, entry) in enumerate(results):
             lines.append(json.dumps({"key": item.key if item.key is not None else str(i), **entry},
                                     ensure_ascii=False))
         rec = store.add_generated(("\n".join(lines) + "\n").encode("utf-8"),

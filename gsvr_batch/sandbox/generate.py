@@ -102,10 +102,12 @@ def prepare(model: str, body: dict, store: FileStore, now: float, processing_del
                 prep.durations.append(_probe_bytes(raw))
                 prep.sources.append(f"inline:{len(raw)}")
     prep.text = "\n".join(texts)
-    gen = body.get("generationConfig") or {}
-    prep.low_res = gen.get("mediaResolution") == "MEDIA_RESOLUTION_LOW"
-    if gen.get("maxOutputTokens") is not None:
-        prep.max_tokens = int(gen["maxOutputTokens"])
+    gen = body.get("generationConfig") or body.get("generation_config") or {}
+    resolution = gen.get("mediaResolution") or gen.get("media_resolution")
+    prep.low_res = resolution == "MEDIA_RESOLUTION_LOW"
+    max_tokens = gen.get("maxOutputTokens", gen.get("max_output_tokens"))
+    if max_tokens is not None:
+        prep.max_tokens = int(max_tokens)
     prep.media_seconds = sum(d if d else lesson.ASSUMED_DURATION for d in prep.durations)
     prep.usage = lesson.prompt_usage(prep.text, prep.media_seconds, low_resolution=prep.low_res)
     return prep

@@ -234,7 +234,7 @@ class SandboxServer:
         if len(parts) >= 3 and parts[0] == "upload" and parts[1] in API_VERSIONS and parts[2] == "files":
             if "upload_id" in query:
                 return self._upload_chunk(handler, query["upload_id"][0], entry)
-            handler.read_body()
+            handler.read_json()
             self._check_key(handler, query)
             return self._upload_start(handler, parts[1], entry)
         if len(parts) >= 4 and parts[0] == "download" and parts[1] in API_VERSIONS and parts[2] == "files":
@@ -273,10 +273,13 @@ class SandboxServer:
     def _upload_start(self, handler: _Handler, version: str, entry: dict) -> _Reply:
         entry["kind"] = "upload_start"
         meta = (handler.json_body or {}).get("file") or {}
-        display = meta.get("displayName")
+        # The SDK sends this body in snake_case (proto JSON accepts both spellings).
+        display = meta.get("displayName") or meta.get("display_name")
         entry["display_name"] = display
-        size_h = handler.headers.get("X-Goog-Upload-Header-Content-Length") or meta.get("sizeBytes")
-        mime = handler.headers.get("X-Goog-Upload-Header-Content-Type") or meta.get("mimeType")
+        size_h = (handler.headers.get("X-Goog-Upload-Header-Content-Length") or meta.get("sizeBytes")
+                  or meta.get("size_bytes"))
+        mime = (handler.headers.get("X-Goog-Upload-Header-Content-Type") or meta.get("mimeType")
+                or meta.get("mime_type"))
         if (handler.headers.get("X-Goog-Upload-Protocol") or "").lower() != "resumable":
             raise rpc.bad_request("Only the resumable upload protocol is supported by the sandbox.")
         try:
@@ -425,6 +428,9 @@ class SandboxServer:
             latency = c.latency
         if generate.HANG in prep.trigger_text:
             entry["injected"] = "hang"
+            # Log now (status None): a benchmark reading the log must see the call in flight.
+            self._log(dict(entry))
+            entry["_logged"] = True
             self._stop.wait()  # until the server stops; then the client sees a dropped connection
             raise _Drop("hang")
         if latency > 0 and self._stop.wait(latency):
@@ -603,7 +609,8 @@ class _Handler(BaseHTTPRequestHandler):
         except _Drop as drop:
             entry["injected"] = entry["injected"] or drop.injected
             entry["elapsed"] = round(time.monotonic() - started, 4)
-            sb._log(entry)
+            if not entry.pop("_logged", False):
+                sb._log(entry)
             self.close_connection = True  # say nothing: the client sees a dropped connection
             return
         except rpc.ApiError as exc:

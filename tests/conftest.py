@@ -1,0 +1,71 @@
+"""Shared fixtures: a real sandbox server on 127.0.0.1 and small real batches on disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "jobs" / "videos" / "lecture-01-introduction.mp4"
+GSVR = [sys.executable, "-m", "gsvr_batch"]
+TEST_KEY = "test-key-not-real-0123456789"
+
+
+@pytest.fixture
+def sandbox():
+    """A sandbox server in this process; tests point subprocesses at it via env."""
+    from gsvr_batch.sandbox import SandboxConfig, SandboxServer
+
+    servers = []
+
+    def start(**cfg):
+        cfg.setdefault("processing_delay", 0.05)
+        s = SandboxServer(SandboxConfig(**cfg))
+        s.start()
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def make_batch(root: Path, n: int, *, sandbox: bool = False, extra_settings: str = "", names=None,
+               sample: Path = SAMPLE) -> Path:
+    """n real (copied) videos under root/videos and a YAML manifest root/manifest.yaml."""
+    vids = root / "videos"
+    vids.mkdir(parents=True, exist_ok=True)
+    names = names or [f"lecture-{i:03d}.mp4" for i in range(n)]
+    for name in names:
+        shutil.copyfile(sample, vids / name)
+    jobs = "\n".join(f"  - source: videos/{name}" for name in names)
+    settings = textwrap.indent(extra_settings.strip(), "  ") if extra_settings.strip() else ""
+    text = (f"{'sandbox: true' if sandbox else ''}\n"
+            f"defaults:\n  template: summary_report\n  output_dir: out\n"
+            f"settings:\n  workers: 2\n  max_attempts: 3\n{settings}\n"
+            f"jobs:\n{jobs}\n")
+    m = root / "manifest.yaml"
+    m.write_text(text, encoding="utf-8")
+    return m
+
+
+def env_for(server=None, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY",
+                                                             "GOOGLE_GEMINI_BASE_URL")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    if server is not None:
+        env["GOOGLE_GEMINI_BASE_URL"] = server.base_url
+        env["GEMINI_API_KEY"] = TEST_KEY
+    env.update(extra)
+    return env
+
+
+def run_cli(args, *, env=None, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(GSVR + [str(a) for a in args], env=env or env_for(), cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)

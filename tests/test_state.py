@@ -1,0 +1,133 @@
+"""The fold: hand-written record sequences, and every illegal transition raises."""
+
+from __future__ import annotations
+
+import pytest
+
+from gsvr_batch.errors import IllegalTransition
+from gsvr_batch.state import TERMINAL, BatchState, TaskStatus, apply, fold
+
+
+class Seq:
+    """Builds records with consecutive sequence numbers."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self, type_, **f):
+        self.n += 1
+        return {"seq": self.n, "ts": f"2026-01-01T00:00:{self.n:02d}.000Z", "type": type_, **f}
+
+
+def base(seq, *tids):
+    recs = [seq("batch_created", batch_id="b1", manifest="m.yaml", manifest_identity="i", manifest_hash="h",
+                settings={})]
+    recs += [seq("task_added", task_id=t, source=f"{t}.mp4") for t in tids]
+    return recs
+
+
+def test_happy_life_cycle():
+    s = Seq()
+    st = fold(base(s, "a", "b") + [
+        s("run_started"),
+        s("task_started", task_id="a", attempt=1),
+        s("task_step", task_id="a", step="uploading"),
+        s("upload_finished", task_id="a", upload={"name": "files/x", "uri": "u", "mime_type": "video/mp4"}),
+        s("task_completed", task_id="a", output="a.md", sha256="f" * 64, usage={"total_tokens": 9}, cost_usd=0.5),
+        s("task_started", task_id="b", attempt=1),
+        s("retry_scheduled", task_id="b", attempt=2, not_before=10.0, error_class="ServerError", message="503"),
+        s("task_started", task_id="b", attempt=2),
+        s("task_failed", task_id="b", attempt=2, error_class="ContentBlocked", message="safety"),
+        s("run_finished", exit_code=1),
+    ])
+    assert st.tasks["a"].status is TaskStatus.COMPLETED and st.tasks["a"].upload["name"] == "files/x"
+    assert st.tasks["b"].status is TaskStatus.FAILED and st.tasks["b"].attempts == 2
+    assert st.tasks["b"].last_error["error_class"] == "ContentBlocked"
+    assert st.counts() == {"pending": 0, "running": 0, "completed": 1, "failed": 1, "skipped": 0, "total": 2}
+    assert st.total_cost_usd == 0.5 and st.is_complete()
+
+
+def test_crash_requeue_and_retry_command_keep_history():
+    s = Seq()
+    st = fold(base(s, "a") + [
+        s("task_started", task_id="a", attempt=1),
+        s("task_requeued", task_id="a", reason="crash", in_flight=True),
+        s("task_started", task_id="a", attempt=2),
+        s("task_failed", task_id="a", attempt=2, error_class="X", message="m"),
+        s("task_requeued", task_id="a", reason="retry", in_flight=False, reset_attempts=True),
+    ])
+    t = st.tasks["a"]
+    assert t.status is TaskStatus.PENDING and t.attempts == 0 and t.requeues_in_flight == 1
+
+
+def test_dropped_task_is_hidden_and_can_come_back():
+    s = Seq()
+    st = fold(base(s, "a", "b") + [s("task_dropped", task_id="b", reason="gone")])
+    assert st.counts()["total"] == 1
+    apply(st, s("task_added", task_id="b", source="b.mp4"))
+    assert st.counts()["total"] == 2
+
+
+def test_snapshot_roundtrip():
+    s = Seq()
+    st = fold(base(s, "a") + [s("task_started", task_id="a", attempt=1)])
+    assert BatchState.from_dict(st.to_dict()).to_dict() == st.to_dict()
+
+
+ILLEGAL = [
+    ("record before batch_created", lambda s: [s("task_added", task_id="a", source="x")]),
+    ("second batch_created", lambda s: base(s) + [s("batch_created", batch_id="b2")]),
+    ("unknown record type", lambda s: base(s) + [s("task_exploded", task_id="a")]),
+    ("duplicate task", lambda s: base(s, "a") + [s("task_added", task_id="a", source="x")]),
+    ("unknown task", lambda s: base(s) + [s("task_started", task_id="zz", attempt=1)]),
+    ("complete a pending task", lambda s: base(s, "a") + [s("task_completed", task_id="a", sha256="x")]),
+    ("fail a pending task", lambda s: base(s, "a") + [s("task_failed", task_id="a", error_class="E")]),
+    ("start a running task", lambda s: base(s, "a") + [s("task_started", task_id="a", attempt=1),
+                                                       s("task_started", task_id="a", attempt=2)]),
+    ("start a completed task", lambda s: base(s, "a") + [
+        s("task_started", task_id="a", attempt=1), s("task_completed", task_id="a", sha256="x"),
+        s("task_started", task_id="a", attempt=2)]),
+    ("complete twice", lambda s: base(s, "a") + [
+        s("task_started", task_id="a", attempt=1), s("task_completed", task_id="a", sha256="x"),
+        s("task_completed", task_id="a", sha256="x")]),
+    ("completed without sha256", lambda s: base(s, "a") + [
+        s("task_started", task_id="a", attempt=1), s("task_completed", task_id="a")]),
+    ("attempt number skips", lambda s: base(s, "a") + [s("task_started", task_id="a", attempt=3)]),
+    ("step of a pending task", lambda s: base(s, "a") + [s("task_step", task_id="a", step="x")]),
+    ("upload of a pending task", lambda s: base(s, "a") + [s("upload_finished", task_id="a", upload={})]),
+    ("retry of a pending task", lambda s: base(s, "a") + [s("retry_scheduled", task_id="a")]),
+    ("requeue a pending task", lambda s: base(s, "a") + [s("task_requeued", task_id="a", reason="r")]),
+    ("skip a failed task", lambda s: base(s, "a") + [
+        s("task_started", task_id="a", attempt=1), s("task_failed", task_id="a", error_class="E"),
+        s("task_skipped", task_id="a", reason="r")]),
+    ("drop a running task", lambda s: base(s, "a") + [s("task_started", task_id="a", attempt=1),
+                                                      s("task_dropped", task_id="a", reason="r")]),
+    ("start a dropped task", lambda s: base(s, "a") + [s("task_dropped", task_id="a", reason="r"),
+                                                       s("task_started", task_id="a", attempt=1)]),
+    ("unknown batch job", lambda s: base(s) + [s("batch_job_updated", name="batches/x", state="S")]),
+]
+
+
+@pytest.mark.parametrize("why,records", ILLEGAL, ids=[i[0] for i in ILLEGAL])
+def test_illegal_transitions_raise_and_leave_state_unchanged(why, records):
+    recs = records(Seq())
+    st = BatchState()
+    for r in recs[:-1]:
+        apply(st, r)
+    before = st.to_dict()
+    with pytest.raises(IllegalTransition):
+        apply(st, recs[-1])
+    assert st.to_dict() == before
+
+
+def test_sequence_gap_is_illegal():
+    s = Seq()
+    recs = base(s, "a")
+    s.n += 1  # skip one
+    with pytest.raises(IllegalTransition, match="sequence"):
+        fold(recs + [s("task_started", task_id="a", attempt=1)])
+
+
+def test_terminal_set():
+    assert TERMINAL == {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.SKIPPED}
+    assert TaskStatus.COMPLETED == "completed"  # str enum: journal values compare directly
