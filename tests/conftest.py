@@ -48,7 +48,7 @@ def make_batch(root: Path, n: int, *, sandbox: bool = False, extra_settings: str
     settings = textwrap.indent(extra_settings.strip(), "  ") if extra_settings.strip() else ""
     text = (f"{'sandbox: true' if sandbox else ''}\n"
             f"defaults:\n  template: summary_report\n  output_dir: out\n"
-            f"settings:\n  workers: 2\n  max_attempts: 3\n{settings}\n"
+            f"settings:\n  workers: 2\n  max_attempts: 3\n  rpm: 1000\n{settings}\n"
             f"jobs:\n{jobs}\n")
     m = root / "manifest.yaml"
     m.write_text(text, encoding="utf-8")
