@@ -305,10 +305,19 @@ class Runner:
         except ImportError:  # pragma: no cover - during bring-up only
             return None
         models = sorted({j.model for j in self.manifest.jobs}) or ["gemini-2.5-flash"]
-        limits = {m: resolve_limits(m, str(self.settings.tier), rpm=self.settings.rpm, tpm=self.settings.tpm,
-                                    rpd=self.settings.rpd) for m in models}
+        if self.settings.sandbox:
+            # The sandbox has no quota unless told to enforce one, so only explicit limits apply:
+            # the offline demo should not crawl at free-tier speed or stop at 20 requests a day.
+            from .quota import Limits
+
+            s = self.settings
+            limits = {m: Limits(rpm=s.rpm, tpm=s.tpm, rpd=s.rpd, file_rpm=None) for m in models}
+        else:
+            limits = {m: resolve_limits(m, str(self.settings.tier), rpm=self.settings.rpm,
+                                        tpm=self.settings.tpm, rpd=self.settings.rpd) for m in models}
         from datetime import datetime, timezone
 
+        self.limits = limits
         today = pacific_day(datetime.fromtimestamp(self.now(), tz=timezone.utc))
         used = dict(self.state.requests_by_day.get(today, {}))
         path = str(self.blog.path.with_name(self.blog.path.name + ".ratelimit"))
@@ -357,6 +366,8 @@ class Runner:
         self.pool = self._make_pool(wcfg, receiver.sender())
         try:
             self._loop(pending, wcfg, receiver, control, progress)
+            while self._wait_for_quota_reset(control):
+                self._loop(pending, wcfg, receiver, control, progress)
         finally:
             self._restore_signals(old_handlers)
             self._shutdown_pool(self.pool)
@@ -383,7 +394,7 @@ class Runner:
                 tid = self._next_due(pending)
                 if tid is None:
                     break
-                if not self._within_cost_limit(tid):
+                if not self._daily_quota_left(tid) or not self._within_cost_limit(tid):
                     pending.appendleft(tid)  # peeked, not started
                     break
                 self.blog.start_task(tid, worker=None)
@@ -555,9 +566,58 @@ class Runner:
         if self.stop_reason is not None and self.stop_reason[0] in (ExitCode.FATAL_API,):
             return  # the first fatal reason wins
         self.stop_reason = (int(code), message)
+        self.stop_kind = kind
+        self.stop_extra = dict(extra)
         self.blog.stop(kind, message, **extra)
         if self.limiter is not None and kind in ("fatal", "cancelled"):
             self.limiter.set_cancelled()  # running workers stop at their next API call
+
+    def _daily_quota_left(self, tid: str) -> bool:
+        """Do not even upload for a task whose model has no requests left today (journaled count)."""
+        from datetime import datetime, timezone
+
+        from .quota import iso_utc, next_pacific_midnight, pacific_day
+
+        model = self.jobs[tid].model
+        lim = getattr(self, "limits", {}).get(model)
+        if lim is None or lim.rpd is None:
+            return True
+        now = datetime.fromtimestamp(self.now(), tz=timezone.utc)
+        used = self.state.requests_by_day.get(pacific_day(now), {}).get(model, 0)
+        if used < lim.rpd:
+            return True
+        resets = iso_utc(next_pacific_midnight(now))
+        self._stop(ExitCode.TEMPFAIL, "quota_day",
+                   f"daily request budget for {model} is spent ({used} of {lim.rpd} today, Pacific time); "
+                   f"it resets at {resets}", resets_at=resets)
+        return False
+
+    def _wait_for_quota_reset(self, control: ControlWatcher) -> bool:
+        """With --wait, sleep through a spent daily quota; True when the batch should go on."""
+        if not (self.opts.wait and getattr(self, "stop_kind", None) == "quota_day" and self.interrupts == 0):
+            return False
+        from datetime import datetime
+
+        resets = self.stop_extra.get("resets_at")
+        try:
+            until = datetime.fromisoformat(str(resets).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            until = self.now() + 3600  # unknown reset time: look again in an hour
+        self.echo(f"Daily quota spent; --wait: sleeping until {resets} (Ctrl-C or `gsvr-batch cancel` to stop).")
+        while self.now() < until + 5:  # a few seconds' margin for clock skew with Google
+            time.sleep(1.0)
+            cmd = control.poll()
+            if cmd is not None and cmd.command == "cancel":
+                self._on_command("cancel")
+            name = getattr(self, "_pending_interrupt", None)
+            if name or self.cancelled:
+                self._check_interrupt_deadline(self.pool)
+                return False
+        self.stop_reason = None
+        self.stop_kind = None
+        self.blog.resume("daily quota reset")
+        self.echo("Daily quota reset: continuing.")
+        return True
 
     # -- control -------------------------------------------------------------------------------
     def _on_command(self, command: str) -> None:
