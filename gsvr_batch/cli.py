@@ -225,8 +225,18 @@ def retry_cmd(journal: str, retry_failed: bool, ids: tuple[str, ...], workers, s
         st = replay(journal).state
         if not st.manifest:
             raise UsageError(f"{journal} has no batch in it")
-        opts = RunOptions(manifest=st.manifest, journal=journal, workers=workers, sandbox=sandbox,
-                          retry_failed=retry_failed, retry_ids=ids_list, progress=progress)
+        source, identity = st.manifest, None
+        from pathlib import Path
+
+        from .runner import DERIVED_MANIFEST
+
+        derived = Path(journal).parent / DERIVED_MANIFEST
+        if derived.exists() and (Path(source).is_dir() or Path(source).suffix.lower() not in (".yaml", ".yml", ".csv")):
+            # a folder / list batch: its command-line template and output live in the derived manifest
+            source, identity = str(derived), st.manifest_identity
+        opts = RunOptions(manifest=source, journal=journal, workers=workers, sandbox=sandbox,
+                          retry_failed=retry_failed, retry_ids=ids_list, progress=progress,
+                          accept_identity=identity)
         result = run_batch(opts, echo=lambda s: click.echo(s))
     except GsvrError as exc:
         _fail_with_problems(exc)
@@ -342,7 +352,22 @@ def cancel_cmd(journal: str) -> None:
     \b
     Example:
       gsvr-batch cancel jobs/output/.gsvr/journal.jsonl
+
+    In batch mode the remote Gemini batch jobs are cancelled too, even when no run is in
+    progress (their tasks go back to pending).
     """
+    import os
+
+    from .channels import lock_is_held
+
+    if os.path.isfile(journal) and not lock_is_held(journal):
+        from .batchmode import cancel_batch_jobs
+
+        try:
+            if cancel_batch_jobs(journal, echo=click.echo) is not None:
+                return
+        except GsvrError as exc:
+            fail(exc)
     _control(journal, "cancel")
 
 

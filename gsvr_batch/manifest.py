@@ -668,6 +668,16 @@ def _settings(raw: RawManifest, overrides: dict) -> tuple[Settings, list[Problem
                 bad(key, f"settings.{key} must be a positive number")
             else:
                 setattr(s, key, float(value))
+        elif key in ("retry_base_delay", "active_timeout"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                bad(key, f"settings.{key} must be a number of seconds (0 or more)")
+            else:
+                setattr(s, key, float(value))
+        elif key == "max_call_retries":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 20:
+                bad(key, "settings.max_call_retries must be a whole number from 0 to 20")
+            else:
+                s.max_call_retries = value
         elif key in ("rpd", "max_attempts"):
             limit = 100 if key == "max_attempts" else 10**9
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:

@@ -75,6 +75,9 @@ class Settings:
     notify: list[dict] = field(default_factory=list)
     templates_dir: list[str] = field(default_factory=list)
     journal: str | None = None  # default: <output_root>/.gsvr/journal.jsonl (absolute when set)
+    retry_base_delay: float | None = None  # first task-level retry delay in s (None: runner default 5 s)
+    active_timeout: float | None = None  # s to wait for an upload to turn ACTIVE (None: 600 s)
+    max_call_retries: int | None = None  # quick in-task retries of one API call (None: 5)
 
 
 @dataclass

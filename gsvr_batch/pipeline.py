@@ -43,7 +43,8 @@ from .errors import (
 from .gemini import WorkerConfig, classify, make_client, redact
 from .tasks import EVENT_STEP, EVENT_UPLOAD, EVENT_USAGE, TaskResult, TaskSpec, UploadRef
 
-__all__ = ["WorkerConfig", "init_worker", "run_task", "error_dict", "estimate_tokens"]
+__all__ = ["WorkerConfig", "init_worker", "run_task", "error_dict", "estimate_tokens", "PreparedRequest",
+           "ManagerSteps", "usage_of"]
 
 log = logging.getLogger("gsvr_batch.pipeline")
 
@@ -115,6 +116,10 @@ def init_worker(cfg: WorkerConfig, queue: Any) -> None:
         # The manager handles Ctrl-C and decides what happens to running tasks.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _set_parent_death_signal()
+        # The manager may have died (kill -9) between spawning us and the prctl above; then the
+        # kernel will never send the death signal and we would idle as an orphan forever.
+        if os.getppid() != multiprocessing.parent_process().pid:
+            os._exit(1)
     client = make_client(cfg)
     _STATE = _Worker(cfg=cfg, client=client, limiter=_make_limiter(cfg.limiter_path), queue=queue, parent_pid=os.getppid())
 
@@ -393,13 +398,32 @@ def _delete_upload(task: _Task, ref: UploadRef) -> bool:
         return False
 
 
-def _run(task: _Task, result: TaskResult) -> None:
+@dataclass
+class PreparedRequest:
+    """One task's generate request, ready to send: online at once, or inside a Gemini batch job.
+
+    ``skipped_reason`` set means: do not send anything (e.g. the video is too long).
+    """
+
+    task_id: str
+    contents: list[Any]  # [video Part, prompt text]
+    generation: dict[str, Any]  # GenerateContentConfig keyword arguments from the template
+    prompt: str
+    upload: UploadRef | None
+    video_duration: float | None
+    template_name: str
+    template_version: str
+    estimated_tokens: int = 0
+    skipped_reason: str | None = None
+
+
+def _prepare(task: _Task) -> PreparedRequest:
+    """resolve → upload (or reuse) → wait ACTIVE → render the prompt. Raises GsvrError."""
     from google.genai import types
 
-    from . import formats, templates
+    from . import templates
 
     spec = task.spec
-    client = task.w.client
     # Problems that would make the whole call useless are found before it costs quota.
     if not fsutil.is_inside(spec.output_root, spec.output_path):
         raise OutputError(f"output path {spec.output_path} is outside the output root {spec.output_root}; refused")
@@ -415,14 +439,15 @@ def _run(task: _Task, result: TaskResult) -> None:
         on_step=task.step,
         temp_root=spec.extra.get("download_dir"),
     ) as src:
-        result.video_duration = src.duration
+        prep = PreparedRequest(task_id=spec.task_id, contents=[], generation=gen, prompt="", upload=None,
+                               video_duration=src.duration, template_name=template.name,
+                               template_version=template.version)
         if spec.max_duration is not None and src.duration is not None and src.duration > spec.max_duration:
-            result.skipped_reason = (
+            prep.skipped_reason = (
                 f"video is {src.duration:.0f} s long, longer than max_duration {spec.max_duration:g} s"
             )
-            return
+            return prep
 
-        ref: UploadRef | None = None
         if src.kind == "youtube":
             video_part = types.Part(file_data=types.FileData(file_uri=src.uri))
         else:
@@ -431,60 +456,131 @@ def _run(task: _Task, result: TaskResult) -> None:
                 ref = _upload(task, src)
             else:
                 log.info("task %s: reusing upload %s", spec.task_id, ref.name)
-            result.upload = ref
+            prep.upload = ref
             video_part = types.Part.from_uri(file_uri=ref.uri, mime_type=ref.mime_type)
 
-        prompt = templates.render_prompt(
+        prep.prompt = templates.render_prompt(
             template, spec.params, {"title": spec.title, "duration": src.duration, "source": spec.source}
         )
-        tokens = estimate_tokens(src.duration, prompt, gen.get("media_resolution"))
-        config = types.GenerateContentConfig(**gen, http_options=types.HttpOptions(headers=task.headers))
-        task.step("generating")
-        response = task.call(
-            "generate",
-            "generate",
-            lambda: client.models.generate_content(model=spec.model, contents=[video_part, prompt], config=config),
-            tokens=tokens,
-        )
-        usage = getattr(response, "usage_metadata", None)
-        result.usage = {
-            "prompt_tokens": int(getattr(usage, "prompt_token_count", None) or 0),
-            "candidates_tokens": int(getattr(usage, "candidates_token_count", None) or 0),
-            "total_tokens": int(getattr(usage, "total_token_count", None) or 0),
+        prep.contents = [video_part, prep.prompt]
+        prep.estimated_tokens = estimate_tokens(src.duration, prep.prompt, gen.get("media_resolution"))
+        return prep
+
+
+def _write_lesson(task: _Task, prep: PreparedRequest, text: str, usage: dict[str, int],
+                  model_version: str | None) -> tuple[str, int]:
+    """format → atomic write of one answer; ``(sha256, bytes)``. Shared by online and batch mode."""
+    from . import formats
+
+    spec = task.spec
+    task.step("writing")
+    meta = _lesson_meta(
+        {
+            "title": spec.title,
+            "source": spec.source,
+            "source_url": spec.source if spec.source_kind in ("youtube", "url") else None,
+            "backend": spec.backend,
+            "duration": prep.video_duration,
+            "template": prep.template_name,
+            "template_version": prep.template_version,
+            "model": spec.model,
+            "model_version": model_version,
+            "prompt_tokens": usage.get("prompt_tokens", 0),
+            "candidates_tokens": usage.get("candidates_tokens", 0),
+            "total_tokens": usage.get("total_tokens", 0),
+            "tokens": dict(usage),
+            "created": _iso(_dt.datetime.now(_dt.timezone.utc)),
+            "task_id": spec.task_id,
         }
-        result.model_version = getattr(response, "model_version", None)
-        task.w.limiter.record_success(
-            "generate", spec.model, estimated_tokens=tokens, actual_tokens=result.usage["total_tokens"]
-        )
+    )
+    data = formats.get_formatter(spec.output_format).render(text, meta)
+    return _write(task, data)
+
+
+def usage_of(response: Any) -> dict[str, int]:
+    """``{prompt_tokens, candidates_tokens, total_tokens}`` of a GenerateContentResponse."""
+    usage = getattr(response, "usage_metadata", None)
+    return {
+        "prompt_tokens": int(getattr(usage, "prompt_token_count", None) or 0),
+        "candidates_tokens": int(getattr(usage, "candidates_token_count", None) or 0),
+        "total_tokens": int(getattr(usage, "total_token_count", None) or 0),
+    }
+
+
+def _run(task: _Task, result: TaskResult) -> None:
+    from google.genai import types
+
+    spec = task.spec
+    client = task.w.client
+    prep = _prepare(task)
+    result.video_duration = prep.video_duration
+    result.upload = prep.upload
+    if prep.skipped_reason:
+        result.skipped_reason = prep.skipped_reason
+        return
+    ref = prep.upload
+    tokens = prep.estimated_tokens
+    config = types.GenerateContentConfig(**prep.generation, http_options=types.HttpOptions(headers=task.headers))
+    task.step("generating")
+    response = task.call(
+        "generate",
+        "generate",
+        lambda: client.models.generate_content(model=spec.model, contents=prep.contents, config=config),
+        tokens=tokens,
+    )
+    result.usage = usage_of(response)
+    result.model_version = getattr(response, "model_version", None)
+    task.w.limiter.record_success(
+        "generate", spec.model, estimated_tokens=tokens, actual_tokens=result.usage["total_tokens"]
+    )
+    text = _response_text(response)
+
+    result.sha256, result.bytes_written = _write_lesson(task, prep, text, result.usage, result.model_version)
+    result.output_path = spec.output_path
+    result.ok = True
+
+    if ref is not None and not spec.keep_uploads:
+        result.upload_deleted = _delete_upload(task, ref)
+
+
+# --------------------------------------------------------------------------- in the manager
+# Gemini Batch Mode (batchmode.py) runs the same steps in the manager process, split in two:
+# prepare now, write when the batch job's answer arrives. These wrap the worker's steps so
+# both modes share one upload / prompt / format / write path.
+
+
+class ManagerSteps:
+    """The worker's steps for a manager that has its own client (see init_worker for workers)."""
+
+    def __init__(self, cfg: WorkerConfig, client: Any, limiter: Any, on_event: Callable[[tuple], None]) -> None:
+        self._w = _Worker(cfg=cfg, client=client, limiter=limiter, queue=_CallbackQueue(on_event),
+                          parent_pid=os.getppid())
+
+    def prepare(self, spec: TaskSpec) -> PreparedRequest:
+        """resolve → upload/reuse → ACTIVE → prompt; events (upload, step) go to ``on_event``."""
+        return _prepare(_Task(self._w, spec))
+
+    def write(self, spec: TaskSpec, prep: PreparedRequest, response: Any) -> tuple[str, int, dict[str, int]]:
+        """Check the answer (blocked / empty → ContentBlocked), format and write it atomically."""
         text = _response_text(response)
+        usage = usage_of(response)
+        sha, n = _write_lesson(_Task(self._w, spec), prep, text, usage, getattr(response, "model_version", None))
+        return sha, n, usage
 
-        task.step("writing")
-        meta = _lesson_meta(
-            {
-                "title": spec.title,
-                "source": spec.source,
-                "source_url": spec.source if spec.source_kind in ("youtube", "url") else None,
-                "backend": spec.backend,
-                "duration": src.duration,
-                "template": template.name,
-                "template_version": template.version,
-                "model": spec.model,
-                "model_version": result.model_version,
-                "prompt_tokens": result.usage["prompt_tokens"],
-                "candidates_tokens": result.usage["candidates_tokens"],
-                "total_tokens": result.usage["total_tokens"],
-                "tokens": dict(result.usage),
-                "created": _iso(_dt.datetime.now(_dt.timezone.utc)),
-                "task_id": spec.task_id,
-            }
-        )
-        data = formats.get_formatter(spec.output_format).render(text, meta)
-        result.sha256, result.bytes_written = _write(task, data)
-        result.output_path = spec.output_path
-        result.ok = True
+    def delete_upload(self, spec: TaskSpec, ref: UploadRef) -> bool:
+        return _delete_upload(_Task(self._w, spec), ref)
 
-        if ref is not None and not spec.keep_uploads:
-            result.upload_deleted = _delete_upload(task, ref)
+    def call(self, spec: TaskSpec, kind: str, label: str, fn: Callable[[], T]) -> T:
+        """One API call with the limiter and the worker's retry policy."""
+        return _Task(self._w, spec).call(kind, label, fn)
+
+
+class _CallbackQueue:
+    def __init__(self, fn: Callable[[tuple], None]) -> None:
+        self._fn = fn
+
+    def put(self, item: tuple) -> None:
+        self._fn(item)
 
 
 def run_task(spec: TaskSpec) -> TaskResult:

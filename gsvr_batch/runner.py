@@ -86,6 +86,8 @@ class RunOptions:
     retry_base_delay: float = 5.0  # first task-level retry delay (doubles each attempt)
     retry_max_delay: float = 300.0
     sandbox_options: dict[str, Any] = field(default_factory=dict)  # SandboxConfig fields for --sandbox
+    # `retry` of a folder/list batch runs its manifest.derived.yaml under the original batch's identity
+    accept_identity: str | None = None
     now: Callable[[], float] = time.time  # wall clock (injectable for quota-day tests)
 
     def overrides(self) -> dict[str, Any]:
@@ -96,9 +98,9 @@ class RunOptions:
         if self.templates_dir:
             out["templates_dir"] = list(self.templates_dir)
         if self.notify:
-            out["notify"] = list(self.notify)
-        if self.pricing:
-            out["pricing"] = self.pricing
+            # --notify URL is a webhook target; the manifest's settings.notify holds mappings
+            out["notify"] = [{"type": "webhook", "url": u} for u in self.notify]
+        # --pricing is not a manifest setting: the runner reads it from the options (_load_pricing)
         return out
 
 
@@ -145,17 +147,55 @@ def run_batch(opts: RunOptions, *, echo: Callable[[str], None] | None = None) ->
 
     resolve_credentials(settings.api_key_env, sandbox=sandbox)  # CredentialsError (exit 2) before any work
 
+    check_notify_targets(settings.notify)  # exit 2 before any work, like any manifest problem
+    if opts.accept_identity:
+        manifest.identity = opts.accept_identity
     lock = RunLock(journal_path)
     lock.acquire()  # LockHeld → exit 75, nothing touched
     try:
         blog, _rp = BatchLog.open(journal_path, warn=lambda m: echo(f"Warning: {m}"))
         try:
+            if blog.state.batch_id is None or blog.state.manifest_identity == manifest.identity:
+                write_derived_manifest(opts.manifest, manifest, journal_path)  # never over another batch's
             runner = Runner(opts, manifest, blog, echo=echo)
             return runner.run()
         finally:
             blog.close()
     finally:
         lock.release()
+
+
+DERIVED_MANIFEST = "manifest.derived.yaml"
+
+
+def check_notify_targets(targets: list[Any]) -> None:
+    """Raise UsageError listing every problem of the notify targets (bad URL, missing field...)."""
+    if not targets:
+        return
+    try:
+        from .notify import validate_targets
+    except ImportError:  # pragma: no cover - during bring-up only
+        return
+    problems = validate_targets(targets)
+    if problems:
+        raise UsageError("notify targets have problems:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def write_derived_manifest(source: str, manifest: Any, journal_path: Path) -> Path | None:
+    """A folder or list-file batch gets its expanded manifest written next to the journal.
+
+    Every job is explicit there (source, template, output...), so the batch can be re-run
+    exactly even after the folder changes, and `retry` knows the batch's templates and outputs.
+    """
+    p = Path(source)
+    if not p.is_dir() and p.suffix.lower() in (".yaml", ".yml", ".csv"):
+        return None
+    from .manifest import write_manifest_yaml
+
+    target = journal_path.parent / DERIVED_MANIFEST
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest_yaml(manifest, target)
+    return target
 
 
 def settings_record(settings: Any) -> dict[str, Any]:
@@ -208,6 +248,10 @@ class Runner:
     def reconcile(self) -> None:
         """Bring the journal in line with the manifest and with what happened before this run."""
         m, s = self.manifest, self.state
+        unknown = set(self.opts.retry_ids) - set(s.tasks) - set(self.jobs)
+        if unknown:  # before anything is journaled: a typo must not leave a half-started run behind
+            raise UsageError(f"unknown task id(s): {', '.join(sorted(unknown))} "
+                             f"(see `gsvr-batch replay {self.blog.path}`)")
         if s.batch_id is None:
             self.blog.create_batch(manifest=str(m.path or m.base_dir), manifest_identity=m.identity,
                                    manifest_hash=m.content_hash, settings=settings_record(self.settings),
@@ -233,9 +277,15 @@ class Runner:
             if t is None or t.dropped:
                 self.blog.add_task(**task_fields(self.jobs[tid], m.output_root))
         # In flight at a crash / kill: back to pending. Its finished upload stays reusable.
+        # Batch mode: a task inside an unfinished Gemini batch job is not lost, it waits at Google.
+        held = set()
+        if self.settings.mode == "batch":
+            from .batchmode import held_task_ids
+
+            held = held_task_ids(s)
         for tid in self.order:
             t = s.tasks[tid]
-            if t.status is TaskStatus.RUNNING:
+            if t.status is TaskStatus.RUNNING and tid not in held:
                 self.blog.requeue(tid, "was in flight when the previous run ended (crash or kill)")
         self._apply_output_checks()
         if self.opts.force:
@@ -296,7 +346,18 @@ class Runner:
         limiter_path = self._start_limiter()
         return WorkerConfig(base_url=base_url, api_version=None, api_key_env=api_key_env,
                             request_timeout=float(self.settings.request_timeout), limiter_path=limiter_path,
-                            backend=backend)
+                            backend=backend, **self._worker_extra())
+
+    def _worker_extra(self) -> dict[str, Any]:
+        """Optional WorkerConfig fields the manifest may set (tests lower the ACTIVE wait)."""
+        out: dict[str, Any] = {}
+        timeout = getattr(self.settings, "active_timeout", None)
+        if timeout is not None:
+            out["active_timeout"] = float(timeout)
+        retries = getattr(self.settings, "max_call_retries", None)
+        if retries is not None:
+            out["max_call_retries"] = int(retries)
+        return out
 
     def _start_limiter(self) -> str | None:
         try:
@@ -348,6 +409,10 @@ class Runner:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> RunResult:
+        if self.settings.mode == "batch":
+            from .batchmode import run_batch_mode
+
+            return run_batch_mode(self)  # Gemini Batch Mode: the manager submits and polls jobs
         self.reconcile()
         pending = deque(tid for tid in self.order if self.state.tasks[tid].status is TaskStatus.PENDING)
         if not pending:
@@ -508,7 +573,7 @@ class Runner:
         if r.upload_deleted and t.upload:
             self.blog.upload_deleted(tid, t.upload.get("name", ""))
         cost = self._cost(t.model, r.usage)
-        if r.ok and r.skipped_reason:
+        if r.skipped_reason and not r.error:  # the worker returns ok=False with a reason: not a failure
             self.blog.skip_task(tid, r.skipped_reason, video_duration=r.video_duration)
             return
         if r.ok:
@@ -520,7 +585,9 @@ class Runner:
         kind = err.get("kind", "task")
         if kind == "transient":
             if t.attempts < int(self.settings.max_attempts):
-                delay = min(self.opts.retry_max_delay, self.opts.retry_base_delay * 2 ** (t.attempts - 1))
+                base = getattr(self.settings, "retry_base_delay", None)
+                base = self.opts.retry_base_delay if base is None else float(base)
+                delay = min(self.opts.retry_max_delay, base * 2 ** (t.attempts - 1))
                 delay *= random.uniform(0.8, 1.2)
                 self.blog.schedule_retry(tid, err, delay, now=self.now(), cost_usd=cost)
                 pending.append(tid)
@@ -746,12 +813,54 @@ class Runner:
             code, msg = ExitCode.OK, "all tasks done"
         if code in (ExitCode.OK, ExitCode.TASKS_FAILED) and self.state.is_complete():
             self.blog.finish()
+        self._notify(code, msg)
         self.blog.run_finished(code)
         self.blog.maybe_snapshot(force=True)
         summary = (f"{counts['completed']} completed, {counts['skipped']} skipped, {counts['failed']} failed, "
                    f"{counts['pending']} pending of {counts['total']}; cost ${self.state.total_cost_usd:.4f}")
         return RunResult(int(code), f"{msg}. {summary}", str(self.blog.path), str(self.manifest.output_root),
                          counts, self.state.total_cost_usd)
+
+
+    # -- notifications -------------------------------------------------------------------------
+    NOTIFY_EVENTS = {"fatal": "batch_aborted", "quota_day": "quota_exhausted", "cost_limit": "cost_limit",
+                     "cancelled": "batch_cancelled"}
+
+    def _notify_event(self, code: int) -> str | None:
+        kind = getattr(self, "stop_kind", None) if self.stop_reason is not None else None
+        if kind in self.NOTIFY_EVENTS:
+            return self.NOTIFY_EVENTS[kind]
+        if kind is None and code in (ExitCode.OK, ExitCode.TASKS_FAILED) and self.state.is_complete():
+            return "batch_finished"
+        return None  # interrupted, disk full, pending retries: the next run will tell
+
+    def _notify(self, code: int, message: str) -> None:
+        """Tell the configured targets how the batch ended; a failing target never changes the exit code."""
+        targets = list(self.settings.notify or [])
+        event = self._notify_event(code)
+        if not targets or event is None:
+            return
+        try:
+            from . import notify
+        except ImportError:  # pragma: no cover - during bring-up only
+            return
+        payload = {"event": event, "batch_id": self.state.batch_id, "manifest": self.state.manifest,
+                   "exit_code": int(code), "message": message, "counts": self.state.counts(),
+                   "cost_usd": round(self.state.total_cost_usd, 6), "journal": str(self.blog.path),
+                   "output_root": str(self.manifest.output_root),
+                   "report": getattr(self, "report_path", None)}
+        try:
+            results = notify.send(event, payload, targets)
+        except Exception as exc:  # noqa: BLE001 - notifications are best effort by contract
+            self.echo(f"Warning: notification '{event}' not sent: {exc}")
+            return
+        for r in results:
+            ok = bool(getattr(r, "ok", False))
+            error = getattr(r, "error", None)
+            self.blog.notification(event=event, target=str(getattr(r, "target", "")), ok=ok,
+                                   attempts=int(getattr(r, "attempts", 1) or 1), error=error)
+            if not ok:
+                self.echo(f"Warning: notification '{event}' to {getattr(r, 'target', '?')} failed: {error}")
 
 
 def _run_in_worker(spec: TaskSpec) -> TaskResult:

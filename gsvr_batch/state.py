@@ -366,15 +366,23 @@ def _notification(s: BatchState, r: dict[str, Any]) -> None:
     s.notifications.append({k: v for k, v in r.items() if k not in ("seq", "crc")})
 
 
+_RECORD_KEYS = frozenset({"seq", "ts", "type", "crc"})
+
+
 def _batch_job_submitted(s: BatchState, r: dict[str, Any]) -> None:
-    s.batch_jobs[r["name"]] = {"name": r["name"], "task_ids": list(r.get("task_ids", [])),
-                               "state": "SUBMITTED", "ts": r.get("ts"), "model": r.get("model")}
+    # Extra fields (remote job name, display name, per-task video durations...) are kept:
+    # batch mode needs them on the next run to find, read and clean up the remote job.
+    job = {k: v for k, v in r.items() if k not in _RECORD_KEYS}
+    job.update({"name": r["name"], "task_ids": list(r.get("task_ids", [])),
+                "state": r.get("state") or "SUBMITTED", "ts": r.get("ts"), "model": r.get("model")})
+    s.batch_jobs[r["name"]] = job
 
 
 def _batch_job_updated(s: BatchState, r: dict[str, Any]) -> None:
     job = s.batch_jobs.get(r["name"])
     if job is None:
         raise _illegal(r, f"unknown batch job {r['name']!r}")
+    job.update({k: v for k, v in r.items() if k not in _RECORD_KEYS | {"name", "done", "state"}})
     job["state"] = r.get("state", job["state"])
     if r.get("done"):
         job["done"] = True

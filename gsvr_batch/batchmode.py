@@ -1,0 +1,585 @@
+"""Gemini Batch Mode (``--mode batch``): half price, separate quotas, up to 24 h per job.
+
+The manager does everything itself (it is the only journal writer, DESIGN invariant 1):
+
+1. **poll** every journaled, unfinished batch job once (``batches.get``); a finished job has
+   its answers written exactly like online answers (pipeline's format + atomic write, then a
+   ``task_completed`` record at batch price); per-request errors fail only their task; a job
+   that ends FAILED / CANCELLED / EXPIRED puts its tasks back to pending;
+2. **submit** the pending tasks: upload each video (reused uploads as online, through the
+   shared rate limiter), build its request, and send them with ``batches.create`` — inline
+   for small jobs, as an uploaded JSONL file otherwise, split into several jobs at the limits;
+3. exit 75 while jobs are still running ("N tasks waiting in M batch jobs"), so cron can
+   call the same command again; ``--wait`` polls with backoff until everything is done.
+
+Exactly-once submission: the ``batch_job_submitted`` record (state ``SUBMITTING``) with a
+deterministic display name is journaled *before* ``batches.create``. If we die between the
+create call and the record of its answer, the next run lists the remote jobs and adopts the
+one with that display name instead of submitting the tasks again.
+
+While a task is inside a remote job it is RUNNING in the fold; ``held_task_ids`` tells the
+runner's reconcile not to requeue those tasks as "in flight at a crash".
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import DiskFull, GsvrError, TransientError
+from .exitcodes import ExitCode
+from .state import BatchState, TaskStatus
+
+log = logging.getLogger("gsvr_batch.batchmode")
+
+SUBMITTING = "SUBMITTING"
+NOT_SUBMITTED = "NOT_SUBMITTED"  # journaled intent whose create call never reached Google
+SUCCEEDED = "JOB_STATE_SUCCEEDED"
+FAILED_STATES = frozenset({"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"})
+# Per-request error codes (google.rpc.Code) worth sending again in a later job.
+TRANSIENT_CODES = frozenset({4, 8, 10, 13, 14})  # DEADLINE_EXCEEDED ABORTED RESOURCE_EXHAUSTED INTERNAL UNAVAILABLE
+
+WAIT_FIRST = 1.0  # --wait: first pause between polls (seconds), growing ×1.5 ...
+WAIT_MAX = 300.0  # ... up to this
+CRON_HINT = timedelta(minutes=15)  # the "next check" we suggest to a cron user
+API_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Where one batch job ends and the next begins (Gemini: inline ≤ 20 MB, files ≤ 2 GB)."""
+
+    max_requests: int = 1000
+    inline_max_requests: int = 20
+    inline_max_bytes: int = 8 * 1024**2
+    file_max_bytes: int = 1024**3
+
+
+@dataclass
+class _Item:
+    task_id: str
+    model: str
+    request: dict[str, Any]  # REST GenerateContentRequest (camelCase), for the JSONL file
+    inline: Any  # types.InlinedRequest, for inline jobs
+    size: int  # bytes of its JSONL line
+    duration: float | None
+
+
+def held_task_ids(state: BatchState) -> set[str]:
+    """Tasks inside a journaled batch job that has not finished: they wait for Google, not for us."""
+    held: set[str] = set()
+    for job in state.batch_jobs.values():
+        if not job.get("done"):
+            held.update(job.get("task_ids", []))
+    return held
+
+
+def open_jobs(state: BatchState) -> list[dict[str, Any]]:
+    return [j for j in state.batch_jobs.values() if not j.get("done")]
+
+
+def plan_jobs(items: list[_Item], limits: JobLimits) -> list[list[_Item]]:
+    """Split items (one model) into jobs that stay under the count and size limits."""
+    jobs: list[list[_Item]] = []
+    cur: list[_Item] = []
+    size = 0
+    for it in items:
+        if cur and (len(cur) >= limits.max_requests or size + it.size > limits.file_max_bytes):
+            jobs.append(cur)
+            cur, size = [], 0
+        cur.append(it)
+        size += it.size
+    if cur:
+        jobs.append(cur)
+    return jobs
+
+
+def is_inline(items: list[_Item], limits: JobLimits) -> bool:
+    return len(items) <= limits.inline_max_requests and sum(i.size for i in items) <= limits.inline_max_bytes
+
+
+def _state_name(job: Any) -> str:
+    st = getattr(job, "state", None)
+    return str(getattr(st, "value", st) or "JOB_STATE_UNSPECIFIED")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class BatchMode:
+    """One ``run --mode batch`` invocation, driven by the runner (which it borrows helpers from)."""
+
+    def __init__(self, runner: Any, *, limits: JobLimits | None = None) -> None:
+        self.r = runner
+        self.blog = runner.blog
+        self.limits = limits or JobLimits()
+        self.client: Any = None
+        self.steps: Any = None
+        self.wcfg: Any = None
+        self.control: Any = None
+
+    @property
+    def state(self) -> BatchState:
+        return self.blog.state
+
+    # -- entry point ---------------------------------------------------------------------------
+    def run(self) -> Any:
+        from .channels import ControlWatcher
+        from .gemini import make_client
+        from .pipeline import ManagerSteps
+        from .ratelimit import NullLimiter
+
+        r = self.r
+        r.reconcile()
+        pending = self._pending()
+        if not pending and not open_jobs(self.state):
+            return r._finish_idle()
+        r._load_pricing()
+        self.wcfg = r._start_services()
+        self.control = ControlWatcher(self.blog.path)
+        r.echo(f"Journal: {self.blog.path}")
+        r.echo(f"Outputs: {r.manifest.output_root}")
+        r.echo("Mode: Gemini Batch Mode (batch price; Google aims to finish each job within 24 h)")
+        old_handlers = r._install_signals()
+        try:
+            self.client = make_client(self.wcfg)
+            self.steps = ManagerSteps(self.wcfg, self.client, r.limiter or NullLimiter(), r._on_event)
+            self._cycle()
+            delay = WAIT_FIRST
+            while r.opts.wait and r.stop_reason is None and (open_jobs(self.state) or self._pending()):
+                self._sleep(delay)
+                if r.stop_reason is not None:
+                    break
+                delay = min(delay * 1.5, WAIT_MAX)
+                self._cycle()
+            if r.stop_reason is None and open_jobs(self.state):
+                jobs = open_jobs(self.state)
+                n = sum(len([t for t in j["task_ids"] if self.state.tasks[t].status is TaskStatus.RUNNING])
+                        for j in jobs)
+                nxt = (datetime.fromtimestamp(r.now(), tz=timezone.utc) + CRON_HINT).strftime("%H:%M UTC")
+                r._stop(ExitCode.TEMPFAIL, "batch_waiting",
+                        f"{_plural(n, 'task')} waiting in {_plural(len(jobs), 'batch job')}, next check "
+                        f"{nxt} or later: run the same command again (e.g. from cron), or add --wait")
+        except GsvrError as err:
+            from .pipeline import error_kind
+
+            if error_kind(err) == "fatal":
+                r._stop(ExitCode.FATAL_API, "fatal", f"stopped by a fatal API error: {err}")
+            elif error_kind(err) == "disk_full":
+                r._stop(ExitCode.TEMPFAIL, "disk_full", f"paused: {err}. Free some space and run again")
+            elif isinstance(err, TransientError):
+                r._stop(ExitCode.TEMPFAIL, "transient", f"the batch API is unavailable for now ({err}); "
+                        f"run the same command again later")
+            else:
+                raise
+        finally:
+            r._restore_signals(old_handlers)
+            if r.limiter is not None:
+                r.limiter.close()
+            if r.sandbox_server is not None:
+                r.sandbox_server.stop()
+        return r._conclude()
+
+    def _pending(self) -> list[str]:
+        return [tid for tid in self.r.order if self.state.tasks[tid].status is TaskStatus.PENDING]
+
+    def _cycle(self) -> None:
+        """Adopt half-submitted jobs, poll every open job once, then submit what is pending."""
+        self._adopt_submitting()
+        self._poll_all()
+        if self._stopping():
+            return
+        self._submit_pending()
+        self.blog.sync()
+
+    def _stopping(self) -> bool:
+        """Handle control commands and signals; True when no new work may start."""
+        r = self.r
+        cmd = self.control.poll() if self.control is not None else None
+        if cmd is not None and cmd.command == "cancel" and not r.cancelled:
+            self.cancel_open_jobs("cancelled by `gsvr-batch cancel`")
+            r._on_command("cancel")
+        elif cmd is not None:
+            r._on_command(cmd.command)
+        name = getattr(r, "_pending_interrupt", None)
+        if name:
+            r._pending_interrupt = None
+            # Remote jobs go on without us: the next run collects them. Nothing to requeue.
+            r._stop(ExitCode.INTERRUPTED, "interrupted", f"interrupted by {name}; submitted batch jobs keep "
+                    f"running at Google and the next run collects them")
+        return r.stop_reason is not None or r.paused
+
+    def _sleep(self, delay: float) -> None:
+        counts = self.state.counts()
+        jobs = open_jobs(self.state)
+        states = ", ".join(sorted({j["state"] for j in jobs})) or "-"
+        self.r.echo(f"batch: {counts['completed']} completed, {counts['failed']} failed, "
+                    f"{counts['running']} waiting in {_plural(len(jobs), 'batch job')} ({states}); "
+                    f"next check in {delay:.0f} s")
+        end = time.monotonic() + delay
+        while time.monotonic() < end:
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+            if self._stopping():
+                return
+
+    # -- API calls -----------------------------------------------------------------------------
+    def _api(self, label: str, model: str, fn: Callable[[], Any]) -> Any:
+        """One batch / files call: the shared limiter's file bucket, retries for transient errors."""
+        from .gemini import classify
+
+        attempt = 0
+        while True:
+            if self.r.limiter is not None:
+                self.r.limiter.acquire("file", model)
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - translated right here
+                err = classify(exc)
+                if not isinstance(err, TransientError) or attempt >= API_RETRIES:
+                    raise err from exc
+                attempt += 1
+                delay = min(30.0, 2.0**attempt) * random.uniform(0.8, 1.2)
+                log.info("%s failed (%s); retry %d in %.1f s", label, err, attempt, delay)
+                time.sleep(delay)
+
+    # -- 1. crash window between journal and batches.create -------------------------------------
+    def _adopt_submitting(self) -> None:
+        half = [j for j in open_jobs(self.state) if j["state"] == SUBMITTING]
+        if not half:
+            return
+        wanted = {j["display_name"]: j for j in half}
+        found: dict[str, Any] = {}
+        for job in self._api("batch_list", half[0].get("model") or "", lambda: list(
+                self.client.batches.list(config={"page_size": 100}))):
+            if job.display_name in wanted and job.display_name not in found:
+                found[job.display_name] = job
+        for dn, j in wanted.items():
+            remote = found.get(dn)
+            if remote is not None:
+                self.r.echo(f"Adopted batch job {remote.name} ({dn}) submitted before a crash.")
+                self.blog.batch_job_updated(j["name"], _state_name(remote), remote=remote.name)
+            else:
+                # The create call never reached Google: its tasks go back to be submitted again.
+                self.blog.batch_job_updated(j["name"], NOT_SUBMITTED, done=True)
+                for tid in j["task_ids"]:
+                    if self.state.tasks[tid].status is TaskStatus.RUNNING:
+                        self.blog.requeue(tid, "its batch job was never created (crash before submission)",
+                                          refund_attempt=True)
+
+    # -- 2. polling and results ----------------------------------------------------------------
+    def _poll_all(self) -> None:
+        for j in open_jobs(self.state):
+            remote = j.get("remote")
+            if not remote:
+                continue
+            job = self._api("batch_get", j.get("model") or "", lambda: self.client.batches.get(name=remote))
+            st = _state_name(job)
+            if st != j["state"] and st not in FAILED_STATES and st != SUCCEEDED:
+                self.blog.batch_job_updated(j["name"], st)
+            if st == SUCCEEDED:
+                self._collect(j, job)
+            elif st in FAILED_STATES:
+                self._requeue_job(j, f"batch job {remote} ended {st.replace('JOB_STATE_', '')}")
+                self.blog.batch_job_updated(j["name"], st, done=True)
+                self._cleanup(j)
+
+    def _requeue_job(self, j: dict[str, Any], reason: str) -> None:
+        for tid in j["task_ids"]:
+            t = self.state.tasks[tid]
+            if t.status is not TaskStatus.RUNNING:
+                continue
+            if t.attempts >= int(self.r.settings.max_attempts):
+                self.blog.fail_task(tid, {"error_class": "BatchJobFailed", "kind": "task", "retryable": False,
+                                          "message": f"{reason} (gave up after {t.attempts} attempts)"})
+            else:
+                self.blog.requeue(tid, f"{reason}; it will be submitted again", in_flight=False)
+
+    def _results(self, job: Any, model: str) -> list[tuple[str | None, Any, Any]]:
+        """``(task id or None, response, error)`` for every answer of a SUCCEEDED job."""
+        from google.genai import types
+
+        dest = getattr(job, "dest", None)
+        out: list[tuple[str | None, Any, Any]] = []
+        if dest is not None and dest.inlined_responses:
+            for ir in dest.inlined_responses:
+                tid = (ir.metadata or {}).get("task_id")
+                err = None
+                if ir.error is not None:
+                    err = {"code": getattr(ir.error, "code", None), "message": getattr(ir.error, "message", None)}
+                out.append((tid, ir.response, err))
+        elif dest is not None and dest.file_name:
+            data = self._api("files_download", model, lambda: self.client.files.download(file=dest.file_name))
+            for line in bytes(data).decode("utf-8").splitlines():
+                if not line.strip():
+                    continue
+                obj = json.loads(line)
+                resp = obj.get("response")
+                out.append((obj.get("key"), types.GenerateContentResponse.model_validate(resp) if resp else None,
+                            obj.get("error")))
+        return out
+
+    def _collect(self, j: dict[str, Any], job: Any) -> None:
+        from .pipeline import PreparedRequest, error_dict
+        from . import templates
+
+        answered: set[str] = set()
+        for tid, response, err in self._results(job, j.get("model") or ""):
+            if tid is None or tid not in j["task_ids"]:
+                continue
+            answered.add(tid)
+            t = self.state.tasks.get(tid)
+            if t is None or t.status is not TaskStatus.RUNNING or tid not in self.r.jobs:
+                continue  # already handled by an earlier poll of this job, or left the manifest
+            if err is not None:
+                self._request_error(tid, err)
+                continue
+            spec = self.r.spec_for(tid, self.wcfg)
+            tpl = templates.get_template(spec.template, spec.templates_dirs)
+            duration = (j.get("durations") or {}).get(tid)
+            prep = PreparedRequest(task_id=tid, contents=[], generation={}, prompt="", upload=None,
+                                   video_duration=duration, template_name=tpl.name,
+                                   template_version=tpl.version)
+            try:
+                sha, n, usage = self.steps.write(spec, prep, response)
+            except DiskFull:
+                raise  # the job stays open: the next run writes its answers
+            except GsvrError as e:
+                self.blog.fail_task(tid, error_dict(e), cost_usd=self._cost(t.model, _usage_or_empty(response)))
+                continue
+            self.blog.complete_task(tid, output=spec.output_path, sha256=sha, bytes_=n, usage=usage,
+                                    cost_usd=self._cost(t.model, usage),
+                                    model_version=getattr(response, "model_version", None),
+                                    video_duration=duration, elapsed=None)
+        for tid in j["task_ids"]:
+            if tid not in answered and self.state.tasks[tid].status is TaskStatus.RUNNING:
+                self.blog.requeue(tid, "the batch job returned no answer for this task", in_flight=False)
+        self.blog.batch_job_updated(j["name"], SUCCEEDED, done=True)
+        self._cleanup(j)
+
+    def _request_error(self, tid: str, err: dict[str, Any]) -> None:
+        code = err.get("code")
+        message = f"batch request failed: {err.get('message') or 'no message'} (code {code})"
+        t = self.state.tasks[tid]
+        if code in TRANSIENT_CODES and t.attempts < int(self.r.settings.max_attempts):
+            self.blog.requeue(tid, f"{message}; it will be submitted again", in_flight=False)
+            return
+        self.blog.fail_task(tid, {"error_class": "BatchRequestError", "message": message,
+                                  "retryable": code in TRANSIENT_CODES, "kind": "task"})
+
+    def _cost(self, model: str, usage: dict[str, Any]) -> float:
+        pricing = self.r.pricing
+        if pricing is None or not usage:
+            return 0.0
+        try:
+            return float(pricing.cost(model, usage, mode="batch"))
+        except Exception:  # noqa: BLE001 - an unknown model must not lose a result
+            return 0.0
+
+    def _cleanup(self, j: dict[str, Any]) -> None:
+        """Delete finished tasks' uploads (requeued tasks keep theirs for reuse) and the input file."""
+        if not self.r.settings.keep_uploads:
+            for tid in j["task_ids"]:
+                t = self.state.tasks[tid]
+                if t.upload and t.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) and tid in self.r.jobs:
+                    from .tasks import UploadRef
+
+                    ref = UploadRef.from_dict(t.upload)
+                    if ref is not None and self.steps.delete_upload(self.r.spec_for(tid, self.wcfg), ref):
+                        self.blog.upload_deleted(tid, ref.name)
+        if j.get("input_file"):
+            try:
+                self.client.files.delete(name=j["input_file"])
+            except Exception as exc:  # noqa: BLE001 - it expires in 48 h anyway
+                log.info("could not delete batch input file %s: %s", j["input_file"], exc)
+
+    # -- 3. submission -------------------------------------------------------------------------
+    def _submit_pending(self) -> None:
+        from .pipeline import error_dict, error_kind
+
+        r = self.r
+        by_model: dict[str, list[_Item]] = {}
+        now = r.now()
+        for tid in self._pending():
+            t = self.state.tasks[tid]
+            if t.not_before and t.not_before > now:
+                continue
+            if self._stopping() or not r._within_cost_limit(tid):
+                break
+            self.blog.start_task(tid, worker=None)
+            spec = r.spec_for(tid, self.wcfg)
+            try:
+                prep = self.steps.prepare(spec)
+            except GsvrError as err:
+                e = error_dict(err)
+                kind = error_kind(err)
+                if kind == "transient" and t.attempts < int(r.settings.max_attempts):
+                    self.blog.schedule_retry(tid, e, r.opts.retry_base_delay, now=r.now())
+                elif kind in ("fatal", "disk_full", "quota_day", "cancelled"):
+                    # The batch stops: this task and those prepared before it go back unsubmitted.
+                    for i in [tid] + [i.task_id for items in by_model.values() for i in items]:
+                        self.blog.requeue(i, f"batch stopped: {e['message']}", in_flight=False,
+                                          refund_attempt=True)
+                    raise
+                else:
+                    self.blog.fail_task(tid, e)
+                continue
+            if prep.skipped_reason:
+                self.blog.skip_task(tid, prep.skipped_reason, video_duration=prep.video_duration)
+                continue
+            by_model.setdefault(spec.model, []).append(self._item(spec, prep))
+        prepared = [i for items in by_model.values() for i in items]
+        if r.cancelled:
+            # Cancelled while preparing: what is uploaded stays reusable, nothing is submitted.
+            for i in prepared:
+                self.blog.requeue(i.task_id, "cancelled before submission", in_flight=False, refund_attempt=True)
+            return
+        for model, items in by_model.items():
+            for chunk in plan_jobs(items, self.limits):
+                self._submit(model, chunk)
+
+    def _item(self, spec: Any, prep: Any) -> _Item:
+        from google.genai import types
+
+        video, prompt = prep.contents
+        content = types.Content(role="user", parts=[video, types.Part(text=prompt)])
+        gen = types.GenerationConfig(**prep.generation)
+        request = {"contents": [content.model_dump(mode="json", by_alias=True, exclude_none=True)]}
+        gen_json = gen.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if gen_json:
+            request["generationConfig"] = gen_json
+        line = json.dumps({"key": spec.task_id, "request": request}, ensure_ascii=False)
+        inline = types.InlinedRequest(model=spec.model, contents=[content],
+                                      config=types.GenerateContentConfig(**prep.generation),
+                                      metadata={"task_id": spec.task_id})
+        return _Item(spec.task_id, spec.model, request, inline, len(line.encode("utf-8")) + 1,
+                     prep.video_duration)
+
+    def _submit(self, model: str, items: list[_Item]) -> None:
+        from google.genai import types
+
+        seq = len(self.state.batch_jobs) + 1
+        display = f"gsvr-{self.state.batch_id}-{seq:04d}"
+        inline = is_inline(items, self.limits)
+        # Journaled (fsynced) BEFORE the create call: a crash after it leaves an intent the
+        # next run resolves by listing the remote jobs (adopt), never by blind resubmission.
+        self.blog.batch_job_submitted(display, [i.task_id for i in items], model, state=SUBMITTING,
+                                      display_name=display, input="inline" if inline else "file",
+                                      durations={i.task_id: i.duration for i in items})
+        cfg = {"display_name": display}
+        if inline:
+            src: Any = [i.inline for i in items]
+        else:
+            data = "".join(json.dumps({"key": i.task_id, "request": i.request}, ensure_ascii=False) + "\n"
+                           for i in items).encode("utf-8")
+            f = self._api("upload", model, lambda: self.client.files.upload(
+                file=io.BytesIO(data), config={"display_name": f"{display}-requests",
+                                               "mime_type": "application/jsonl"}))
+            self.blog.batch_job_updated(display, SUBMITTING, input_file=f.name)
+            src = f.name
+        try:
+            job = self._api("batch_create", model, lambda: self.client.batches.create(
+                model=model, src=src, config=types.CreateBatchJobConfig(**cfg)))
+        except TransientError:
+            # Unknown whether Google created it: leave the intent; the next run adopts or resubmits.
+            raise
+        except GsvrError as err:
+            self.blog.batch_job_updated(display, NOT_SUBMITTED, done=True, reason=str(err))
+            from .pipeline import error_dict, error_kind
+
+            for i in items:
+                if error_kind(err) == "task":
+                    self.blog.fail_task(i.task_id, error_dict(err))
+                else:
+                    self.blog.requeue(i.task_id, f"batch stopped: {err}", in_flight=False, refund_attempt=True)
+            if error_kind(err) != "task":
+                raise
+            return
+        self.blog.batch_job_updated(display, _state_name(job), remote=job.name)
+        self.r.echo(f"Submitted batch job {job.name} ({display}): {_plural(len(items), 'task')}, "
+                    f"{'inline' if inline else 'JSONL file'} input, model {model}.")
+
+    # -- cancel --------------------------------------------------------------------------------
+    def cancel_open_jobs(self, reason: str) -> int:
+        return cancel_jobs(self.blog, self.client, reason)
+
+
+def _usage_or_empty(response: Any) -> dict[str, int]:
+    from .pipeline import usage_of
+
+    return usage_of(response) if response is not None else {}
+
+
+def cancel_jobs(blog: Any, client: Any, reason: str) -> int:
+    """Cancel every open remote job of ``blog`` and put its tasks back to pending; returns the count."""
+    n = 0
+    for j in open_jobs(blog.state):
+        remote = j.get("remote")
+        if remote and client is not None:
+            try:
+                client.batches.cancel(name=remote)
+            except Exception as exc:  # noqa: BLE001 - reported; the job ends by itself in 48 h at worst
+                log.warning("could not cancel batch job %s: %s", remote, exc)
+        for tid in j["task_ids"]:
+            t = blog.state.tasks.get(tid)
+            if t is not None and t.status is TaskStatus.RUNNING:
+                blog.requeue(tid, f"batch job cancelled ({reason})", in_flight=False, refund_attempt=True)
+        blog.batch_job_updated(j["name"], "JOB_STATE_CANCELLED", done=True, reason=reason)
+        n += 1
+    return n
+
+
+def cancel_batch_jobs(journal: str | Path, *, echo: Callable[[str], None] = print) -> int | None:
+    """``gsvr-batch cancel`` when no run is in progress: cancel remote batch jobs directly.
+
+    Takes the run lock (LockHeld if a run started meanwhile), journals under it, and returns
+    the number of jobs cancelled — or None when the journal has no open batch job.
+    """
+    from .channels import RunLock
+    from .gemini import WorkerConfig, make_client
+    from .lifecycle import BatchLog, replay
+
+    journal = Path(journal)
+    if not open_jobs(replay(journal).state):
+        return None
+    lock = RunLock(journal)
+    lock.acquire()
+    try:
+        blog, _ = BatchLog.open(journal, warn=lambda m: echo(f"Warning: {m}"))
+        try:
+            settings = blog.state.settings
+            client = None
+            if not settings.get("sandbox"):
+                # Same client the run used: GOOGLE_GEMINI_BASE_URL and the key from the environment.
+                client = make_client(WorkerConfig(base_url=None, api_version=None,
+                                                  api_key_env=settings.get("api_key_env"),
+                                                  request_timeout=60.0, limiter_path=None))
+            # (an in-process sandbox died with its run: its jobs are gone, only the journal is left)
+            n = cancel_jobs(blog, client, "gsvr-batch cancel")
+            blog.cancel("gsvr-batch cancel (batch jobs)")
+            blog.sync()
+        finally:
+            blog.close()
+    finally:
+        lock.release()
+    echo(f"Cancelled {_plural(n, 'batch job')}; their tasks are pending again (rerun to resubmit).")
+    return n
+
+
+def run_batch_mode(runner: Any) -> Any:
+    """``Runner.run()`` hands over here when ``settings.mode == "batch"``."""
+    return BatchMode(runner).run()
+
+
+__all__ = ["BatchMode", "JobLimits", "run_batch_mode", "held_task_ids", "open_jobs", "plan_jobs", "is_inline",
+           "cancel_jobs", "cancel_batch_jobs"]

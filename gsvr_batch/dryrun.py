@@ -1,0 +1,128 @@
+"""``gsvr-batch run ... --dry-run``: validate, probe every local video, print the cost estimate.
+
+Nothing is uploaded, nothing is sent to any API, and nothing is written: the journal is only
+read (when it exists, for what is already done and for past output sizes) and never created,
+and no run lock is taken, so a dry run can never block or disturb a real run on the same batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .costs import UNKNOWN_VIDEO_SECONDS, JobEstimate, estimate_job
+from .errors import GsvrError
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    total = int(round(seconds))
+    h, rem = divmod(total, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _fmt_cost(value: float | None) -> str:
+    return "?" if value is None else f"${value:.4f}"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def estimate_rows(opts: Any, *, probe: Callable[[str], float | None] | None = None
+                  ) -> tuple[Any, list[JobEstimate], list[str]]:
+    """(manifest, one estimate per job, notes) for ``opts`` (a RunOptions); raises GsvrError on bad input."""
+    from .lifecycle import replay
+    from .manifest import load_manifest
+    from .runner import resolve_journal
+
+    from .runner import check_notify_targets
+
+    manifest = load_manifest(opts.manifest, opts.overrides())
+    check_notify_targets(manifest.settings.notify)
+    notes = [f"Warning: {w}" for w in manifest.warnings]
+    journal = resolve_journal(opts.journal, manifest)
+    state = None
+    if journal.exists():  # read only: replay() never writes, and no lock is taken
+        try:
+            state = replay(journal).state
+        except GsvrError as exc:
+            notes.append(f"Warning: journal {journal} not read ({exc}); estimating as a new batch")
+        else:
+            if state.manifest_identity and state.manifest_identity != manifest.identity:
+                notes.append(f"Warning: {journal} belongs to another manifest; a real run would refuse it")
+                state = None
+    pricing = None
+    try:
+        from .pricing import load_pricing
+
+        pricing = load_pricing(opts.pricing)
+    except GsvrError:
+        raise  # a broken --pricing file is a usage error the user must see
+    except Exception as exc:  # noqa: BLE001 - no table: show tokens, costs as "?"
+        notes.append(f"Warning: pricing table not loaded ({exc}); costs shown as ?")
+    rows = [estimate_job(job, templates_dirs=manifest.templates_dirs, pricing=pricing, state=state,
+                         max_duration=manifest.settings.max_duration, probe=probe) for job in manifest.jobs]
+    return manifest, rows, notes
+
+
+def dry_run(opts: Any, *, probe: Callable[[str], float | None] | None = None) -> str:
+    """The dry-run report for ``opts`` as text (what ``gsvr-batch run --dry-run`` prints)."""
+    manifest, rows, notes = estimate_rows(opts, probe=probe)
+    from .runner import resolve_journal
+
+    mode = str(manifest.settings.mode or "online")
+    batch = mode == "batch"
+    header = ["Job", "Title", "Duration", "In tokens", "Out tokens", "Online cost"]
+    if batch:
+        header.append("Batch cost")
+    header.append("Note")
+    table: list[list[str]] = []
+    for r in rows:
+        line = [r.task_id[:10], _cut(r.title, 32), _fmt_duration(r.duration), f"{r.input_tokens:,}",
+                f"{r.output_tokens:,}", _fmt_cost(r.cost_online)]
+        if batch:
+            line.append(_fmt_cost(r.cost_batch))
+        line.append(r.note)
+        table.append(line)
+    counted = [r for r in rows if r.counted]
+    total_secs = sum(r.duration or 0.0 for r in counted)
+    unknown = sum(1 for r in counted if r.duration is None)
+    total = ["Total", f"{len(counted)} to run", _fmt_duration(total_secs) + (f" +{unknown}?" if unknown else ""),
+             f"{sum(r.input_tokens for r in counted):,}", f"{sum(r.output_tokens for r in counted):,}",
+             _fmt_cost(_sum(counted, "online"))]
+    if batch:
+        total.append(_fmt_cost(_sum(counted, "batch")))
+    total.append("")
+    widths = [max(len(row[i]) for row in [header, *table, total]) for i in range(len(header))]
+    right = {2, 3, 4, 5, 6} if batch else {2, 3, 4, 5}
+
+    def fmt(row: list[str]) -> str:
+        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)]
+        return "  ".join(cells).rstrip()
+
+    out = [f"Dry run of {opts.manifest}: {len(rows)} job(s), mode {mode}. Nothing is uploaded, sent or journaled."]
+    out += notes
+    out += [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, table), fmt(["-" * w for w in widths]), fmt(total)]
+    out.append("")
+    out.append("Estimates: input = video seconds x 300 tokens (100 at low media resolution) + prompt characters / 4; "
+               "output = median of this template's past outputs in the journal, else half its max_tokens.")
+    if unknown:
+        out.append(f"{unknown} video(s) have no known duration (YouTube: unknown until the model answers); "
+                   f"each is priced as {UNKNOWN_VIDEO_SECONDS / 3600:g} h.")
+    limit = manifest.settings.cost_limit
+    if limit is not None:
+        est = _sum(counted, mode)
+        verdict = "fits within" if est is not None and est <= limit else "would pass"
+        out.append(f"Cost limit ${limit:.2f}: the estimate {verdict} it"
+                   + (" (the run stops dispatching before passing it, exit 75)." if verdict == "would pass" else "."))
+    out.append(f"Journal (not created by a dry run): {resolve_journal(opts.journal, manifest)}")
+    return "\n".join(out)
+
+
+def _sum(rows: list[JobEstimate], mode: str) -> float | None:
+    values = [r.cost_batch if mode == "batch" else r.cost_online for r in rows]
+    if any(v is None for v in values):
+        return None if values else 0.0
+    return float(sum(values))  # type: ignore[arg-type]

@@ -1,0 +1,80 @@
+"""Actual cost per task and --cost-limit, end to end against the sandbox (deterministic token counts:
+promptTokenCount = round(300 x seconds) + ceil(len(prompt)/4), candidatesTokenCount = ceil(len(answer)/4))."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from conftest import env_for, make_batch, run_cli
+
+
+def records(journal: Path) -> list[dict]:
+    return [json.loads(line) for line in journal.read_bytes().splitlines() if line.strip()]
+
+
+def generate_calls(server) -> int:
+    return sum(1 for q in server.requests if q.get("kind") == "generate" and q.get("status") == 200)
+
+
+def run_one(tmp_path: Path, server) -> dict:
+    """Calibration: one task, its journaled completion."""
+    m = make_batch(tmp_path / "calib", 1)
+    r = run_cli(["run", m, "--progress", "log"], env=env_for(server))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cost $0.0000" not in r.stdout  # the running total is shown and non-zero
+    return next(x for x in records(tmp_path / "calib" / "out" / ".gsvr" / "journal.jsonl")
+                if x["type"] == "task_completed")
+
+
+def test_actual_cost_is_journaled_from_usage_and_priced(tmp_path, sandbox):
+    from gsvr_batch.pricing import load_pricing
+
+    server = sandbox()
+    done = run_one(tmp_path, server)
+    usage = done["usage"]
+    assert usage["prompt_tokens"] > 1800 and usage["candidates_tokens"] > 0  # 6 s x 300 + prompt
+    expected = load_pricing(None).cost("gemini-2.5-flash", usage, mode="online")
+    assert done["cost_usd"] > 0
+    assert abs(done["cost_usd"] - expected) < 1e-9
+
+
+def test_cost_limit_stops_dispatching_journals_why_and_exits_75(tmp_path, sandbox):
+    from gsvr_batch.costs import estimate_job
+    from gsvr_batch.manifest import load_manifest
+    from gsvr_batch.pricing import load_pricing
+
+    server = sandbox()
+    actual = run_one(tmp_path, server)["cost_usd"]  # every task of this batch costs the same
+    n = 5
+    m = make_batch(tmp_path, n, extra_settings="workers: 1\n")
+    pricing = load_pricing(None)
+    first = estimate_job(load_manifest(m).jobs[0], pricing=pricing).cost()  # no history yet
+    # After one completes, estimates use the journal (same video, same output size) = the actual cost.
+    limit = max(first, 2 * actual) + 0.5 * actual
+    spent, expected_done = 0.0, 0
+    for i in range(n):  # the documented rule, step by step
+        est = first if i == 0 else actual
+        if spent + est > limit:
+            break
+        spent += actual
+        expected_done += 1
+    assert 0 < expected_done < n  # the test would prove nothing otherwise
+
+    r = run_cli(["run", m, "--cost-limit", f"{limit:.6f}", "--progress", "log"], env=env_for(server))
+    assert r.returncode == 75, r.stdout + r.stderr
+    recs = records(tmp_path / "out" / ".gsvr" / "journal.jsonl")
+    assert sum(x["type"] == "task_completed" for x in recs) == expected_done
+    stop = next(x for x in recs if x["type"] == "batch_stopped")
+    assert stop["kind"] == "cost_limit" and "cost limit" in stop["reason"]
+    assert re.search(r"spent \$[0-9.]+, \$[0-9.]+ left", r.stdout)
+    assert abs(stop["spent_usd"] - expected_done * actual) < 1e-6
+    calls = generate_calls(server)
+    # rerunning with the same limit stops again at once: nothing more is sent
+    r2 = run_cli(["run", m, "--cost-limit", f"{limit:.6f}", "--progress", "log"], env=env_for(server))
+    assert r2.returncode == 75 and generate_calls(server) == calls
+    # a higher limit continues the same batch to the end
+    r3 = run_cli(["run", m, "--cost-limit", "100", "--progress", "log"], env=env_for(server))
+    assert r3.returncode == 0, r3.stdout + r3.stderr
+    assert sum(x["type"] == "task_completed" for x in records(tmp_path / "out" / ".gsvr" / "journal.jsonl")) == n

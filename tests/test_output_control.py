@@ -1,0 +1,102 @@
+"""Output control end to end through the CLI against the sandbox:
+--skip-existing, --force, --output-pattern, per-job output / output_format, --format.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+from conftest import env_for, make_batch, run_cli
+
+
+def records(journal: Path) -> list[dict]:
+    return [json.loads(line) for line in journal.read_bytes().splitlines() if line.strip()]
+
+
+def generate_calls(server) -> int:
+    return sum(1 for q in server.requests if q.get("kind") == "generate" and q.get("status") == 200)
+
+
+def test_skip_existing_journals_skip_and_sends_nothing_for_that_job(tmp_path, sandbox):
+    server = sandbox()
+    m = make_batch(tmp_path, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "lecture-000_summary_report.md"
+    mine.write_text("written by hand\n", encoding="utf-8")
+    r = run_cli(["run", m, "--skip-existing", "--progress", "log"], env=env_for(server))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert mine.read_text(encoding="utf-8") == "written by hand\n"  # untouched
+    recs = records(out / ".gsvr" / "journal.jsonl")
+    skipped = [x for x in recs if x["type"] == "task_skipped"]
+    assert len(skipped) == 1 and "output already exists" in skipped[0]["reason"]
+    assert str(mine) in skipped[0]["reason"]
+    assert sum(x["type"] == "task_completed" for x in recs) == 1
+    assert generate_calls(server) == 1
+    assert "1 completed, 1 skipped" in r.stdout
+
+
+def test_force_reprocesses_completed_jobs_and_keeps_history(tmp_path, sandbox):
+    server = sandbox()
+    m = make_batch(tmp_path, 2)
+    assert run_cli(["run", m, "--progress", "log"], env=env_for(server)).returncode == 0
+    assert generate_calls(server) == 2
+    r = run_cli(["run", m, "--force", "--progress", "log"], env=env_for(server))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert generate_calls(server) == 4
+    recs = records(tmp_path / "out" / ".gsvr" / "journal.jsonl")
+    done = Counter(x["task_id"] for x in recs if x["type"] == "task_completed")
+    assert sorted(done.values()) == [2, 2]  # both attempts are in the journal
+    assert sum(x["type"] == "task_requeued" and "--force" in x["reason"] for x in recs) == 2
+    # without --force the next run does nothing again
+    assert "Nothing to do" in run_cli(["run", m], env=env_for(server)).stdout
+
+
+def test_output_pattern_and_format_from_the_command_line(tmp_path, sandbox):
+    server = sandbox()
+    m = make_batch(tmp_path, 1)
+    r = run_cli(["run", m, "--output-pattern", "{title}_{date}_{template}.html", "--format", "html",
+                 "--progress", "log"], env=env_for(server))
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = list((tmp_path / "out").glob("*.html"))
+    assert len(files) == 1
+    name = files[0].name
+    assert name.startswith("lecture-000_") and name.endswith("_summary_report.html")
+    date = name[len("lecture-000_"):-len("_summary_report.html")]
+    assert len(date) == 10 and date[4] == "-" and date[7] == "-"  # YYYY-MM-DD
+    text = files[0].read_text(encoding="utf-8")
+    assert text.lstrip().lower().startswith("<!doctype html") or "<html" in text.lower()
+
+
+def test_per_job_output_format_and_template(tmp_path, sandbox):
+    server = sandbox()
+    make_batch(tmp_path, 2)
+    m = tmp_path / "m2.yaml"
+    m.write_text(textwrap.dedent("""\
+        defaults:
+          template: summary_report
+          output_dir: out
+        settings:
+          rpm: 1000
+        jobs:
+          - source: videos/lecture-000.mp4
+            output: reports/first.json
+            output_format: json
+          - source: videos/lecture-001.mp4
+            template: comprehensive_lesson
+            title: Second
+            params:
+              audience: teachers
+        """), encoding="utf-8")
+    r = run_cli(["run", m, "--progress", "log"], env=env_for(server))
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads((tmp_path / "out" / "reports" / "first.json").read_text(encoding="utf-8"))
+    assert isinstance(doc, dict) and doc  # a real JSON document, not markdown
+    assert (tmp_path / "out" / "lecture-001_comprehensive_lesson.md").exists()
+    added = {x["task_id"]: x for x in records(tmp_path / "out" / ".gsvr" / "journal.jsonl")
+             if x["type"] == "task_added"}
+    assert sorted(a["output_format"] for a in added.values()) == ["json", "md"]
+    assert sorted(a["template"] for a in added.values()) == ["comprehensive_lesson", "summary_report"]
