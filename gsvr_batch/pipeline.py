@@ -203,7 +203,7 @@ class _Task:
                 self.emit(EVENT_USAGE, {"model": model, "requests": 1})
             failed_at = time.monotonic()
             try:
-                return fn()
+                out = fn()
             except Exception as exc:
                 err = classify(exc)
                 if isinstance(err, QuotaExhausted):
@@ -224,6 +224,12 @@ class _Task:
                     self.spec.task_id, label, err, attempt, cfg.max_call_retries, delay,
                 )
                 time.sleep(delay)
+                continue
+            if kind != "generate":
+                # generate calls report after the response is read (with the real token count);
+                # file calls here, so a file bucket slowed by a 429 recovers too.
+                self.w.limiter.record_success(kind, model)
+            return out
 
 
 # --------------------------------------------------------------------------- steps
@@ -531,7 +537,7 @@ def _run(task: _Task, result: TaskResult) -> None:
     result.usage = usage_of(response)
     result.model_version = getattr(response, "model_version", None)
     task.w.limiter.record_success(
-        "generate", spec.model, estimated_tokens=tokens, actual_tokens=result.usage["total_tokens"]
+        "generate", spec.model, estimated_tokens=tokens, actual_tokens=result.usage.get("prompt_tokens") or tokens
     )
     text = _response_text(response)
 

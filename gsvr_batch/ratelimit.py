@@ -59,7 +59,14 @@ Adaptive rate (after a 429)
     ``RECOVERY_STEP`` (0.05) at most once per ``max(5 s, 10 × 60/RPM)``: at least ten
     requests at the lowered rate and five seconds between steps, so a renewed 429 shows
     up before the next increase (AIMD, as TCP). From 0.7 that is ~30 s at 120 RPM and
-    ~12 min at 5 RPM.
+    ~12 min at 5 RPM. Recovery stops at a *ceiling*: at a 429 we count what we sent in the
+    window — roughly the limit the server really enforces (a project quota lower than
+    configured, or another client on the same project) — and set the ceiling to 0.95 of
+    that (only when we were using at least half the limit: a 429 at a low rate says
+    nothing about ours), so the rate settles just under the real limit instead of climbing back into the
+    next 429 every half minute. After ``CEILING_PROBE_INTERVAL`` (10 min) without a 429
+    the ceiling rises one step (0.05), so a raised quota is found again; that probe costs
+    at most one 429 per ten minutes.
 
 Daily quota
     ``create`` receives ``rpd_used`` (today's count from the journal). When a model's
@@ -129,8 +136,12 @@ TEST_HOLD_ENV = "GSVR_RATELIMIT_TEST_HOLD_LOCK"  # test hook: see _locked()
 _H_VERSION, _H_META_LEN, _H_PAUSED, _H_CANCELLED, _H_ANCHOR_MONO, _H_ANCHOR_WALL, _H_SIMULATED = range(1, 8)
 _HEADER_DOUBLES = 8
 # Per-bucket state block (doubles), followed by its ring of (time, amount) pairs.
-(_FACTOR, _HOLD, _NEXT, _RECOVER, _SUM, _HEAD, _COUNT, _USED, _DAY, _EXHAUSTED, _TOTAL, _BACKOFFS) = range(12)
-_STATE_DOUBLES = 12
+(_FACTOR, _HOLD, _NEXT, _RECOVER, _SUM, _HEAD, _COUNT, _USED, _DAY, _EXHAUSTED, _TOTAL, _BACKOFFS, _CEILING,
+ _LAST_429) = range(14)
+_STATE_DOUBLES = 14
+CEILING_MARGIN = 0.95  # aim this far below the limit a 429 revealed
+CEILING_MIN_SEEN = 0.5  # only a 429 that came while we used ≥ half the limit sets a ceiling
+CEILING_PROBE_INTERVAL = 600.0  # seconds without a 429 before the ceiling is raised one step
 
 _WINDOW_KINDS = ("rpm", "tpm", "file_rpm")
 
@@ -310,6 +321,8 @@ class RateLimiter:
                     for b in buckets:
                         base = b["base"]
                         d[base + _FACTOR] = 1.0
+                        d[base + _CEILING] = 1.0
+                        d[base + _LAST_429] = -math.inf
                         d[base + _HOLD] = -math.inf
                         d[base + _NEXT] = -math.inf
                         d[base + _RECOVER] = -math.inf
@@ -573,8 +586,13 @@ class RateLimiter:
                 if b.kind == "rpd":
                     continue
                 base = b.base
-                if d[base + _FACTOR] < 1.0 and now >= d[base + _RECOVER]:
-                    d[base + _FACTOR] = min(1.0, d[base + _FACTOR] + RECOVERY_STEP)
+                ceiling = d[base + _CEILING]
+                if ceiling < 1.0 and now - d[base + _LAST_429] >= CEILING_PROBE_INTERVAL:
+                    # Quiet for long enough: probe whether the server allows more again.
+                    ceiling = d[base + _CEILING] = min(1.0, ceiling + RECOVERY_STEP)
+                    d[base + _LAST_429] = now
+                if d[base + _FACTOR] < ceiling and now >= d[base + _RECOVER]:
+                    d[base + _FACTOR] = min(ceiling, d[base + _FACTOR] + RECOVERY_STEP)
                     d[base + _RECOVER] = now + b.recover_every
                 if b.kind == "tpm" and actual_tokens != estimated_tokens:
                     self._correct_tokens(b, float(estimated_tokens), float(actual_tokens), now)
@@ -608,7 +626,19 @@ class RateLimiter:
                     continue
                 base = b.base
                 if now >= d[base + _HOLD]:  # not already holding: see the docstring
-                    d[base + _FACTOR] = max(b.min_factor, d[base + _FACTOR] * b.backoff)
+                    self._prune(b, now)
+                    # What we sent in the window when the server said "no" is an estimate of
+                    # the limit it really enforces (e.g. a project quota lower than configured);
+                    # recovery stops a little below it instead of climbing into the next 429.
+                    sent = d[base + _COUNT] if b.unit else d[base + _SUM]
+                    seen = max(0.0, sent - (1 if b.unit else 0)) / b.limit if b.limit else 1.0
+                    new = d[base + _FACTOR] * b.backoff
+                    if seen >= CEILING_MIN_SEEN:  # a 429 at a low rate is not about our rate
+                        ceiling = max(b.min_factor, min(d[base + _CEILING], CEILING_MARGIN * seen))
+                        d[base + _CEILING] = ceiling
+                        new = min(new, ceiling)
+                    d[base + _FACTOR] = max(b.min_factor, new)
+                    d[base + _LAST_429] = now
                     d[base + _BACKOFFS] += 1
                 d[base + _HOLD] = max(d[base + _HOLD], now + delay)
                 d[base + _RECOVER] = d[base + _HOLD] + b.recover_every

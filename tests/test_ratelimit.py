@@ -389,3 +389,27 @@ def test_resolve_limits_defaults_and_overrides():
     with pytest.raises(UsageError, match="rpm must be positive"):
         quota.resolve_limits(M, "free", rpm=0)
     assert quota.LIMITS_SOURCE.startswith("https://ai.google.dev/")
+
+
+def test_a_429_at_a_high_rate_sets_a_ceiling_that_recovery_stops_under(tmp_path):
+    """Server enforces less than configured: settle under what the 429 revealed, probe rarely."""
+    from gsvr_batch.ratelimit import CEILING_MARGIN, CEILING_PROBE_INTERVAL
+
+    rpm = 60
+    main, (a,) = make(tmp_path, Limits(rpm=rpm, tpm=None, rpd=None), n=1)
+    t = 0.0
+    for _ in range(43):  # 43 admissions in the window, then the server says no
+        while a.wait_time("generate", M, now=t) > 0:
+            t += 0.05
+    a.record_rate_limited("generate", M, 1.0, now=t)
+    factor = lambda: next(x for x in main.snapshot(now=0)["buckets"] if x["model"] == M and x["kind"] == "rpm")["factor"]  # noqa: E731
+    assert factor() == pytest.approx(min(0.7, CEILING_MARGIN * 42 / 60))
+    for i in range(200):  # plenty of recovery intervals, no new 429
+        a.record_success("generate", M, now=t + 10 + 10 * i)
+        if 10 + 10 * i >= CEILING_PROBE_INTERVAL - 20:
+            break
+    assert factor() == pytest.approx(CEILING_MARGIN * 42 / 60, abs=0.051)
+    assert factor() < 42 / 60  # under the limit the server revealed
+    a.record_success("generate", M, now=t + CEILING_PROBE_INTERVAL + 100)
+    a.record_success("generate", M, now=t + CEILING_PROBE_INTERVAL + 200)
+    assert factor() > CEILING_MARGIN * 42 / 60  # after a quiet period the ceiling is probed upward
