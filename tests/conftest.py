@@ -46,9 +46,13 @@ def make_batch(root: Path, n: int, *, sandbox: bool = False, extra_settings: str
         shutil.copyfile(sample, vids / name)
     jobs = "\n".join(f"  - source: videos/{name}" for name in names)
     settings = textwrap.indent(extra_settings.strip(), "  ") if extra_settings.strip() else ""
+    given = {line.split(":", 1)[0].strip() for line in extra_settings.splitlines()
+             if line.strip() and not line.startswith((" ", "\t", "-"))}
+    defaults = "".join(f"  {k}: {v}\n" for k, v in (("workers", 2), ("max_attempts", 3), ("rpm", 1000))
+                       if k not in given)
     text = (f"{'sandbox: true' if sandbox else ''}\n"
             f"defaults:\n  template: summary_report\n  output_dir: out\n"
-            f"settings:\n  workers: 2\n  max_attempts: 3\n  rpm: 1000\n{settings}\n"
+            f"settings:\n{defaults}{settings}\n"
             f"jobs:\n{jobs}\n")
     m = root / "manifest.yaml"
     m.write_text(text, encoding="utf-8")

@@ -20,7 +20,9 @@ def generate_calls(server) -> int:
 
 def run_one(tmp_path: Path, server) -> dict:
     """Calibration: one task, its journaled completion."""
-    m = make_batch(tmp_path / "calib", 1)
+    m = tmp_path / "calib" / "manifest.yaml"
+    if not m.exists():
+        m = make_batch(tmp_path / "calib", 1)
     r = run_cli(["run", m, "--progress", "log"], env=env_for(server))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "cost $0.0000" not in r.stdout  # the running total is shown and non-zero
@@ -46,11 +48,23 @@ def test_cost_limit_stops_dispatching_journals_why_and_exits_75(tmp_path, sandbo
     from gsvr_batch.pricing import load_pricing
 
     server = sandbox()
-    actual = run_one(tmp_path, server)["cost_usd"]  # every task of this batch costs the same
     n = 5
-    m = make_batch(tmp_path, n, extra_settings="workers: 1\n")
+    # A template whose max output is close to what the sandbox answers, so the first estimate
+    # (half the max, no history yet) is of the same size as the real cost.
+    tpl = tmp_path / "tpl"
+    tpl.mkdir()
+    (tpl / "small.yaml").write_text(
+        "templates:\n  small_summary:\n    name: Small summary\n    version: '1'\n"
+        "    description: short\n    parameters: []\n    model_config: {temperature: 0.2, max_tokens: 600}\n"
+        "    prompt: |\n      Summarise the video.\n      # Summary\n      ## Key points\n", encoding="utf-8")
+    m = make_batch(tmp_path, n, extra_settings=f"workers: 1\ntemplates_dir: [{tpl}]\n")
+    m.write_text(m.read_text().replace("template: summary_report", "template: small_summary"))
+    calib = make_batch(tmp_path / "calib", 1, extra_settings=f"templates_dir: [{tpl}]\n")
+    calib.write_text(calib.read_text().replace("template: summary_report", "template: small_summary"))
+    actual = run_one(tmp_path, server)["cost_usd"]  # every task of this batch costs the same
     pricing = load_pricing(None)
-    first = estimate_job(load_manifest(m).jobs[0], pricing=pricing).cost()  # no history yet
+    man = load_manifest(m)
+    first = estimate_job(man.jobs[0], templates_dirs=man.templates_dirs, pricing=pricing).cost()  # no history yet
     # After one completes, estimates use the journal (same video, same output size) = the actual cost.
     limit = max(first, 2 * actual) + 0.5 * actual
     spent, expected_done = 0.0, 0
@@ -60,7 +74,7 @@ def test_cost_limit_stops_dispatching_journals_why_and_exits_75(tmp_path, sandbo
             break
         spent += actual
         expected_done += 1
-    assert 0 < expected_done < n  # the test would prove nothing otherwise
+    assert 0 < expected_done < n, (first, actual, limit)  # the test would prove nothing otherwise
 
     r = run_cli(["run", m, "--cost-limit", f"{limit:.6f}", "--progress", "log"], env=env_for(server))
     assert r.returncode == 75, r.stdout + r.stderr
@@ -69,7 +83,8 @@ def test_cost_limit_stops_dispatching_journals_why_and_exits_75(tmp_path, sandbo
     stop = next(x for x in recs if x["type"] == "batch_stopped")
     assert stop["kind"] == "cost_limit" and "cost limit" in stop["reason"]
     assert re.search(r"spent \$[0-9.]+, \$[0-9.]+ left", r.stdout)
-    assert abs(stop["spent_usd"] - expected_done * actual) < 1e-6
+    spent_journaled = sum(x["cost_usd"] for x in recs if x["type"] == "task_completed")
+    assert abs(stop["spent_usd"] - spent_journaled) < 1e-6 and spent_journaled <= limit
     calls = generate_calls(server)
     # rerunning with the same limit stops again at once: nothing more is sent
     r2 = run_cli(["run", m, "--cost-limit", f"{limit:.6f}", "--progress", "log"], env=env_for(server))
