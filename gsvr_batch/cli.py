@@ -5,6 +5,7 @@ No logic lives here beyond turning arguments into calls and results into text an
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -423,4 +424,16 @@ def sandbox_cmd(port: int, rpm: float | None, rpd: int | None, tpm: float | None
 
 
 def main() -> None:
-    cli(prog_name="gsvr-batch")
+    try:
+        cli(prog_name="gsvr-batch")
+    except Exception as exc:  # noqa: BLE001 - a bug must not look like a user mistake, nor hide
+        import tempfile
+        import traceback
+
+        fd, path = tempfile.mkstemp(prefix="gsvr-batch-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as fh:
+            traceback.print_exc(file=fh)
+        click.echo(f"Error: internal error ({type(exc).__name__}: {exc}). This is a bug in gsvr-batch, not in "
+                   f"your input; the journal is consistent and rerunning the same command continues. "
+                   f"Details for a bug report: {path}", err=True)
+        sys.exit(int(ExitCode.INTERNAL))

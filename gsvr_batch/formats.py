@@ -46,7 +46,7 @@ class LessonMeta:
         d = dataclasses.asdict(self)
         d["duration"] = _round_duration(self.duration)
         d["tags"] = [str(t) for t in self.tags]
-        d["tokens"] = {str(k): int(v) for k, v in (self.tokens or {}).items()}
+        d["tokens"] = {str(k): int(v) for k, v in (self.tokens or {}).items() if isinstance(v, (int, float))}
         return d
 
 

@@ -504,13 +504,14 @@ def _write_lesson(task: _Task, prep: PreparedRequest, text: str, usage: dict[str
 
 
 def usage_of(response: Any) -> dict[str, int]:
-    """``{prompt_tokens, candidates_tokens, total_tokens}`` of a GenerateContentResponse."""
-    usage = getattr(response, "usage_metadata", None)
-    return {
-        "prompt_tokens": int(getattr(usage, "prompt_token_count", None) or 0),
-        "candidates_tokens": int(getattr(usage, "candidates_token_count", None) or 0),
-        "total_tokens": int(getattr(usage, "total_token_count", None) or 0),
-    }
+    """``{prompt_tokens, candidates_tokens, total_tokens}`` of a GenerateContentResponse, plus
+    ``thoughts_tokens`` and the per-modality prompt breakdown when present (both change the bill)."""
+    from .pricing import usage_from_metadata
+
+    usage = usage_from_metadata(getattr(response, "usage_metadata", None))
+    for key in ("prompt_tokens", "candidates_tokens", "total_tokens"):
+        usage.setdefault(key, 0)
+    return usage
 
 
 def _run(task: _Task, result: TaskResult) -> None:

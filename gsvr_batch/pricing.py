@@ -1,36 +1,83 @@
-"""What Gemini calls cost: a pricing table (data file, user-overridable) and the arithmetic.
+"""What Gemini calls cost: a pricing table (data file, user-overridable), the arithmetic, estimates.
 
-The built-in table (``gsvr_batch/data/pricing.json``) says where and when it was read. Prices
-are USD per 1M tokens: ``input`` (text / image / video), ``input_audio``, ``output`` (thinking
-included), and ``input_long`` / ``output_long`` for prompts above ``long_context_threshold``
-(Pro models). Batch Mode costs ``batch_discount`` (50 %) of the online price.
+The built-in table (``gsvr_batch/data/pricing.json``) says where and when it was read. Prices are
+USD per 1M tokens: ``input`` (text / image / video), ``input_audio`` (audio; omitted = like
+``input``), ``output`` (thinking tokens included), and ``input_long`` / ``output_long`` for the
+whole call when the prompt exceeds ``long_context_threshold`` (200k for the Pro models). Batch
+Mode costs ``batch_discount`` (50 %) of the online price.
 
-A video's prompt tokens are mostly frames (258 per frame at 1 fps) plus 32 audio tokens per
-second; when ``usage_metadata`` breaks prompt tokens down by modality
-(``prompt_tokens_details``) the audio part is billed at the audio rate, otherwise every
-prompt token is billed at the ``input`` rate — a small under-estimate for flash models.
+How a call is billed (``PriceTable.cost``):
+
+* prompt tokens at the ``input`` rate — except the audio part: Google bills the sound track of a
+  video at the audio rate (3x the video rate on 2.5 Flash). When ``usage_metadata`` breaks the
+  prompt down by modality (``prompt_tokens_details``, kept by :func:`usage_from_metadata`) the
+  AUDIO share gets the audio rate; without it every prompt token is billed at ``input``, which
+  under-states a Flash bill by up to ~30 % of its input part;
+* ``candidates_tokens`` + ``thoughts_tokens`` at the ``output`` rate (thinking is billed as output);
+* cached-content discounts are ignored (gsvr-batch does not use context caching).
+
+Estimates before a call (dry run, cost limit) follow Google's video tokenizer: 1 frame per second
+at 258 tokens (66 at low media resolution) + 32 audio tokens per second + a few tokens of
+timestamps, which Google rounds to "about 300 tokens per second (100 at low resolution)"; we use
+300 / 100, with 32 of them audio.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import UsageError
 
 BUILTIN = Path(__file__).resolve().parent / "data" / "pricing.json"
-_FIELDS = ("input", "input_audio", "output", "input_long", "output_long")
+MODES = ("online", "batch")
+_PRICE_FIELDS = ("input", "input_audio", "output", "input_long", "output_long", "input_audio_long")
+_ROW_FIELDS = _PRICE_FIELDS + ("note",)
+_TOP_FIELDS = ("models", "source", "read_on", "checked_on", "currency", "batch_discount",
+               "long_context_threshold", "replace")
+
+# Video tokenization (ai.google.dev/gemini-api/docs: video understanding, media resolution, tokens)
+TOKENS_PER_SECOND = 300  # default media resolution: 258 / frame at 1 fps + 32 audio + timestamps
+TOKENS_PER_SECOND_LOW = 100  # low media resolution: 66 / frame + 32 audio + timestamps
+AUDIO_TOKENS_PER_SECOND = 32  # the same at every media resolution
+UNKNOWN_VIDEO_SECONDS = 3600.0  # a YouTube link's length is unknown until the model answers: assume 1 h
+DEFAULT_OUTPUT_TOKENS = 2048  # no history, no max_output_tokens: a long lesson plan, thinking excluded
+MIN_PAST_RUNS = 3  # fewer past outputs than this are too few for a median to beat the template's cap
+
+# "gemini-2.5-flash-001", "gemini-2.5-flash-preview-09-2025", "gemini-2.5-flash-latest" price as
+# "gemini-2.5-flash"; "gemini-2.5-flash-image" does not (a different product, priced differently).
+_VERSION_SUFFIX = re.compile(r"-(\d{3}|latest|preview(-[\w-]+)?|exp(-[\w-]+)?|\d{2}-\d{4})$")
 
 
 @dataclass(frozen=True)
 class ModelPrice:
+    """USD per 1M tokens for one model (None: that part has no separate price)."""
+
     input: float
     output: float
     input_audio: float | None = None
     input_long: float | None = None
     output_long: float | None = None
+    input_audio_long: float | None = None
+    note: str = ""
+
+    def rates(self, long: bool) -> tuple[float, float, float]:
+        """(text/video input, audio input, output) rates for a short or a long prompt."""
+        if not long:
+            audio = self.input_audio if self.input_audio is not None else self.input
+            return self.input, audio, self.output
+        rate_in = self.input_long if self.input_long is not None else self.input
+        if self.input_audio_long is not None:
+            audio = self.input_audio_long
+        elif self.input_audio is None:
+            audio = rate_in  # audio priced like video in this model: it follows the long tier too
+        else:
+            audio = self.input_audio
+        return rate_in, audio, self.output_long if self.output_long is not None else self.output
 
 
 @dataclass
@@ -40,84 +87,304 @@ class PriceTable:
     long_context_threshold: int = 200_000
     source: str = ""
     read_on: str = ""
-    files: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # where the table came from (built-in, override)
 
-    def price(self, model: str) -> ModelPrice:
+    def known(self) -> list[str]:
+        return sorted(self.models)
+
+    def lookup(self, model: str) -> str | None:
+        """The table's name for ``model`` ("models/gemini-2.5-flash-001" → "gemini-2.5-flash"), or None."""
         name = model.split("/", 1)[1] if model.startswith("models/") else model
         if name in self.models:
-            return self.models[name]
-        # versioned names ("gemini-2.5-flash-001", "...-preview-09-2025") use their family's price
-        family = [m for m in self.models if name.startswith(m)]
-        if family:
-            return self.models[max(family, key=len)]
-        raise UsageError(f"no price for model {model!r} (known: {', '.join(sorted(self.models))}); "
-                         f"add it with --pricing FILE")
+            return name
+        family = [m for m in self.models if name.startswith(m + "-") and _VERSION_SUFFIX.fullmatch(name[len(m):])]
+        return max(family, key=len) if family else None
+
+    def price(self, model: str) -> ModelPrice:
+        name = self.lookup(model)
+        if name is None:
+            raise UsageError(self._unknown_message([model]))
+        return self.models[name]
+
+    def check_models(self, models: Iterable[str]) -> None:
+        """Raise UsageError naming every model without a price; call it at validation, before any work."""
+        missing = sorted({m for m in models if self.lookup(m) is None})
+        if missing:
+            raise UsageError(self._unknown_message(missing))
+
+    def _unknown_message(self, missing: list[str]) -> str:
+        names = ", ".join(repr(m) for m in missing)
+        return (f"no price for model {names} in the pricing table ({', '.join(self.files) or 'built-in'}); "
+                f"known models: {', '.join(self.known())}. Use a known model, or add its prices with "
+                f"--pricing FILE (JSON: {{\"models\": {{\"<model>\": {{\"input\": 0.3, \"output\": 2.5}}}}}})")
 
     def cost(self, model: str, usage: dict[str, Any], *, mode: str = "online") -> float:
-        """USD for one call from its usage_metadata fields (prompt_tokens, candidates_tokens, ...)."""
+        """USD for one call, from its usage_metadata fields.
+
+        ``usage``: prompt_tokens, candidates_tokens, optional thoughts_tokens and optional
+        prompt_tokens_details = [{"modality": "AUDIO", "token_count": n}, ...].
+        """
+        _check_mode(mode)
         p = self.price(model)
-        prompt = int(usage.get("prompt_tokens") or 0)
-        out = int(usage.get("candidates_tokens") or 0) + int(usage.get("thoughts_tokens") or 0)
-        long = prompt > self.long_context_threshold
-        rate_in = (p.input_long if long and p.input_long is not None else p.input)
-        rate_out = (p.output_long if long and p.output_long is not None else p.output)
-        audio = 0
-        for d in usage.get("prompt_tokens_details") or []:
-            if str(d.get("modality", "")).upper() == "AUDIO":
-                audio += int(d.get("token_count") or 0)
-        audio = min(audio, prompt)
-        rate_audio = p.input_audio if p.input_audio is not None else rate_in
+        prompt = _int(usage.get("prompt_tokens"))
+        out = _int(usage.get("candidates_tokens")) + _int(usage.get("thoughts_tokens"))
+        audio = min(audio_tokens_of(usage), prompt)
+        rate_in, rate_audio, rate_out = p.rates(prompt > self.long_context_threshold)
         usd = ((prompt - audio) * rate_in + audio * rate_audio + out * rate_out) / 1_000_000
-        if mode == "batch":
-            usd *= self.batch_discount
-        elif mode != "online":
-            raise UsageError(f"unknown pricing mode {mode!r}: online or batch")
-        return usd
+        return usd * self.batch_discount if mode == "batch" else usd
 
-    def estimate_cost(self, model: str, input_tokens: int, output_tokens: int, mode: str = "online") -> float:
-        return self.cost(model, {"prompt_tokens": input_tokens, "candidates_tokens": output_tokens}, mode=mode)
+    def estimate_cost(self, model: str, input_tokens: int, output_tokens: int, mode: str = "online",
+                      *, audio_tokens: int = 0) -> float:
+        """USD for a call not made yet; ``audio_tokens`` is the audio share of ``input_tokens``."""
+        usage: dict[str, Any] = {"prompt_tokens": input_tokens, "candidates_tokens": output_tokens}
+        if audio_tokens:
+            usage["prompt_tokens_details"] = [{"modality": "AUDIO", "token_count": audio_tokens}]
+        return self.cost(model, usage, mode=mode)
 
+
+def _int(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise UsageError(f"unknown pricing mode {mode!r}: use online or batch")
+
+
+def audio_tokens_of(usage: dict[str, Any]) -> int:
+    """The AUDIO tokens in ``usage["prompt_tokens_details"]`` (0 when not broken down)."""
+    total = 0
+    for d in usage.get("prompt_tokens_details") or []:
+        if isinstance(d, dict) and str(d.get("modality", "")).upper().endswith("AUDIO"):
+            total += _int(d.get("token_count"))
+    return total
+
+
+def usage_from_metadata(meta: Any) -> dict[str, Any]:
+    """The fields :meth:`PriceTable.cost` needs, from an SDK ``usage_metadata`` (object or dict).
+
+    Keeps ``thoughts_tokens`` (billed as output) and the AUDIO/VIDEO/TEXT breakdown of the prompt,
+    which ``prompt_tokens`` alone would lose.
+    """
+    if meta is None:
+        return {}
+
+    def get(name: str, camel: str) -> Any:
+        if isinstance(meta, dict):
+            return meta.get(name, meta.get(camel))
+        return getattr(meta, name, None)
+
+    out: dict[str, Any] = {
+        "prompt_tokens": _int(get("prompt_token_count", "promptTokenCount")),
+        "candidates_tokens": _int(get("candidates_token_count", "candidatesTokenCount")),
+        "total_tokens": _int(get("total_token_count", "totalTokenCount")),
+    }
+    thoughts = _int(get("thoughts_token_count", "thoughtsTokenCount"))
+    if thoughts:
+        out["thoughts_tokens"] = thoughts
+    details = []
+    for d in get("prompt_tokens_details", "promptTokensDetails") or []:
+        modality = d.get("modality") if isinstance(d, dict) else getattr(d, "modality", None)
+        count = (d.get("token_count", d.get("tokenCount")) if isinstance(d, dict)
+                 else getattr(d, "token_count", None))
+        modality = getattr(modality, "value", modality)  # SDK enum → "AUDIO"
+        if modality:
+            details.append({"modality": str(modality), "token_count": _int(count)})
+    if details:
+        out["prompt_tokens_details"] = details
+    return out
+
+
+# -- loading -----------------------------------------------------------------------------------
 
 def _parse(doc: Any, where: str) -> tuple[dict[str, ModelPrice], dict[str, Any]]:
+    example = '{"models": {"gemini-2.5-flash": {"input": 0.3, "output": 2.5}}}'
     if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict):
-        raise UsageError(f"{where}: a pricing file is a JSON object with a 'models' object "
-                         f"(e.g. {{\"models\": {{\"gemini-2.5-flash\": {{\"input\": 0.3, \"output\": 2.5}}}}}})")
-    models = {}
+        raise UsageError(f"{where}: a pricing file is a JSON object with a 'models' object (e.g. {example})")
+    unknown_top = sorted(k for k in doc if k not in _TOP_FIELDS and not k.startswith("_"))
+    if unknown_top:
+        raise UsageError(f"{where}: unknown key(s) {', '.join(unknown_top)}; allowed: {', '.join(_TOP_FIELDS)} "
+                         f"(keys starting with _ are comments)")
+    models: dict[str, ModelPrice] = {}
     for name, row in doc["models"].items():
         if not isinstance(row, dict) or "input" not in row or "output" not in row:
-            raise UsageError(f"{where}: model {name!r} needs at least 'input' and 'output' prices (USD per 1M tokens)")
-        unknown = set(row) - set(_FIELDS)
+            raise UsageError(f"{where}: model {name!r} needs at least 'input' and 'output' prices "
+                             f"(USD per 1M tokens), e.g. {example}")
+        unknown = sorted(set(row) - set(_ROW_FIELDS))
         if unknown:
-            raise UsageError(f"{where}: model {name!r} has unknown field(s) {', '.join(sorted(unknown))}; "
-                             f"allowed: {', '.join(_FIELDS)}")
-        try:
-            vals = {k: (float(v) if v is not None else None) for k, v in row.items()}
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"{where}: model {name!r}: prices must be numbers") from exc
-        if any(v is not None and v < 0 for v in vals.values()):
-            raise UsageError(f"{where}: model {name!r}: prices cannot be negative")
+            raise UsageError(f"{where}: model {name!r} has unknown field(s) {', '.join(unknown)}; "
+                             f"allowed: {', '.join(_ROW_FIELDS)}")
+        vals: dict[str, Any] = {}
+        for k, v in row.items():
+            if k == "note":
+                vals[k] = str(v)
+                continue
+            if v is None and k != "input" and k != "output":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise UsageError(f"{where}: model {name!r}: {k} must be a number (USD per 1M tokens), got {v!r}")
+            if v < 0:
+                raise UsageError(f"{where}: model {name!r}: {k} cannot be negative")
+            vals[k] = float(v)
         models[name] = ModelPrice(**vals)
-    meta = {k: doc[k] for k in ("batch_discount", "long_context_threshold", "source", "read_on") if k in doc}
+    meta = {k: doc[k] for k in ("batch_discount", "long_context_threshold", "source", "read_on", "replace")
+            if k in doc}
+    if "batch_discount" in meta:
+        bd = meta["batch_discount"]
+        if isinstance(bd, bool) or not isinstance(bd, (int, float)) or not 0 < bd <= 1:
+            raise UsageError(f"{where}: batch_discount must be a number in (0, 1] (0.5 = half price), got {bd!r}")
+    if "long_context_threshold" in meta:
+        lt = meta["long_context_threshold"]
+        if isinstance(lt, bool) or not isinstance(lt, int) or lt <= 0:
+            raise UsageError(f"{where}: long_context_threshold must be a positive whole number of tokens, got {lt!r}")
     return models, meta
 
 
+def _read(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read pricing file {path}: {exc.strerror or exc}") from exc
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"pricing file {path} is not valid JSON: {exc}") from exc
+
+
 def load_pricing(override: str | Path | None = None) -> PriceTable:
-    """The built-in table, with ``override``'s models and settings laid over it."""
-    doc = json.loads(BUILTIN.read_text(encoding="utf-8"))
-    models, meta = _parse(doc, str(BUILTIN))
+    """The built-in table, with ``override``'s models and settings laid over it.
+
+    Every model the override lists replaces the built-in entry whole; ``"replace": true`` in the
+    override drops the built-in models entirely. Problems raise UsageError naming the file.
+    """
+    models, meta = _parse(_read(BUILTIN), str(BUILTIN))
     files = [str(BUILTIN)]
     if override:
         path = Path(override)
-        try:
-            odoc = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise UsageError(f"cannot read pricing file {path}: {exc.strerror}") from exc
-        except ValueError as exc:
-            raise UsageError(f"pricing file {path} is not valid JSON: {exc}") from exc
-        omodels, ometa = _parse(odoc, str(path))
+        omodels, ometa = _parse(_read(path), str(path))
+        if ometa.pop("replace", False) is True:
+            models = {}
         models.update(omodels)
         meta.update(ometa)
         files.append(str(path))
     return PriceTable(models=models, batch_discount=float(meta.get("batch_discount", 0.5)),
                       long_context_threshold=int(meta.get("long_context_threshold", 200_000)),
                       source=str(meta.get("source", "")), read_on=str(meta.get("read_on", "")), files=files)
+
+
+# -- estimates ---------------------------------------------------------------------------------
+
+def _is_low(media_resolution: str | None) -> bool:
+    return (media_resolution or "").strip().lower() in ("low", "media_resolution_low")
+
+
+def estimate_tokens(video_seconds: float | None, prompt_text_tokens: int, media_resolution: str | None) -> int:
+    """Prompt tokens of one call: the video at 300 tokens/s (100 at low resolution) + the prompt text.
+
+    ``video_seconds`` None (a YouTube link, unknown until the model answers) counts as
+    :data:`UNKNOWN_VIDEO_SECONDS`; callers flag such rows as guesses.
+    """
+    seconds = UNKNOWN_VIDEO_SECONDS if video_seconds is None else max(0.0, float(video_seconds))
+    per_second = TOKENS_PER_SECOND_LOW if _is_low(media_resolution) else TOKENS_PER_SECOND
+    return int(round(seconds * per_second)) + max(0, int(prompt_text_tokens))
+
+
+def estimate_audio_tokens(video_seconds: float | None) -> int:
+    """The audio share of :func:`estimate_tokens` (32 tokens/s at any resolution), billed at the audio rate."""
+    seconds = UNKNOWN_VIDEO_SECONDS if video_seconds is None else max(0.0, float(video_seconds))
+    return int(round(seconds * AUDIO_TOKENS_PER_SECOND))
+
+
+def estimate_output_tokens(template_max_tokens: int | None, past: list[int]) -> int:
+    """Output (incl. thinking) tokens expected from a template.
+
+    The median of its past runs in the journal when there are at least 3 (``past`` should hold
+    candidates + thoughts tokens), else half the template's max_output_tokens (answers rarely use
+    the whole cap), else :data:`DEFAULT_OUTPUT_TOKENS`.
+    """
+    values = [int(v) for v in past if v and int(v) > 0]
+    if len(values) >= MIN_PAST_RUNS:
+        return int(statistics.median(values))
+    if template_max_tokens:
+        return max(1, int(template_max_tokens) // 2)
+    return DEFAULT_OUTPUT_TOKENS
+
+
+_DEFAULT_TABLE: PriceTable | None = None
+
+
+def estimate_cost(model: str, input_tokens: int, output_tokens: int, mode: str = "online", *,
+                  audio_tokens: int = 0, table: PriceTable | None = None) -> float:
+    """USD for a call not made yet, from the given table (default: the built-in one)."""
+    global _DEFAULT_TABLE
+    if table is None:
+        if _DEFAULT_TABLE is None:
+            _DEFAULT_TABLE = load_pricing()
+        table = _DEFAULT_TABLE
+    return table.estimate_cost(model, input_tokens, output_tokens, mode, audio_tokens=audio_tokens)
+
+
+# -- the dry-run table -------------------------------------------------------------------------
+
+UNKNOWN_MARK = "unknown*"
+UNKNOWN_FOOTNOTE = ("* unknown: a YouTube link's length is known only after the model answers "
+                    f"(nothing is downloaded for an estimate); priced as {UNKNOWN_VIDEO_SECONDS / 3600:g} h.")
+
+
+@dataclass
+class DryRunRow:
+    """One job of a dry run; the runner fills it, :func:`estimate_table` prints it."""
+
+    job: str  # job id (shortened in the table) or title
+    duration: float | None  # seconds; None = unknown (YouTube)
+    input_tokens: int
+    output_tokens: int
+    cost: float | None  # USD; None = no price for the model
+    note: str = ""
+    counted: bool = True  # False: shown, but not sent (done / skipped) and not in the totals
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return UNKNOWN_MARK
+    total = int(round(seconds))
+    h, rem = divmod(total, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _fmt_cost(value: float | None) -> str:
+    return "?" if value is None else f"${value:,.4f}"
+
+
+def estimate_table(rows: list[DryRunRow], *, job_width: int = 40) -> str:
+    """A fixed-width table (job, duration, est. input / output tokens, est. cost) with totals."""
+    header = ["Job", "Duration", "Est. input tokens", "Est. output tokens", "Est. cost", "Note"]
+    body = []
+    for r in rows:
+        job = r.job if len(r.job) <= job_width else r.job[: job_width - 1] + "…"
+        body.append([job, _fmt_duration(r.duration), f"{r.input_tokens:,}", f"{r.output_tokens:,}",
+                     _fmt_cost(r.cost), r.note if r.counted else (r.note or "not sent")])
+    counted = [r for r in rows if r.counted]
+    unknown = sum(1 for r in counted if r.duration is None)
+    known_secs = sum(r.duration or 0.0 for r in counted)
+    costs = [r.cost for r in counted]
+    total_cost = None if any(c is None for c in costs) else float(sum(c for c in costs if c is not None))
+    total = [f"Total ({len(counted)} of {len(rows)} jobs)",
+             _fmt_duration(known_secs) + (f" + {unknown} unknown*" if unknown else ""),
+             f"{sum(r.input_tokens for r in counted):,}", f"{sum(r.output_tokens for r in counted):,}",
+             _fmt_cost(total_cost), "" if total_cost is not None else "some models have no price"]
+    widths = [max(len(row[i]) for row in [header, *body, total]) for i in range(len(header))]
+    right = {1, 2, 3, 4}
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)).rstrip()
+
+    rule = fmt(["-" * w for w in widths])
+    lines = [fmt(header), rule, *map(fmt, body), rule, fmt(total)]
+    if unknown or any(r.duration is None for r in rows):
+        lines.append(UNKNOWN_FOOTNOTE)
+    return "\n".join(lines)

@@ -148,6 +148,7 @@ def run_batch(opts: RunOptions, *, echo: Callable[[str], None] | None = None) ->
     resolve_credentials(settings.api_key_env, sandbox=sandbox)  # CredentialsError (exit 2) before any work
 
     check_notify_targets(settings.notify)  # exit 2 before any work, like any manifest problem
+    check_model_prices(manifest, opts.pricing, echo)
     if opts.accept_identity:
         manifest.identity = opts.accept_identity
     lock = RunLock(journal_path)
@@ -166,6 +167,20 @@ def run_batch(opts: RunOptions, *, echo: Callable[[str], None] | None = None) ->
 
 
 DERIVED_MANIFEST = "manifest.derived.yaml"
+
+
+def check_model_prices(manifest: Any, pricing_file: str | None, echo: Callable[[str], None]) -> None:
+    """A model without a price is found before any work: a warning (costs show as 0), or an error
+    (exit 2) when a --cost-limit could not be enforced without it."""
+    from .pricing import load_pricing
+
+    table = load_pricing(pricing_file)  # a broken --pricing file is a usage error (exit 2)
+    try:
+        table.check_models(sorted({j.model for j in manifest.jobs}))
+    except UsageError as exc:
+        if manifest.settings.cost_limit is not None:
+            raise UsageError(f"--cost-limit cannot be enforced: {exc}") from exc
+        echo(f"Warning: {exc}. Costs of those jobs are reported as $0.")
 
 
 def check_notify_targets(targets: list[Any]) -> None:
@@ -203,8 +218,9 @@ def settings_record(settings: Any) -> dict[str, Any]:
     out = {}
     for k, v in vars(settings).items():
         if k == "notify":
-            out[k] = [{kk: vv for kk, vv in (t.items() if isinstance(t, dict) else {"url": t}.items())
-                       if kk not in ("password", "headers")} for t in v]
+            from .notify import public_view
+
+            out[k] = [public_view(t) for t in v]  # webhook URLs can be secrets (Slack): host only
         elif isinstance(v, (str, int, float, bool, type(None))):
             out[k] = v
         elif isinstance(v, (list, tuple)):
@@ -817,7 +833,9 @@ class Runner:
         self.blog.run_finished(code)
         self.blog.maybe_snapshot(force=True)
         summary = (f"{counts['completed']} completed, {counts['skipped']} skipped, {counts['failed']} failed, "
-                   f"{counts['pending']} pending of {counts['total']}; cost ${self.state.total_cost_usd:.4f}")
+                   f"{counts['pending']} pending of {counts['total']}; cost ${self.state.total_cost_usd:.4f}"
+                   + (" (priced as the real API would bill it; the sandbox bills nothing)"
+                      if self.settings.sandbox else ""))
         return RunResult(int(code), f"{msg}. {summary}", str(self.blog.path), str(self.manifest.output_root),
                          counts, self.state.total_cost_usd)
 

@@ -41,7 +41,7 @@ def make_batch(root: Path, n: int, workers: int, max_attempts: int) -> Path:
     jobs = "\n".join(f"  - source: videos/talk-{i:03d}.mp4" for i in range(n))
     m = root / "manifest.yaml"
     m.write_text(f"defaults:\n  template: summary_report\n  output_dir: out\n"
-                 f"settings:\n  workers: {workers}\n  max_attempts: {max_attempts}\n  rpm: 100000\n"
+                 f"settings:\n  workers: {workers}\n  max_attempts: {max_attempts}\n  rpm: 100000\n  rpd: 10000000\n"
                  f"  retry_base_delay: 0.5\njobs:\n{jobs}\n", encoding="utf-8")
     return m
 
@@ -82,12 +82,19 @@ def fault_injection(root: Path, *, tasks: int = 100, fail_rate: float = 0.2, bur
     per_task = [retries.get(r["task_id"], 0) for r in recs if r["type"] == "task_added"]
     injected = Counter(str(q.get("injected")) for q in requests if q.get("injected"))
     gen = [q for q in requests if q.get("kind") == "generate"]
+    # call-level retries: failed requests a task made (each one was retried inside the task)
+    call_fail = Counter(q.get("task_id") for q in requests
+                        if q.get("task_id") and q.get("kind") in ("generate", "upload_start") and q.get("status") != 200)
+    added = [r["task_id"] for r in recs if r["type"] == "task_added"]
+    per_call = [call_fail.get(t, 0) for t in added]
     return {
         "tasks": tasks, "exit_code": proc.returncode, "completed": len(completed), "failed": len(failed),
         "recovery_rate": round(100.0 * len(completed) / tasks, 1),
         "task_retries_total": sum(per_task), "task_retries_max": max(per_task, default=0),
         "task_retries_mean": round(sum(per_task) / max(1, len(per_task)), 2),
         "tasks_with_retries": sum(1 for x in per_task if x),
+        "call_retries_total": sum(per_call), "call_retries_max": max(per_call, default=0),
+        "tasks_with_call_retries": sum(1 for x in per_call if x),
         "generate_requests": len(gen), "generate_429": sum(1 for q in gen if q.get("status") == 429),
         "faults_injected": dict(injected), "seconds": round(time.monotonic() - t0, 1),
         "failed_messages": [f["message"] for f in failed][:5], "tail": out[-600:] if proc.returncode else "",

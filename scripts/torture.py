@@ -80,7 +80,8 @@ def make_batch(root: Path, n: int, workers: int) -> Path:
         shutil.copyfile(SAMPLE, vids / f"lecture-{i:03d}.mp4")
     jobs = "\n".join(f"  - source: videos/lecture-{i:03d}.mp4" for i in range(n))
     text = (f"defaults:\n  template: summary_report\n  output_dir: out\n"
-            f"settings:\n  workers: {workers}\n  max_attempts: 100\n  rpm: 100000\n  retry_base_delay: 0.05\n"
+            f"settings:\n  workers: {workers}\n  max_attempts: 100\n  rpm: 100000\n  rpd: 10000000\n"
+            f"  retry_base_delay: 0.05\n"
             f"jobs:\n{jobs}\n")
     m = root / "manifest.yaml"
     m.write_text(text, encoding="utf-8")
@@ -211,6 +212,9 @@ def torture(root: Path, *, tasks: int = 100, kills: int = 20, latency: float = 0
                     break
                 if proc.returncode == 2:
                     rep.problems.append(f"run refused the journal (exit 2): {out[-500:]}")
+                    break
+                if len(rep.exit_codes) >= 3 and len(set(rep.exit_codes[-3:])) == 1:
+                    rep.problems.append(f"three runs in a row exited {proc.returncode}: {out[-500:]}")
                     break
                 continue  # e.g. 75 with retries still pending: run again
             # Kill phase: the manager keeps running across worker kills; a manager kill ends it.

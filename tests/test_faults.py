@@ -34,7 +34,7 @@ def retry_stats(recs: list[dict]) -> Counter:
 def test_fail_rate_and_429_bursts_are_all_recovered_with_bounded_retries(tmp_path, sandbox):
     server = sandbox(fail_rate=0.2, seed=11, retry_delay=0.2)
     server.inject_429(count=4, retry_delay=0.2)
-    m = make_batch(tmp_path, 12, extra_settings="retry_base_delay: 0.05\nmax_call_retries: 1")
+    m = make_batch(tmp_path, 12, extra_settings="retry_base_delay: 0.05\nmax_call_retries: 1\nrpd: 100000")
     r = run_cli(["run", m, "--progress", "log", "--max-attempts", "8"], env=env_for(server), timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
     recs = records(journal_of(tmp_path))

@@ -1,43 +1,116 @@
-"""Pricing: known token counts give exact costs; overrides; bad files give clear errors."""
+"""Pricing: known token counts give exact costs; tiers, audio, overrides, estimates, the dry-run table."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from google.genai import types
 
 from gsvr_batch.errors import UsageError
-from gsvr_batch.pricing import load_pricing
+from gsvr_batch.pricing import (
+    DEFAULT_OUTPUT_TOKENS,
+    DryRunRow,
+    estimate_audio_tokens,
+    estimate_cost,
+    estimate_output_tokens,
+    estimate_table,
+    estimate_tokens,
+    load_pricing,
+    usage_from_metadata,
+)
+
+REQUIRED = ("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.0-flash",
+            "gemini-2.0-flash-lite", "gemini-3-pro-preview")
 
 
-def test_flash_online_and_batch_prices():
+def test_builtin_table_names_its_source_and_models():
     p = load_pricing()
-    usage = {"prompt_tokens": 1_800_000, "candidates_tokens": 400_000, "total_tokens": 2_200_000}
-    assert p.cost("gemini-2.5-flash", usage) == pytest.approx(1.8 * 0.30 + 0.4 * 2.50)
-    assert p.cost("gemini-2.5-flash", usage, mode="batch") == pytest.approx((1.8 * 0.30 + 0.4 * 2.50) / 2)
-    assert p.cost("models/gemini-2.5-flash-001", usage) == p.cost("gemini-2.5-flash", usage)  # family price
-    assert p.source.startswith("https://") and p.read_on
+    assert p.source == "https://ai.google.dev/gemini-api/docs/pricing" and p.read_on[:4] == "2026"
+    assert set(REQUIRED) <= set(p.known()) and p.batch_discount == 0.5 and p.long_context_threshold == 200_000
 
 
-def test_long_context_tier_and_audio_tokens():
+def test_flash_exact_cost_online_and_batch_thinking_billed_as_output():
     p = load_pricing()
-    short = p.cost("gemini-2.5-pro", {"prompt_tokens": 200_000, "candidates_tokens": 0})
-    long = p.cost("gemini-2.5-pro", {"prompt_tokens": 200_001, "candidates_tokens": 0})
-    assert short == pytest.approx(0.25) and long == pytest.approx(200_001 * 2.5 / 1e6)
+    usage = {"prompt_tokens": 1_000_000, "candidates_tokens": 200_000, "thoughts_tokens": 100_000}
+    # 1M x $0.30 + (200k + 100k) x $2.50
+    assert p.cost("gemini-2.5-flash", usage) == pytest.approx(0.30 + 0.75, rel=1e-12)
+    assert p.cost("gemini-2.5-flash", usage, mode="batch") == pytest.approx((0.30 + 0.75) / 2, rel=1e-12)
+    assert p.cost("gemini-2.5-flash-lite", usage) == pytest.approx(0.10 + 0.3 * 0.40, rel=1e-12)
+    with pytest.raises(UsageError, match="online or batch"):
+        p.cost("gemini-2.5-flash", usage, mode="flex")
+
+
+def test_versioned_names_use_their_family_price_but_other_products_do_not():
+    p = load_pricing()
+    u = {"prompt_tokens": 10_000, "candidates_tokens": 1_000}
+    base = p.cost("gemini-2.5-flash", u)
+    assert p.cost("models/gemini-2.5-flash", u) == base
+    assert p.cost("gemini-2.5-flash-001", u) == base
+    assert p.cost("gemini-2.5-flash-preview-09-2025", u) == base
+    assert p.cost("gemini-2.5-flash-lite-001", u) == p.cost("gemini-2.5-flash-lite", u)  # longest family wins
+    with pytest.raises(UsageError):
+        p.cost("gemini-2.5-flash-image", u)  # image output is a different product and price
+
+
+def test_long_context_tier_switches_input_and_output_rates():
+    p = load_pricing()
+    short = p.cost("gemini-2.5-pro", {"prompt_tokens": 200_000, "candidates_tokens": 10_000})
+    long = p.cost("gemini-2.5-pro", {"prompt_tokens": 200_001, "candidates_tokens": 10_000})
+    assert short == pytest.approx(0.2 * 1.25 + 0.01 * 10.0, rel=1e-12)
+    assert long == pytest.approx(0.200001 * 2.50 + 0.01 * 15.0, rel=1e-12)
+    g3 = p.cost("gemini-3-pro-preview", {"prompt_tokens": 300_000, "candidates_tokens": 0}, mode="batch")
+    assert g3 == pytest.approx(0.3 * 4.0 / 2, rel=1e-12)
+
+
+def test_audio_tokens_are_billed_at_the_audio_rate_when_broken_down():
+    p = load_pricing()
     with_audio = {"prompt_tokens": 1_000_000, "candidates_tokens": 0,
-                  "prompt_tokens_details": [{"modality": "VIDEO", "token_count": 900_000},
-                                            {"modality": "AUDIO", "token_count": 100_000}]}
-    assert p.cost("gemini-2.5-flash", with_audio) == pytest.approx(0.9 * 0.30 + 0.1 * 1.00)
+                  "prompt_tokens_details": [{"modality": "VIDEO", "token_count": 890_000},
+                                            {"modality": "AUDIO", "token_count": 100_000},
+                                            {"modality": "TEXT", "token_count": 10_000}]}
+    assert p.cost("gemini-2.5-flash", with_audio) == pytest.approx(0.9 * 0.30 + 0.1 * 1.00, rel=1e-12)
+    # no breakdown: everything at the video rate (the documented approximation)
+    assert p.cost("gemini-2.5-flash", {"prompt_tokens": 1_000_000}) == pytest.approx(0.30, rel=1e-12)
+    # Pro bills audio like video, so a long prompt's audio follows the long tier
+    long_audio = dict(with_audio, prompt_tokens=1_000_000)
+    assert p.cost("gemini-2.5-pro", long_audio) == pytest.approx(1.0 * 2.50, rel=1e-12)
 
 
-def test_override_file_adds_and_replaces_models(tmp_path):
+def test_usage_from_sdk_metadata_keeps_thoughts_and_modalities():
+    meta = types.GenerateContentResponseUsageMetadata(
+        prompt_token_count=29_000, candidates_token_count=1_500, thoughts_token_count=800, total_token_count=31_300,
+        prompt_tokens_details=[types.ModalityTokenCount(modality=types.MediaModality.VIDEO, token_count=25_800),
+                               types.ModalityTokenCount(modality=types.MediaModality.AUDIO, token_count=3_200)])
+    usage = usage_from_metadata(meta)
+    assert usage["prompt_tokens"] == 29_000 and usage["thoughts_tokens"] == 800 and usage["total_tokens"] == 31_300
+    assert {"modality": "AUDIO", "token_count": 3_200} in usage["prompt_tokens_details"]
+    expected = (25_800 * 0.30 + 3_200 * 1.00 + (1_500 + 800) * 2.50) / 1e6
+    assert load_pricing().cost("gemini-2.5-flash", usage) == pytest.approx(expected, rel=1e-12)
+    # the REST (camelCase) form gives the same
+    rest = {"promptTokenCount": 29_000, "candidatesTokenCount": 1_500, "thoughtsTokenCount": 800,
+            "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": 3_200}]}
+    assert load_pricing().cost("gemini-2.5-flash", usage_from_metadata(rest)) == pytest.approx(expected, rel=1e-12)
+    assert usage_from_metadata(None) == {}
+
+
+def test_override_file_replaces_listed_models_and_keeps_the_rest(tmp_path):
     f = tmp_path / "prices.json"
-    f.write_text(json.dumps({"models": {"gemini-2.5-flash": {"input": 1, "output": 2},
-                                        "my-tuned-model": {"input": 3, "output": 4}}}))
+    f.write_text(json.dumps({"_comment": "ours", "batch_discount": 0.4, "models": {
+        "gemini-2.5-flash": {"input": 1, "output": 2},
+        "my-tuned-model": {"input": 3, "output": 4, "note": "negotiated"}}}))
     p = load_pricing(f)
-    assert p.cost("gemini-2.5-flash", {"prompt_tokens": 1_000_000, "candidates_tokens": 0}) == pytest.approx(1.0)
-    assert p.cost("my-tuned-model", {"prompt_tokens": 0, "candidates_tokens": 1_000_000}) == pytest.approx(4.0)
+    assert p.cost("gemini-2.5-flash", {"prompt_tokens": 1_000_000}) == pytest.approx(1.0)
+    # the overridden entry is replaced whole: no audio rate left over from the built-in one
+    assert p.cost("gemini-2.5-flash", {"prompt_tokens": 1_000_000, "prompt_tokens_details": [
+        {"modality": "AUDIO", "token_count": 1_000_000}]}) == pytest.approx(1.0)
+    assert p.cost("my-tuned-model", {"candidates_tokens": 1_000_000}, mode="batch") == pytest.approx(4.0 * 0.4)
     assert p.cost("gemini-2.5-pro", {"prompt_tokens": 100_000}) == pytest.approx(0.125)  # built-in kept
+    assert p.files[-1] == str(f)
+
+    only = tmp_path / "only.json"
+    only.write_text(json.dumps({"replace": True, "models": {"m": {"input": 1, "output": 1}}}))
+    assert load_pricing(only).known() == ["m"]
 
 
 @pytest.mark.parametrize("content,message", [
@@ -45,17 +118,80 @@ def test_override_file_adds_and_replaces_models(tmp_path):
     ('{"prices": {}}', "a JSON object with a 'models' object"),
     ('{"models": {"m": {"input": 1}}}', "needs at least 'input' and 'output'"),
     ('{"models": {"m": {"input": 1, "output": 1, "inptu_audio": 2}}}', "unknown field(s) inptu_audio"),
-    ('{"models": {"m": {"input": "cheap", "output": 1}}}', "prices must be numbers"),
+    ('{"models": {"m": {"input": "cheap", "output": 1}}}', "input must be a number"),
+    ('{"models": {"m": {"input": 1, "output": -2}}}', "output cannot be negative"),
+    ('{"batch_discount": 2, "models": {}}', "batch_discount must be a number in (0, 1]"),
+    ('{"modles": {}, "models": {}}', "unknown key(s) modles"),
 ])
-def test_bad_override_file_says_what_is_wrong(tmp_path, content, message):
+def test_bad_override_file_says_what_is_wrong_and_where(tmp_path, content, message):
     f = tmp_path / "bad.json"
     f.write_text(content)
-    with pytest.raises(UsageError, match=None) as ei:
+    with pytest.raises(UsageError) as ei:
         load_pricing(f)
     assert message in str(ei.value) and str(f) in str(ei.value)
 
 
-def test_unknown_model_lists_known_ones():
+def test_missing_override_file(tmp_path):
+    with pytest.raises(UsageError, match="cannot read pricing file .*nope.json"):
+        load_pricing(tmp_path / "nope.json")
+
+
+def test_unknown_models_are_listed_with_the_known_ones_at_validation():
+    p = load_pricing()
+    p.check_models(["gemini-2.5-flash", "models/gemini-2.5-pro"])  # no error
     with pytest.raises(UsageError) as ei:
-        load_pricing().cost("gpt-5", {"prompt_tokens": 1})
-    assert "gemini-2.5-flash" in str(ei.value) and "--pricing" in str(ei.value)
+        p.check_models(["gemini-2.5-flash", "gpt-5", "gemini-9-ultra", "gpt-5"])
+    text = str(ei.value)
+    assert "'gemini-9-ultra', 'gpt-5'" in text and "known models: gemini-2.0-flash" in text
+    assert "gemini-2.5-flash" in text and "--pricing FILE" in text
+
+
+def test_token_estimates_follow_the_video_tokenizer():
+    assert estimate_tokens(600, 1_000, None) == 600 * 300 + 1_000
+    assert estimate_tokens(600, 1_000, "low") == 600 * 100 + 1_000
+    assert estimate_tokens(600, 0, "MEDIA_RESOLUTION_LOW") == 60_000
+    assert estimate_tokens(600, 0, "MEDIA_RESOLUTION_HIGH") == 180_000
+    assert estimate_tokens(None, 500, None) == 3600 * 300 + 500  # YouTube: priced as one hour
+    assert estimate_audio_tokens(600) == 600 * 32
+
+
+def test_output_estimates_median_then_half_the_cap_then_default():
+    assert estimate_output_tokens(8192, [1_000, 3_000, 2_000, 9_000]) == 2_500  # median of >= 3 past runs
+    assert estimate_output_tokens(8192, [1_000, 3_000]) == 4_096  # too few runs: half the cap
+    assert estimate_output_tokens(None, [1_000]) == DEFAULT_OUTPUT_TOKENS
+    assert estimate_output_tokens(0, []) == DEFAULT_OUTPUT_TOKENS
+
+
+def test_estimate_cost_prices_the_audio_share():
+    tin, audio, tout = estimate_tokens(600, 1_000, None), estimate_audio_tokens(600), 4_096
+    expected = ((tin - audio) * 0.30 + audio * 1.00 + tout * 2.50) / 1e6
+    assert estimate_cost("gemini-2.5-flash", tin, tout, "online", audio_tokens=audio) == pytest.approx(expected)
+    assert estimate_cost("gemini-2.5-flash", tin, tout, "batch", audio_tokens=audio) == pytest.approx(expected / 2)
+    assert estimate_cost("gemini-2.5-flash", tin, tout) == pytest.approx((tin * 0.30 + tout * 2.50) / 1e6)
+
+
+def test_dry_run_table_has_columns_rows_totals_and_a_footnote():
+    rows = [DryRunRow("Lecture 1: Sets", 600.0, 181_000, 4_096, 0.0645),
+            DryRunRow("https://www.youtube.com/watch?v=aircAruvnKk", None, 1_080_500, 2_048, 0.3293),
+            DryRunRow("Lecture 2: done already", 3_725.0, 1_118_000, 4_096, 0.5, note="already completed",
+                      counted=False)]
+    out = estimate_table(rows)
+    lines = out.splitlines()
+    for col in ("Job", "Duration", "Est. input tokens", "Est. output tokens", "Est. cost"):
+        assert col in lines[0]
+    assert lines[2].startswith("Lecture 1: Sets") and "10:00" in lines[2] and "181,000" in lines[2]
+    assert "unknown*" in lines[3] and "$0.3293" in lines[3]
+    assert "1:02:05" in lines[4] and "already completed" in lines[4]
+    total = next(line for line in lines if line.startswith("Total"))
+    assert "2 of 3 jobs" in total and "10:00 + 1 unknown*" in total
+    assert "1,261,500" in total and "6,144" in total and "$0.3938" in total
+    assert lines[-1].startswith("* unknown: a YouTube link's length is known only after the model answers")
+    # numbers are right-aligned: the cost column ends at the same place on every data row
+    col_end = lines[0].index("Est. cost") + len("Est. cost")
+    assert all(line[col_end - 1] in "t0123456789" for line in lines[2:5])
+
+
+def test_dry_run_table_without_a_price_shows_question_marks():
+    out = estimate_table([DryRunRow("a", 60.0, 18_000, 100, None), DryRunRow("b", 60.0, 18_000, 100, 0.01)])
+    total = next(line for line in out.splitlines() if line.startswith("Total"))
+    assert "?" in total and "some models have no price" in total and "unknown" not in out
