@@ -34,8 +34,12 @@ def verify_outputs(state: BatchState) -> list[dict[str, Any]]:
 
 
 def batch_document(journal: str | os.PathLike[str], *, verify: bool = False) -> dict[str, Any]:
-    """The state as one JSON-able document (``replay --json``)."""
-    rp = replay(journal)
+    """The state as one JSON-able document (``replay --json``).
+
+    ``verify`` also reads every record from the start (not the snapshot), so damage in the part a
+    snapshot covers is found too, and checks every output against its sha256.
+    """
+    rp = replay(journal, use_snapshot=not verify)
     s = rp.state
     doc: dict[str, Any] = {
         "journal": str(Path(journal).resolve()),

@@ -48,7 +48,8 @@ def make_batch(root: Path, n: int, *, sandbox: bool = False, extra_settings: str
     settings = textwrap.indent(extra_settings.strip(), "  ") if extra_settings.strip() else ""
     given = {line.split(":", 1)[0].strip() for line in extra_settings.splitlines()
              if line.strip() and not line.startswith((" ", "\t", "-"))}
-    defaults = "".join(f"  {k}: {v}\n" for k, v in (("workers", 2), ("max_attempts", 3), ("rpm", 1000))
+    defaults = "".join(f"  {k}: {v}\n" for k, v in (("workers", 2), ("max_attempts", 3), ("rpm", 1000),
+                                                            ("rpd", 100000))
                        if k not in given)
     text = (f"{'sandbox: true' if sandbox else ''}\n"
             f"defaults:\n  template: summary_report\n  output_dir: out\n"

@@ -130,3 +130,21 @@ def test_records_are_json_lines_with_seq_ts_type_crc(tmp_path):
     for i, line in enumerate(p.read_text().splitlines(), start=1):
         rec = json.loads(line)
         assert rec["seq"] == i and rec["ts"].endswith("Z") and rec["type"] and len(rec["crc"]) == 8
+
+
+def test_verify_reads_past_the_snapshot_and_finds_damage_it_covers(tmp_path):
+    from gsvr_batch.summary import batch_document
+
+    p = tmp_path / "j.jsonl"
+    bl, _ = BatchLog.open(p)
+    bl.create_batch(manifest="m", manifest_identity="i", manifest_hash="h", settings={}, version="t")
+    for i in range(12):
+        bl.add_task(task_id=f"t{i}", source="s")
+    bl.maybe_snapshot(force=True)
+    bl.close()
+    data = bytearray(p.read_bytes())
+    data[60] ^= 0x04  # inside record 2, which the snapshot covers
+    p.write_bytes(bytes(data))
+    assert replay(p).used_snapshot  # the fast path does not read it ...
+    with pytest.raises(JournalCorrupt):
+        batch_document(p, verify=True)  # ... --verify does

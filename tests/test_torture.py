@@ -19,9 +19,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_kill_9_manager_and_workers_repeatedly_loses_nothing_and_doubles_nothing(tmp_path):
-    rep = torture.torture(tmp_path / "t", tasks=12, kills=4, latency=0.3, workers=2, seed=7, max_seconds=150)
+    rep = torture.torture(tmp_path / "t", tasks=12, kills=4, latency=0.5, workers=2, seed=7, max_seconds=150)
     assert rep.problems == []
-    assert rep.kills == 4
+    assert rep.kills >= 3  # 4 planned; a loaded machine may finish the batch before the last one
     assert rep.exit_codes[-1] == 0  # the last run finished the batch by itself
     assert rep.outputs == 12 and rep.temp_files == 0 and rep.verify_rc == 0
     # every generate call beyond the first is explained by a kill while that job was in flight
