@@ -33,7 +33,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import DiskFull, GsvrError, TransientError
+from .errors import DiskFull, GsvrError, RequestRejected, TransientError
 from .exitcodes import ExitCode
 from .state import BatchState, TaskStatus
 
@@ -157,7 +157,10 @@ class BatchMode:
             self.steps = ManagerSteps(self.wcfg, self.client, r.limiter or NullLimiter(), r._on_event)
             self._cycle()
             delay = WAIT_FIRST
-            while r.opts.wait and r.stop_reason is None and (open_jobs(self.state) or self._pending()):
+            # The in-process sandbox forgets its batch jobs when this run ends, so with it the run
+            # waits for them (they finish in seconds); against Google, only with --wait.
+            wait = r.opts.wait or bool(r.settings.sandbox)
+            while wait and r.stop_reason is None and (open_jobs(self.state) or self._pending()):
                 self._sleep(delay)
                 if r.stop_reason is not None:
                     break
@@ -283,7 +286,14 @@ class BatchMode:
             remote = j.get("remote")
             if not remote:
                 continue
-            job = self._api("batch_get", j.get("model") or "", lambda: self.client.batches.get(name=remote))
+            try:
+                job = self._api("batch_get", j.get("model") or "", lambda: self.client.batches.get(name=remote))
+            except RequestRejected as err:
+                # Deleted, or from an offline sandbox that has since stopped: its answers are gone,
+                # so its tasks go back to be submitted again rather than stopping the batch.
+                self._requeue_job(j, f"batch job {remote} no longer exists on the server ({err})")
+                self.blog.batch_job_updated(j["name"], "JOB_STATE_NOT_FOUND", done=True)
+                continue
             st = _state_name(job)
             if st != j["state"] and st not in FAILED_STATES and st != SUCCEEDED:
                 self.blog.batch_job_updated(j["name"], st)

@@ -83,7 +83,7 @@ def _price(pricing: Any, model: str, tin: int, tout: int, mode: str) -> float | 
 
 
 def estimate_job(job: Any, *, templates_dirs: Iterable[Any] = (), pricing: Any = None,
-                 state: BatchState | None = None, max_duration: float | None = None,
+                 state: BatchState | None = None, max_duration: float | None = None, force: bool = False,
                  probe: Callable[[str], float | None] | None = None) -> JobEstimate:
     """Estimate one manifest job. Local videos are probed (PyAV); links are not fetched."""
     from .templates import get_template, render_prompt
@@ -118,7 +118,7 @@ def estimate_job(job: Any, *, templates_dirs: Iterable[Any] = (), pricing: Any =
                 if job.source_kind == "url" else "duration unreadable (priced as 1 h)")
     elif limit is not None and seconds > limit:
         note, counted = f"skip: {seconds:.0f} s is longer than max_duration {limit:g} s", False
-    if state is not None:
+    if state is not None and not force:
         t = state.tasks.get(job.job_id)
         if t is not None and not t.dropped and t.status in (TaskStatus.COMPLETED, TaskStatus.SKIPPED):
             note, counted = f"already {t.status.value} (journal)", False

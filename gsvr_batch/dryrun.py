@@ -7,6 +7,8 @@ and no run lock is taken, so a dry run can never block or disturb a real run on 
 
 from __future__ import annotations
 
+import unicodedata
+
 from typing import Any, Callable
 
 from .costs import UNKNOWN_VIDEO_SECONDS, JobEstimate, estimate_job
@@ -26,8 +28,25 @@ def _fmt_cost(value: float | None) -> str:
     return "?" if value is None else f"${value:.4f}"
 
 
+def _width(text: str) -> int:
+    """Columns a terminal gives ``text``: CJK and other wide characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
 def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    if _width(text) <= width:
+        return text
+    out = ""
+    for ch in text:
+        if _width(out + ch) > width - 1:
+            break
+        out += ch
+    return out + "…"
+
+
+def _pad(text: str, width: int, right: bool) -> str:
+    fill = " " * max(0, width - _width(text))
+    return fill + text if right else text + fill
 
 
 def estimate_rows(opts: Any, *, probe: Callable[[str], float | None] | None = None
@@ -62,7 +81,7 @@ def estimate_rows(opts: Any, *, probe: Callable[[str], float | None] | None = No
         raise  # a broken --pricing file is a usage error the user must see
     except Exception as exc:  # noqa: BLE001 - no table: show tokens, costs as "?"
         notes.append(f"Warning: pricing table not loaded ({exc}); costs shown as ?")
-    rows = [estimate_job(job, templates_dirs=manifest.templates_dirs, pricing=pricing, state=state,
+    rows = [estimate_job(job, templates_dirs=manifest.templates_dirs, pricing=pricing, state=state, force=bool(getattr(opts, "force", False)),
                          max_duration=manifest.settings.max_duration, probe=probe) for job in manifest.jobs]
     return manifest, rows, notes
 
@@ -95,11 +114,11 @@ def dry_run(opts: Any, *, probe: Callable[[str], float | None] | None = None) ->
     if batch:
         total.append(_fmt_cost(_sum(counted, "batch")))
     total.append("")
-    widths = [max(len(row[i]) for row in [header, *table, total]) for i in range(len(header))]
+    widths = [max(_width(row[i]) for row in [header, *table, total]) for i in range(len(header))]
     right = {2, 3, 4, 5, 6} if batch else {2, 3, 4, 5}
 
     def fmt(row: list[str]) -> str:
-        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)]
+        cells = [_pad(c, widths[i], i in right) for i, c in enumerate(row)]
         return "  ".join(cells).rstrip()
 
     out = [f"Dry run of {opts.manifest}: {len(rows)} job(s), mode {mode}. Nothing is uploaded, sent or journaled."]
