@@ -841,7 +841,7 @@ class Runner:
 
 
     # -- notifications -------------------------------------------------------------------------
-    NOTIFY_EVENTS = {"fatal": "batch_aborted", "quota_day": "quota_exhausted", "cost_limit": "cost_limit",
+    NOTIFY_EVENTS = {"fatal": "batch_aborted", "quota_day": "quota_exhausted", "cost_limit": "cost_limit_reached",
                      "cancelled": "batch_cancelled"}
 
     def _notify_event(self, code: int) -> str | None:
