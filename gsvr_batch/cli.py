@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from . import __version__
 from .errors import GsvrError, LockHeld, UsageError
 from .exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    from .runner import RunOptions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -148,7 +152,7 @@ def _run_options(f):
     return f
 
 
-def _build_run_options(source: str, kw: dict) -> "RunOptions":
+def _build_run_options(source: str, kw: dict) -> RunOptions:
     from .runner import RunOptions
 
     kw = dict(kw)
@@ -215,7 +219,6 @@ def retry_cmd(journal: str, retry_failed: bool, ids: tuple[str, ...], workers, s
       gsvr-batch retry jobs/output/.gsvr/journal.jsonl --failed
     """
     from .runner import RunOptions, run_batch
-    from .summary import batch_document
 
     try:
         ids_list = tuple(i.strip() for part in ids for i in part.split(",") if i.strip())

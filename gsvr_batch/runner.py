@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import random
 import signal
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field

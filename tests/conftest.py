@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,31 @@ def env_for(server=None, **extra) -> dict:
 def run_cli(args, *, env=None, cwd=None, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run(GSVR + [str(a) for a in args], env=env or env_for(), cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def journal_of(root: Path) -> Path:
+    """Where make_batch's runs keep their journal."""
+    return root / "out" / ".gsvr" / "journal.jsonl"
+
+
+def records(journal: Path) -> list[dict]:
+    """Every record of a journal that parses (a live run may be writing the last line)."""
+    out = []
+    if journal.exists():
+        for line in journal.read_bytes().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def wait_for(cond, timeout: float = 60.0, step: float = 0.02):
+    """Poll ``cond`` until it returns something truthy (returned) or ``timeout`` passes (None)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = cond()
+        if found:
+            return found
+        time.sleep(step)
+    return None

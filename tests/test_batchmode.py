@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import time
@@ -12,24 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GSVR, env_for, make_batch, run_cli
+from conftest import GSVR, env_for, journal_of, make_batch, records, run_cli, wait_for
 
 BATCH_DURATION = 1.0
-
-
-def journal_of(root: Path) -> Path:
-    return root / "out" / ".gsvr" / "journal.jsonl"
-
-
-def records(journal: Path) -> list[dict]:
-    out = []
-    if journal.exists():
-        for line in journal.read_bytes().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
 
 
 def kinds(server) -> Counter:
@@ -38,15 +21,6 @@ def kinds(server) -> Counter:
 
 def run(manifest: Path, server, *extra):
     return run_cli(["run", manifest, "--progress", "log", *extra], env=env_for(server), timeout=90)
-
-
-def wait_for(cond, timeout=30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ is printed and quoted in docs/RELIABILITY.md; it is not asserted as a tight timi
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from datetime import datetime
@@ -14,30 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GSVR, env_for, make_batch, run_cli
+from conftest import GSVR, env_for, make_batch, records, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def records(journal: Path) -> list[dict]:
-    out = []
-    if journal.exists():
-        for line in journal.read_bytes().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
-
-
-def wait_for(cond, timeout=60.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        found = cond()
-        if found:
-            return found
-        time.sleep(0.02)
-    return None
 
 
 def ts(rec: dict) -> float:

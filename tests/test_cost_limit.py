@@ -3,15 +3,10 @@ promptTokenCount = round(300 x seconds) + ceil(len(prompt)/4), candidatesTokenCo
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from conftest import env_for, make_batch, run_cli
-
-
-def records(journal: Path) -> list[dict]:
-    return [json.loads(line) for line in journal.read_bytes().splitlines() if line.strip()]
+from conftest import env_for, make_batch, records, run_cli
 
 
 def generate_calls(server) -> int:

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
-from pathlib import Path
 
-from conftest import REPO, env_for, make_batch, run_cli
-
-
-def records(journal: Path) -> list[dict]:
-    return [json.loads(line) for line in journal.read_bytes().splitlines() if line.strip()]
+from conftest import REPO, env_for, make_batch, records, run_cli
 
 
 def row_of(text: str, task_id: str) -> str:

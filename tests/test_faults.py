@@ -6,25 +6,14 @@ Real processes, real HTTP against the sandbox; no mocks.
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conftest import GSVR, SAMPLE, env_for, make_batch, run_cli
+from conftest import env_for, journal_of, make_batch, records, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def records(journal: Path) -> list[dict]:
-    return [json.loads(line) for line in journal.read_bytes().splitlines() if line.strip()]
-
-
-def journal_of(root: Path) -> Path:
-    return root / "out" / ".gsvr" / "journal.jsonl"
 
 
 def retry_stats(recs: list[dict]) -> Counter:

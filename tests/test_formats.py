@@ -98,7 +98,7 @@ def test_link_timestamps_forms_and_no_double_link() -> None:
     assert f"**[00:00]({link}0s)** Welcome" in out
     assert f"2. [01:30]({link}90s) Membranes" in out  # [MM:SS] → one link, not [[..]] (an Obsidian wikilink)
     assert f"[1:02:03]({link}3723s)" in out
-    assert f"[02:05]({link}125s)" in out and f"[[02:05]" not in out and out.count(f"{link}125s") == 1
+    assert f"[02:05]({link}125s)" in out and "[[02:05]" not in out and out.count(f"{link}125s") == 1
     assert f"| [03:10]({link}190s) |" in out
     assert "# not a heading 04:00" in out  # code block untouched
     assert f"### [05:00]({link}300s) 讲者" in out
@@ -210,7 +210,7 @@ def test_html_standalone_escaped_and_offline() -> None:
     assert f'<a class="ts" href="https://www.youtube.com/watch?v={VID}&amp;t=90s">01:30</a>' in page
     assert "<table>" in page and "<th>Time</th>" in page
     assert "<pre><code># not a heading 04:00</code></pre>" in page
-    assert page.count(f"t=125s") == 1  # already-linked timestamp not linked again
+    assert page.count("t=125s") == 1  # already-linked timestamp not linked again
 
 
 def test_markdown_to_html_lists_and_unsafe_links() -> None:

@@ -7,7 +7,6 @@ The count of cases is quoted in docs/RELIABILITY.md (keep CASES in step with the
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -16,25 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GSVR, SAMPLE, TEST_KEY, env_for, make_batch, run_cli
+from conftest import GSVR, SAMPLE, env_for, journal_of, make_batch, records, run_cli
 
 pytestmark = pytest.mark.slow
 
 HEAD = "defaults:\n  template: summary_report\n  output_dir: out\nsettings:\n  rpm: 1000\njobs:\n"
-
-
-def journal_of(root: Path) -> Path:
-    return root / "out" / ".gsvr" / "journal.jsonl"
-
-
-def records(journal: Path) -> list[dict]:
-    out = []
-    for line in journal.read_bytes().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -5,20 +5,15 @@ Also --max-duration: longer videos are journaled task_skipped with the reason an
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import yaml
 
-from conftest import SAMPLE, env_for, run_cli
+from conftest import SAMPLE, env_for, records, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 VIDEOS = REPO / "jobs" / "videos"
-
-
-def records(journal: Path) -> list[dict]:
-    return [json.loads(line) for line in journal.read_bytes().splitlines() if line.strip()]
 
 
 def types(journal: Path) -> list[str]:

@@ -7,15 +7,10 @@ import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-from conftest import env_for, make_batch, run_cli
-
-
-def records(journal: Path) -> list[dict]:
-    return [json.loads(line) for line in journal.read_bytes().splitlines() if line.strip()]
+from conftest import env_for, make_batch, records, run_cli
 
 
 @pytest.fixture

@@ -7,13 +7,8 @@ from __future__ import annotations
 import json
 import textwrap
 from collections import Counter
-from pathlib import Path
 
-from conftest import env_for, make_batch, run_cli
-
-
-def records(journal: Path) -> list[dict]:
-    return [json.loads(line) for line in journal.read_bytes().splitlines() if line.strip()]
+from conftest import env_for, make_batch, records, run_cli
 
 
 def generate_calls(server) -> int:

@@ -5,7 +5,6 @@ kill -9 of the manager mid-batch, overlapping runs, a killed worker, SIGTERM, a 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,34 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GSVR, env_for, make_batch, run_cli
+from conftest import GSVR, env_for, journal_of, make_batch, records, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def journal_of(root: Path) -> Path:
-    return root / "out" / ".gsvr" / "journal.jsonl"
-
-
-def records(journal: Path) -> list[dict]:
-    if not journal.exists():
-        return []
-    out = []
-    for line in journal.read_bytes().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
-
-
-def wait_for(cond, timeout=60.0, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return False
 
 
 def generate_calls(server) -> Counter:
@@ -183,3 +157,17 @@ def TEST_KEY_NOT_IN(folder: Path) -> bool:
         if f.is_file() and TEST_KEY.encode() in f.read_bytes():
             return False
     return True
+
+
+def test_safety_blocked_answer_fails_only_that_task(tmp_path, sandbox):
+    server = sandbox()
+    m = make_batch(tmp_path, 3, names=["a.mp4", "lecture-sandbox-block.mp4", "c.mp4"])
+    r = run_cli(["run", m, "--progress", "log"], env=env_for(server))
+    assert r.returncode == 1, r.stdout + r.stderr  # finished, one task failed for good
+    recs = records(journal_of(tmp_path))
+    failed = [x for x in recs if x["type"] == "task_failed"]
+    assert len(failed) == 1 and failed[0]["error_class"] == "ContentBlocked"
+    assert "SAFETY" in failed[0]["message"]
+    assert sum(x["type"] == "task_completed" for x in recs) == 2
+    assert not any(x["type"] == "retry_scheduled" for x in recs)  # permanent: not retried
+    assert "FAILED" in r.stdout and "ContentBlocked" in r.stdout
