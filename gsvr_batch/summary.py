@@ -118,10 +118,13 @@ def status_document(journal: str | os.PathLike[str], *, now: float | None = None
     held = lock_is_held(journal)
     doc["running_now"] = held
     doc["owner"] = read_owner(journal) if held else {}
-    finished_ts = sorted(_ts(t.finished_ts) for t in rp_state.live_tasks()
-                         if t.status is TaskStatus.COMPLETED and t.finished_ts)
-    recent = [t for t in finished_ts if t and now - t <= 600]
-    rate = len(recent) / 600 * 60 if recent else 0.0  # tasks per minute over the last 10 minutes
+    window = 600.0  # rate over the last 10 minutes, or since the run's first task started if later
+    recent = [t for t in rp_state.live_tasks()
+              if t.status is TaskStatus.COMPLETED and t.finished_ts and now - _ts(t.finished_ts) <= window]
+    starts = [_ts(t.started_ts) for t in recent if t.started_ts]
+    starts += [_ts(t.started_ts) for t in rp_state.live_tasks() if t.status is TaskStatus.RUNNING and t.started_ts]
+    span = min(window, now - min(starts)) if starts else window
+    rate = len(recent) / max(span, 1.0) * 60 if recent else 0.0  # tasks per minute
     left = doc["counts"]["pending"] + doc["counts"]["running"]
     doc["rate_per_min"] = round(rate, 2)
     doc["eta_seconds"] = (left / rate * 60) if rate else None
@@ -166,7 +169,7 @@ def render_status(doc: dict[str, Any]) -> str:
         head,
         f"{c['completed'] + c['skipped']}/{c['total']} done, {c['failed']} failed, {c['running']} running, "
         f"{c['pending']} pending; cost ${doc['cost_usd']:.4f}",
-        f"rate {doc['rate_per_min']:.2f} tasks/min (last 10 min), ETA "
+        f"rate {doc['rate_per_min']:.2f} tasks/min (recent), ETA "
         f"{fmt_duration(doc['eta_seconds']) if doc['eta_seconds'] is not None else 'unknown'}",
     ]
     for t in doc["running_tasks"]:
