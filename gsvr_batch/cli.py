@@ -291,6 +291,31 @@ def status_cmd(journal: str, as_json: bool) -> None:
     click.echo(to_json(doc) if as_json else render_status(doc))
 
 
+@cli.command("report")
+@click.argument("journal", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["md", "json", "html"]), default="md", show_default=True,
+              help="Markdown, JSON, or one self-contained HTML page with SVG charts.")
+@click.option("--output", "-o", "out", type=click.Path(dir_okay=False),
+              help="Write to this file, atomically (default: stdout).")
+def report_cmd(journal: str, fmt: str, out: str | None) -> None:
+    """Report on JOURNAL's batch: status and error totals, durations, tokens and cost, throughput, timeline.
+
+    \b
+    Examples:
+      gsvr-batch report jobs/output/.gsvr/journal.jsonl
+      gsvr-batch report jobs/output/.gsvr/journal.jsonl --format html -o report.html
+      gsvr-batch report jobs/output/.gsvr/journal.jsonl --format json -o report.json
+    """
+    from .report import write_report
+
+    try:
+        path = write_report(journal, fmt, out)
+    except GsvrError as exc:
+        fail(exc)
+    if path is not None:
+        click.echo(str(path))
+
+
 @cli.command("repair")
 @click.argument("journal", type=click.Path(dir_okay=False, exists=True))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")

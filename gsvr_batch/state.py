@@ -222,8 +222,12 @@ def _task_added(s: BatchState, r: dict[str, Any]) -> None:
     if old is not None:
         old.dropped = False  # the job came back into the manifest: keep its history
         return
-    names = {f.name for f in fields(TaskState)}
-    s.tasks[tid] = TaskState(**{k: v for k, v in r.items() if k in names and k not in ("status",)})
+    s.tasks[tid] = TaskState(**{k: v for k, v in r.items() if k in _ADDED_FIELDS})
+
+
+# TaskState fields a task_added record may set; computed once (dataclasses.fields() per record
+# was a fifth of the fold time of a 1M-record replay).
+_ADDED_FIELDS = frozenset(f.name for f in fields(TaskState)) - {"status"}
 
 
 def _task_dropped(s: BatchState, r: dict[str, Any]) -> None:
