@@ -1,4 +1,4 @@
-"""Make docs/report.png: run a small real batch on the built-in sandbox, render its HTML report, screenshot it.
+"""Make docs/report.png: run a small real batch against a local sandbox server, render its HTML report, screenshot it.
 
     python scripts/screenshot_report.py [--keep]
 
