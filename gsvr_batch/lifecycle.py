@@ -82,6 +82,7 @@ class BatchLog:
         self._completions_since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self._records_since_snapshot = 0
+        self._snapshot_cost = 0.0
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, warn=log.warning) -> tuple[BatchLog, Replay | None]:
@@ -223,14 +224,20 @@ class BatchLog:
     def maybe_snapshot(self, *, force: bool = False, now: float | None = None) -> bool:
         """Write a snapshot after 10 completions or 5 minutes with new records (or when forced)."""
         now = time.monotonic() if now is None else now
+        # Never spend more than ~5 % of the manager's time on snapshots: a big batch's snapshot
+        # costs O(tasks), so its interval grows with what the last one cost.
+        if not force and now - self._last_snapshot < 20 * self._snapshot_cost:
+            return False
         due = self._completions_since_snapshot >= SNAPSHOT_EVERY_COMPLETIONS or (
             self._records_since_snapshot and now - self._last_snapshot >= SNAPSHOT_EVERY_SECONDS)
         if not (due or (force and self._records_since_snapshot)):
             return False
         # The snapshot must never describe records that are not yet on disk.
         self.writer.sync()
+        t0 = time.monotonic()
         jr.write_snapshot(self.path, self.state.to_dict(), self.state.last_seq, self.writer.offset,
                           self.writer.last_crc)
+        self._snapshot_cost = time.monotonic() - t0
         self._completions_since_snapshot = 0
         self._records_since_snapshot = 0
         self._last_snapshot = now

@@ -326,30 +326,40 @@ def section_replay(args) -> None:
             _print_profile(prof)
 
 
-def _print_profile(prof: cProfile.Profile, n: int = 15) -> None:
+def _print_profile(prof: cProfile.Profile, n: int = 10, sort: str = "tottime") -> None:
     s = io.StringIO()
-    pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(n)
+    pstats.Stats(prof, stream=s).sort_stats(sort).print_stats(n)
     print("\n".join("    " + ln for ln in s.getvalue().splitlines() if ln.strip()))
 
 
 # ------------------------------------------------------------------------------------------------
 # 2b. startup of a 10,000-task batch with a snapshot; 3. peak RSS
 
-COMPLETED_FRACTION = 0.9
+COMPLETED_FRACTION = 0.5
 IN_FLIGHT = 20
 
 
 def build_startup_batch(root: Path, n: int, *, all_done: bool = False) -> Path:
     """A 10k-task batch with a realistic journal (written through BatchLog, fsync off for speed)."""
-    from gsvr_batch.lifecycle import BatchLog
     from gsvr_batch.manifest import load_manifest
-    from gsvr_batch.runner import RunOptions, Runner, resolve_journal
+    from gsvr_batch.runner import resolve_journal
 
     m = write_video_manifest(root, n)
     manifest = load_manifest(str(m))
     jpath = resolve_journal(None, manifest)
+    real_fsync = os.fsync
+    os.fsync = lambda fd: None  # setup only (restored below): durability is not what is measured here
+    try:
+        return _build_journal(m, manifest, jpath, n, all_done)
+    finally:
+        os.fsync = real_fsync
+
+
+def _build_journal(m: Path, manifest, jpath: Path, n: int, all_done: bool) -> Path:
+    from gsvr_batch.lifecycle import BatchLog
+    from gsvr_batch.runner import RunOptions, Runner
+
     blog, _ = BatchLog.open(jpath)
-    blog.writer.sync = lambda: None  # setup only: durability is not what is measured here
     runner = Runner(RunOptions(manifest=str(m)), manifest, blog, echo=lambda s: None)
     runner.reconcile()
     n_done = n if all_done else int(n * COMPLETED_FRACTION)
@@ -368,7 +378,7 @@ def build_startup_batch(root: Path, n: int, *, all_done: bool = False) -> Path:
         blog.complete_task(tid, output=out, sha256="cd" * 32, bytes_=len(body),
                            usage={"prompt_token_count": 1000, "candidates_token_count": 100}, cost_usd=0.001,
                            model_version=MODEL, video_duration=3.0, elapsed=1.0)
-        blog.maybe_snapshot()
+        # no maybe_snapshot() here: one snapshot every 10 completions is quadratic in setup time
     if all_done:
         blog.finish()
         blog.run_finished(0)
@@ -378,7 +388,6 @@ def build_startup_batch(root: Path, n: int, *, all_done: bool = False) -> Path:
         for tid in runner.order[n_done:n_done + IN_FLIGHT]:  # a tail after the snapshot: a crash mid-run
             blog.start_task(tid)
             blog.step(tid, "resolving")
-    os.fsync(blog.writer._fd)
     blog.close()
     return m
 
@@ -409,27 +418,47 @@ pending = deque(t for t in runner.order if runner.state.tasks[t].status is TaskS
 t_rec = time.perf_counter()
 if prof:
     prof.disable(); prof.dump_stats(sys.argv[3])
+t0 = time.perf_counter()
+blog.maybe_snapshot(force=True)  # what a running manager pays every 10 completions at this size
+t_snap = time.perf_counter() - t0
 blog.close()
-print(json.dumps({"imports": t_imp - t_start, "manifest": t_man - t_imp, "open": t_open - t_man,
+hwm = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]) / 1024.0
+print(json.dumps({"vmhwm_mb": hwm, "snapshot": t_snap, "imports": t_imp - t_start, "manifest": t_man - t_imp, "open": t_open - t_man,
                   "reconcile": t_rec - t_open, "total_after_imports": t_rec - t_imp,
                   "used_snapshot": rp.used_snapshot, "tail_records": rp.records_read, "pending": len(pending),
                   "tasks": len(runner.state.tasks)}))
 """
 
 
+# Peak RSS is read inside the child from /proc/self/status VmHWM. Not ru_maxrss from wait4:
+# Linux folds the pre-exec address space (a copy of this big benchmark process) into the child's
+# ru_maxrss, which reported 257 MB for a process that only imports the package.
+HWM_WRAPPER = r"""
+import atexit, runpy, sys
+def _hwm():
+    kb = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
+    sys.stderr.write(f"\nBENCH_VMHWM_KB {kb}\n"); sys.stderr.flush()
+atexit.register(_hwm)
+sys.argv = sys.argv[1:]
+if sys.argv[0] == "-c":
+    code = sys.argv.pop(1); exec(compile(code, "<bench>", "exec"), {"__name__": "__main__"})
+else:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
 def run_child_rss(argv: list[str], env: dict | None = None) -> tuple[int, str, float]:
-    # Popen.communicate() waits for the child itself, so read the rusage via wait4 on a child
-    # we reap ourselves: stdout goes to a file and we never call Popen.wait.
-    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
-        p = subprocess.Popen(argv, stdout=fo, stderr=fe, env=env, text=True, stdin=subprocess.DEVNULL)
-        _pid, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        fo.seek(0)
-        fe.seek(0)
-        out, err = fo.read(), fe.read()
+    """Run ``[python, *rest]`` under HWM_WRAPPER; return (exit code, stdout, peak RSS in MB)."""
+    assert argv[0] == sys.executable
+    rest = argv[1:]
+    if rest[0] == "-m":
+        rest = rest[1:]
+    p = subprocess.run([sys.executable, "-c", HWM_WRAPPER, *rest], capture_output=True, text=True, env=env,
+                       stdin=subprocess.DEVNULL)
     if p.returncode not in (0, 1):
-        print(err[-3000:], file=sys.stderr)
-    return p.returncode, out, ru.ru_maxrss / 1024.0
+        print(p.stderr[-3000:], file=sys.stderr)
+    kb = [ln.split()[1] for ln in p.stderr.splitlines() if ln.startswith("BENCH_VMHWM_KB ")]
+    return p.returncode, p.stdout, (int(kb[-1]) / 1024.0 if kb else float("nan"))
 
 
 def section_startup(args, *, rss_only: bool = False) -> None:
@@ -455,13 +484,15 @@ def section_startup(args, *, rss_only: bool = False) -> None:
             runs.append((json.loads(out.strip().splitlines()[-1]), rss))
         if not rss_only:
             best = min(runs, key=lambda r: r[0]["total_after_imports"])[0]
-            print(f"  manifest load (10k jobs, file checks on): {best['manifest']:.3f} s")
+            print(f"  manifest load ({n:,} jobs, file checks on): {best['manifest']:.3f} s")
             print(f"  BatchLog.open (snapshot + {best['tail_records']} tail records): {best['open']:.3f} s "
                   f"(snapshot used: {best['used_snapshot']})")
             print(f"  reconcile (run_started, requeue {IN_FLIGHT}, {int(n * COMPLETED_FRACTION):,} output stats) "
                   f"+ pending queue: {best['reconcile']:.3f} s  -> {best['pending']:,} pending")
             print(f"  STARTUP (load + replay + reconcile, best of {len(runs)}): {best['total_after_imports']:.3f} s; "
                   f"imports before that {best['imports']:.3f} s", flush=True)
+            print(f"  (not startup: one forced snapshot of this {n:,}-task state took {best['snapshot']:.3f} s; "
+                  f"the manager writes one every 10 completions)", flush=True)
             from gsvr_batch.manifest import load_manifest
 
             t0 = time.perf_counter()
@@ -480,8 +511,24 @@ def section_startup(args, *, rss_only: bool = False) -> None:
                 prof.enable()
                 load_manifest(str(m))
                 prof.disable()
-                print("  manifest load profile:")
-                _print_profile(prof, 12)
+                print("  manifest load profile (top 10 by own time):")
+                _print_profile(prof)
+                print("  manifest load profile (top 10 by cumulative time):")
+                _print_profile(prof, sort="cumulative")
+                from gsvr_batch.lifecycle import BatchLog
+                from gsvr_batch.runner import resolve_journal
+
+                blog, _ = BatchLog.open(resolve_journal(None, load_manifest(str(m))))
+                try:
+                    blog._records_since_snapshot = 1  # force=True skips a state with nothing new
+                    prof = cProfile.Profile()
+                    prof.enable()
+                    blog.maybe_snapshot(force=True)
+                    prof.disable()
+                finally:
+                    blog.close()
+                print(f"  snapshot profile ({n:,} tasks, top 10 by own time):")
+                _print_profile(prof)
         print(f"  peak RSS of the startup child (load + replay + reconcile of {n:,} tasks): {runs[0][1]:.0f} MB",
               flush=True)
 
@@ -498,7 +545,7 @@ def section_rss(args, *, startup_done: bool = False) -> None:
         t0 = time.perf_counter()
         code, out, rss = run_child_rss(argv, env)
         wall = time.perf_counter() - t0
-        print(f"\n## rss: `gsvr-batch run` of a finished {n:,}-task batch (all completed in the journal, outputs "
+        print(f"\n## memory: `gsvr-batch run` of a finished {n:,}-task batch (all completed in the journal, outputs "
               f"on disk): exit {code}, {wall:.2f} s wall, manager peak RSS {rss:.0f} MB", flush=True)
         code, out, rss0 = run_child_rss([sys.executable, "-c", "import gsvr_batch.runner, gsvr_batch.manifest"], env)
         print(f"  (baseline: a Python process that only imports the runner + manifest modules: {rss0:.0f} MB)")
