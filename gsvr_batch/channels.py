@@ -52,7 +52,9 @@ class EventSender:
         try:
             self._sock.sendto(data, "\0" + self.address)
         except OSError:
-            pass  # manager gone or busy: events are advisory, the result carries the essentials
+            # Manager gone: nothing to tell. (A busy manager makes sendto block briefly once the
+            # kernel's datagram queue is full — back-pressure, not loss, which the RPD count needs.)
+            pass
 
 
 class EventReceiver:
