@@ -18,12 +18,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from .pricing import estimate_tokens
 from .state import BatchState, TaskStatus
 
 DEFAULT_OUTPUT_TOKENS = 2048
-UNKNOWN_VIDEO_SECONDS = 3600.0  # a YouTube link's length is unknown before the model answers: assume 1 h
-TOKENS_PER_SECOND = 300  # video at default media resolution
-TOKENS_PER_SECOND_LOW = 100  # media_resolution: low
 
 
 @dataclass
@@ -66,10 +64,8 @@ def estimate_output(template_max: int | None, past: list[int]) -> int:
 
 
 def estimate_input(video_seconds: float | None, prompt_chars: int, media_resolution: str | None) -> int:
-    low = (media_resolution or "").lower() in ("low", "media_resolution_low")
-    per_second = TOKENS_PER_SECOND_LOW if low else TOKENS_PER_SECOND
-    secs = UNKNOWN_VIDEO_SECONDS if video_seconds is None else video_seconds
-    return int(round(secs * per_second)) + (prompt_chars + 3) // 4
+    """Prompt tokens of one call, by the pricing module's one rule (prompt text ≈ 4 characters a token)."""
+    return estimate_tokens(video_seconds, (prompt_chars + 3) // 4, media_resolution)
 
 
 def _price(pricing: Any, model: str, tin: int, tout: int, mode: str) -> float | None:

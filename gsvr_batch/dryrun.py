@@ -11,7 +11,8 @@ import unicodedata
 
 from typing import Any, Callable
 
-from .costs import UNKNOWN_VIDEO_SECONDS, JobEstimate, estimate_job
+from .costs import JobEstimate, estimate_job
+from .pricing import UNKNOWN_VIDEO_SECONDS
 from .errors import GsvrError
 
 

@@ -50,9 +50,7 @@ log = logging.getLogger("gsvr_batch.pipeline")
 
 T = TypeVar("T")
 
-# Gemini: ≈300 tokens per second of video at default media resolution, ≈100 at low.
-TOKENS_PER_SECOND = 300
-TOKENS_PER_SECOND_LOW = 100
+# Tokens per second of video: see pricing.estimate_tokens.
 # Guess for videos whose length is unknown before the call (YouTube): 10 minutes.
 UNKNOWN_DURATION_GUESS = 600.0
 # An upload is only reused if it stays valid for at least this long.
@@ -334,9 +332,12 @@ def _wait_active(task: _Task, ref: UploadRef, f: Any) -> None:
 
 
 def estimate_tokens(duration: float | None, prompt: str, media_resolution: str | None = None) -> int:
-    per_second = TOKENS_PER_SECOND_LOW if media_resolution == "MEDIA_RESOLUTION_LOW" else TOKENS_PER_SECOND
+    """The TPM charge before a call: pricing's rule, but an unknown length (YouTube) counts as
+    10 minutes, not the dry run's pessimistic hour, so one link does not fill a free-tier minute."""
+    from .pricing import estimate_tokens as prompt_tokens
+
     seconds = duration if duration is not None else UNKNOWN_DURATION_GUESS
-    return int(seconds * per_second) + len(prompt) // 4
+    return prompt_tokens(seconds, len(prompt) // 4, media_resolution)
 
 
 def _response_text(response: Any) -> str:
