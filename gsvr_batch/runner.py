@@ -584,7 +584,8 @@ class Runner:
     def _on_result(self, tid: str, r: TaskResult, pending: deque) -> None:
         t = self.state.tasks[tid]
         if r.upload is not None and (t.upload or {}).get("name") != r.upload.name:
-            self.blog.upload_finished(tid, r.upload.to_dict()) if isinstance(r.upload, UploadRef) else None
+            # its upload event was lost (or came late): the result carries the same facts
+            self.blog.upload_finished(tid, r.upload.to_dict())
         if r.upload_deleted and t.upload:
             self.blog.upload_deleted(tid, t.upload.get("name", ""))
         cost = self._cost(t.model, r.usage)
