@@ -26,15 +26,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import DiskFull, GsvrError, RequestRejected, TransientError
-from .exitcodes import ExitCode
+from .errors import Disposition, DiskFull, ErrorRecord, GsvrError, RequestRejected, TransientError
 from .state import BatchState, TaskStatus
 
 log = logging.getLogger("gsvr_batch.batchmode")
@@ -49,7 +47,6 @@ TRANSIENT_CODES = frozenset({4, 8, 10, 13, 14})  # DEADLINE_EXCEEDED ABORTED RES
 WAIT_FIRST = 1.0  # --wait: first pause between polls (seconds), growing ×1.5 ...
 WAIT_MAX = 300.0  # ... up to this
 CRON_HINT = timedelta(minutes=15)  # the "next check" we suggest to a cron user
-API_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -118,16 +115,15 @@ def _plural(n: int, word: str) -> str:
 
 
 class BatchMode:
-    """One ``run --mode batch`` invocation, driven by the runner (which it borrows helpers from)."""
+    """One ``run --mode batch`` invocation, driving the run's :class:`~gsvr_batch.runner.session.Session`
+    through its public face (the same transitions and retry policy as the online loop)."""
 
-    def __init__(self, runner: Any, *, limits: JobLimits | None = None) -> None:
-        self.r = runner
-        self.blog = runner.blog
+    def __init__(self, session: Any, *, limits: JobLimits | None = None) -> None:
+        self.s = session
+        self.blog = session.log
         self.limits = limits or JobLimits()
         self.client: Any = None
         self.steps: Any = None
-        self.wcfg: Any = None
-        self.control: Any = None
 
     @property
     def state(self) -> BatchState:
@@ -136,66 +132,64 @@ class BatchMode:
     # -- entry point ---------------------------------------------------------------------------
     def run(self) -> Any:
         from .channels import ControlWatcher
-        from .gemini import make_client
         from .pipeline import ManagerSteps
         from .ratelimit import NullLimiter
 
-        r = self.r
-        r.reconcile()
+        s = self.s
         pending = self._pending()
         if not pending and not open_jobs(self.state):
-            return r._finish_idle()
-        r._load_pricing()
-        self.wcfg = r._start_services()
-        self.control = ControlWatcher(self.blog.path)
-        r.echo(f"Journal: {self.blog.path}")
-        r.echo(f"Outputs: {r.manifest.output_root}")
-        r.echo("Mode: Gemini Batch Mode (batch price; Google aims to finish each job within 24 h)")
-        old_handlers = r._install_signals()
+            return s.finish_idle()
+        s.control = ControlWatcher(self.blog.path)
+        s.echo(f"Journal: {self.blog.path}")
+        s.echo(f"Outputs: {s.manifest.output_root}")
+        s.echo("Mode: Gemini Batch Mode (batch price; Google aims to finish each job within 24 h)")
+        s.install_signals()
         try:
-            self.client = make_client(self.wcfg)
-            self.steps = ManagerSteps(self.wcfg, self.client, r.limiter or NullLimiter(), r._on_event)
+            self.client = s.client
+            self.steps = ManagerSteps(s.worker_config, self.client, s.limiter or NullLimiter(),
+                                      lambda ev: s.on_event(ev, {}))
             self._cycle()
             delay = WAIT_FIRST
             # The in-process sandbox forgets its batch jobs when this run ends, so with it the run
             # waits for them (they finish in seconds); against Google, only with --wait.
-            wait = r.opts.wait or bool(r.settings.sandbox)
-            while wait and r.stop_reason is None and (open_jobs(self.state) or self._pending()):
+            wait = bool(s.settings.wait) or bool(s.settings.sandbox)
+            while wait and s.stop_reason is None and (open_jobs(self.state) or self._pending()):
                 self._sleep(delay)
-                if r.stop_reason is not None:
+                if s.stop_reason is not None:
                     break
                 delay = min(delay * 1.5, WAIT_MAX)
                 self._cycle()
-            if r.stop_reason is None and open_jobs(self.state):
+            if s.stop_reason is None and open_jobs(self.state):
                 jobs = open_jobs(self.state)
                 n = sum(len([t for t in j["task_ids"] if self.state.tasks[t].status is TaskStatus.RUNNING])
                         for j in jobs)
-                nxt = (datetime.fromtimestamp(r.now(), tz=timezone.utc) + CRON_HINT).strftime("%H:%M UTC")
-                r._stop(ExitCode.TEMPFAIL, "batch_waiting",
-                        f"{_plural(n, 'task')} waiting in {_plural(len(jobs), 'batch job')}, next check "
-                        f"{nxt} or later: run the same command again (e.g. from cron), or add --wait")
+                nxt = (datetime.fromtimestamp(s.now(), tz=timezone.utc) + CRON_HINT).strftime("%H:%M UTC")
+                s.stop("batch_waiting", f"{_plural(n, 'task')} waiting in {_plural(len(jobs), 'batch job')}, next "
+                       f"check {nxt} or later: run the same command again (e.g. from cron), or add --wait")
         except GsvrError as err:
-            from .pipeline import error_kind
-
-            if error_kind(err) == "fatal":
-                r._stop(ExitCode.FATAL_API, "fatal", f"stopped by a fatal API error: {err}")
-            elif error_kind(err) == "disk_full":
-                r._stop(ExitCode.TEMPFAIL, "disk_full", f"paused: {err}. Free some space and run again")
+            d = err.disposition
+            if d is Disposition.STOP_BATCH:
+                s.stop("fatal", f"stopped by a fatal API error: {err}")
+            elif d is Disposition.PAUSE:
+                s.stop("disk_full", f"paused: {err}. Free some space and run again")
+            elif d is Disposition.PAUSE_UNTIL:
+                s.stop("quota_day", f"daily quota exhausted: {err}", resets_at=getattr(err, "resets_at", None))
             elif isinstance(err, TransientError):
-                r._stop(ExitCode.TEMPFAIL, "transient", f"the batch API is unavailable for now ({err}); "
-                        f"run the same command again later")
+                s.stop("transient", f"the batch API is unavailable for now ({err}); run the same command again later")
             else:
                 raise
         finally:
-            r._restore_signals(old_handlers)
-            if r.limiter is not None:
-                r.limiter.close()
-            if r.sandbox_server is not None:
-                r.sandbox_server.stop()
-        return r._conclude()
+            s.restore_signals()
+            s.flush_requests()
+            if self.state.is_complete():
+                s.delete_unneeded_uploads()
+            s.close_services()
+        return s.conclude()
 
     def _pending(self) -> list[str]:
-        return [tid for tid in self.r.order if self.state.tasks[tid].status is TaskStatus.PENDING]
+        only = self.s.opts.only_ids
+        return [tid for tid in self.s.order if self.state.tasks[tid].status is TaskStatus.PENDING
+                and (only is None or tid in only)]
 
     def _cycle(self) -> None:
         """Adopt half-submitted jobs, poll every open job once, then submit what is pending."""
@@ -204,30 +198,27 @@ class BatchMode:
         if self._stopping():
             return
         self._submit_pending()
+        self.s.collect_deletions()
         self.blog.sync()
 
     def _stopping(self) -> bool:
         """Handle control commands and signals; True when no new work may start."""
-        r = self.r
-        cmd = self.control.poll() if self.control is not None else None
-        if cmd is not None and cmd.command == "cancel" and not r.cancelled:
+        s = self.s
+        was_cancelled = s.cancelled
+        s.poll_control()
+        if s.cancelled and not was_cancelled:
             self.cancel_open_jobs("cancelled by `gsvr-batch cancel`")
-            r._on_command("cancel")
-        elif cmd is not None:
-            r._on_command(cmd.command)
-        name = getattr(r, "_pending_interrupt", None)
-        if name:
-            r._pending_interrupt = None
+        if s.interrupts and (s.stop_reason is None or s.stop_reason.kind != "interrupted"):
             # Remote jobs go on without us: the next run collects them. Nothing to requeue.
-            r._stop(ExitCode.INTERRUPTED, "interrupted", f"interrupted by {name}; submitted batch jobs keep "
-                    f"running at Google and the next run collects them")
-        return r.stop_reason is not None or r.paused
+            s.stop("interrupted", "interrupted; submitted batch jobs keep running at Google and the next run "
+                                  "collects them")
+        return s.stop_reason is not None or s.paused
 
     def _sleep(self, delay: float) -> None:
         counts = self.state.counts()
         jobs = open_jobs(self.state)
         states = ", ".join(sorted({j["state"] for j in jobs})) or "-"
-        self.r.echo(f"batch: {counts['completed']} completed, {counts['failed']} failed, "
+        self.s.echo(f"batch: {counts['completed']} completed, {counts['failed']} failed, "
                     f"{counts['running']} waiting in {_plural(len(jobs), 'batch job')} ({states}); "
                     f"next check in {delay:.0f} s")
         end = time.monotonic() + delay
@@ -237,24 +228,25 @@ class BatchMode:
                 return
 
     # -- API calls -----------------------------------------------------------------------------
-    def _api(self, label: str, model: str, fn: Callable[[], Any]) -> Any:
-        """One batch / files call: the shared limiter's file bucket, retries for transient errors."""
-        from .gemini import classify
+    def _api(self, label: str, model: str, fn: Callable[[], Any], *, retries: int | None = None) -> Any:
+        """One batch / files call through the shared limiter's file bucket and the one retry loop.
 
-        attempt = 0
-        while True:
-            if self.r.limiter is not None:
-                self.r.limiter.acquire("file", model)
-            try:
-                return fn()
-            except Exception as exc:  # noqa: BLE001 - translated right here
-                err = classify(exc)
-                if not isinstance(err, TransientError) or attempt >= API_RETRIES:
-                    raise err from exc
-                attempt += 1
-                delay = min(30.0, 2.0**attempt) * random.uniform(0.8, 1.2)
-                log.info("%s failed (%s); retry %d in %.1f s", label, err, attempt, delay)
-                time.sleep(delay)
+        ``retries=0`` for a call that must never be repeated blind (``batches.create``)."""
+        from .calls import call_api
+
+        limiter = self.s.limiter
+        if limiter is None:
+            from .ratelimit import NullLimiter
+
+            limiter = NullLimiter()
+        return call_api(limiter, "file", model, fn, policy=self.s.policy, label=label, retries=retries)
+
+    def _remote_by_display(self, model: str, names: set[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for job in self._api("batch_list", model, lambda: list(self.client.batches.list(config={"page_size": 100}))):
+            if job.display_name in names and job.display_name not in found:
+                found[job.display_name] = job
+        return found
 
     # -- 1. crash window between journal and batches.create -------------------------------------
     def _adopt_submitting(self) -> None:
@@ -262,23 +254,17 @@ class BatchMode:
         if not half:
             return
         wanted = {j["display_name"]: j for j in half}
-        found: dict[str, Any] = {}
-        for job in self._api("batch_list", half[0].get("model") or "", lambda: list(
-                self.client.batches.list(config={"page_size": 100}))):
-            if job.display_name in wanted and job.display_name not in found:
-                found[job.display_name] = job
+        found = self._remote_by_display(half[0].get("model") or "", set(wanted))
         for dn, j in wanted.items():
             remote = found.get(dn)
             if remote is not None:
-                self.r.echo(f"Adopted batch job {remote.name} ({dn}) submitted before a crash.")
+                self.s.echo(f"Adopted batch job {remote.name} ({dn}) submitted before a crash.")
                 self.blog.batch_job_updated(j["name"], _state_name(remote), remote=remote.name)
             else:
                 # The create call never reached Google: its tasks go back to be submitted again.
                 self.blog.batch_job_updated(j["name"], NOT_SUBMITTED, done=True)
                 for tid in j["task_ids"]:
-                    if self.state.tasks[tid].status is TaskStatus.RUNNING:
-                        self.blog.requeue(tid, "its batch job was never created (crash before submission)",
-                                          refund_attempt=True)
+                    self.s.interrupted(tid, "its batch job was never created (crash before submission)")
 
     # -- 2. polling and results ----------------------------------------------------------------
     def _poll_all(self) -> None:
@@ -300,20 +286,22 @@ class BatchMode:
             if st == SUCCEEDED:
                 self._collect(j, job)
             elif st in FAILED_STATES:
-                self._requeue_job(j, f"batch job {remote} ended {st.replace('JOB_STATE_', '')}")
+                self._requeue_job(j, f"batch job {remote} ended {st.replace('JOB_STATE_', '')}",
+                                  charged=st == "JOB_STATE_FAILED")
                 self.blog.batch_job_updated(j["name"], st, done=True)
                 self._cleanup(j)
 
-    def _requeue_job(self, j: dict[str, Any], reason: str) -> None:
+    def _requeue_job(self, j: dict[str, Any], reason: str, *, charged: bool = False) -> None:
+        """A job that ended without answers puts its tasks back. FAILED is one failed attempt of each
+        task (the policy decides); EXPIRED, CANCELLED or a job the server forgot are nobody's fault."""
+        err = ErrorRecord(error_class="BatchJobFailed", message=reason, disposition=Disposition.RETRY)
         for tid in j["task_ids"]:
-            t = self.state.tasks[tid]
-            if t.status is not TaskStatus.RUNNING:
+            if self.state.tasks[tid].status is not TaskStatus.RUNNING:
                 continue
-            if t.attempts >= int(self.r.settings.max_attempts):
-                self.blog.fail_task(tid, {"error_class": "BatchJobFailed", "kind": "task", "retryable": False,
-                                          "message": f"{reason} (gave up after {t.attempts} attempts)"})
+            if charged:
+                self.s.fail_attempt(tid, err)
             else:
-                self.blog.requeue(tid, f"{reason}; it will be submitted again", in_flight=False)
+                self.s.interrupted(tid, f"{reason}; it will be submitted again")
 
     def _results(self, job: Any, model: str) -> list[tuple[str | None, Any, Any]]:
         """``(task id or None, response, error)`` for every answer of a SUCCEEDED job."""
@@ -340,119 +328,94 @@ class BatchMode:
         return out
 
     def _collect(self, j: dict[str, Any], job: Any) -> None:
-        from .pipeline import PreparedRequest, error_dict
         from . import templates
+        from .pipeline import PreparedRequest
 
+        s = self.s
         answered: set[str] = set()
         for tid, response, err in self._results(job, j.get("model") or ""):
             if tid is None or tid not in j["task_ids"]:
                 continue
             answered.add(tid)
             t = self.state.tasks.get(tid)
-            if t is None or t.status is not TaskStatus.RUNNING or tid not in self.r.jobs:
+            if t is None or t.status is not TaskStatus.RUNNING or tid not in s.jobs:
                 continue  # already handled by an earlier poll of this job, or left the manifest
             if err is not None:
                 self._request_error(tid, err)
                 continue
-            spec = self.r.spec_for(tid, self.wcfg)
+            spec = s.spec_for(tid)
             tpl = templates.get_template(spec.template, spec.templates_dirs)
             duration = (j.get("durations") or {}).get(tid)
             prep = PreparedRequest(task_id=tid, contents=[], generation={}, prompt="", upload=None,
                                    video_duration=duration, template_name=tpl.name,
                                    template_version=tpl.version)
+            usage = _usage_or_empty(response)
             try:
-                sha, n, usage = self.steps.write(spec, prep, response)
+                sha, n, usage, truncated = self.steps.write(spec, prep, response)
             except DiskFull:
                 raise  # the job stays open: the next run writes its answers
             except GsvrError as e:
-                self.blog.fail_task(tid, error_dict(e), cost_usd=self._cost(t.model, _usage_or_empty(response)))
+                s.fail_attempt(tid, e.to_record(), cost_usd=s.price(t.model, usage, mode="batch"),
+                               calls=1 if usage else 0)
                 continue
             self.blog.complete_task(tid, output=spec.output_path, sha256=sha, bytes_=n, usage=usage,
-                                    cost_usd=self._cost(t.model, usage),
+                                    cost_usd=s.price(t.model, usage, mode="batch"),
                                     model_version=getattr(response, "model_version", None),
-                                    video_duration=duration, elapsed=None)
+                                    video_duration=duration, elapsed=None, truncated=truncated,
+                                    fingerprint=s.fingerprints.get(tid))
         for tid in j["task_ids"]:
             if tid not in answered and self.state.tasks[tid].status is TaskStatus.RUNNING:
-                self.blog.requeue(tid, "the batch job returned no answer for this task", in_flight=False)
+                s.interrupted(tid, "the batch job returned no answer for this task")
         self.blog.batch_job_updated(j["name"], SUCCEEDED, done=True)
         self._cleanup(j)
 
     def _request_error(self, tid: str, err: dict[str, Any]) -> None:
         code = err.get("code")
         message = f"batch request failed: {err.get('message') or 'no message'} (code {code})"
-        t = self.state.tasks[tid]
-        if code in TRANSIENT_CODES and t.attempts < int(self.r.settings.max_attempts):
-            self.blog.requeue(tid, f"{message}; it will be submitted again", in_flight=False)
-            return
-        self.blog.fail_task(tid, {"error_class": "BatchRequestError", "message": message,
-                                  "retryable": code in TRANSIENT_CODES, "kind": "task"})
-
-    def _cost(self, model: str, usage: dict[str, Any]) -> float:
-        pricing = self.r.pricing
-        if pricing is None or not usage:
-            return 0.0
-        try:
-            return float(pricing.cost(model, usage, mode="batch"))
-        except Exception:  # noqa: BLE001 - an unknown model must not lose a result
-            return 0.0
+        disposition = Disposition.RETRY if code in TRANSIENT_CODES else Disposition.FAIL_TASK
+        self.s.fail_attempt(tid, ErrorRecord(error_class="BatchRequestError", message=message,
+                                             disposition=disposition))
 
     def _cleanup(self, j: dict[str, Any]) -> None:
-        """Delete finished tasks' uploads (requeued tasks keep theirs for reuse) and the input file."""
-        if not self.r.settings.keep_uploads:
-            for tid in j["task_ids"]:
-                t = self.state.tasks[tid]
-                if t.upload and t.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) and tid in self.r.jobs:
-                    from .tasks import UploadRef
-
-                    ref = UploadRef.from_dict(t.upload)
-                    if ref is not None and self.steps.delete_upload(self.r.spec_for(tid, self.wcfg), ref):
-                        self.blog.upload_deleted(tid, ref.name)
-        if j.get("input_file"):
-            try:
-                self.client.files.delete(name=j["input_file"])
-            except Exception as exc:  # noqa: BLE001 - it expires in 48 h anyway
-                log.info("could not delete batch input file %s: %s", j["input_file"], exc)
+        """Release finished tasks' uploads (requeued tasks keep theirs for reuse) and delete the input file."""
+        for tid in j["task_ids"]:
+            t = self.state.tasks[tid]
+            if t.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) and tid in self.s.jobs:
+                self.s.release_uploads(tid)
+        if j.get("input_file") and self.s.janitor is not None:
+            self.s.janitor.delete(j["input_file"])
 
     # -- 3. submission -------------------------------------------------------------------------
     def _submit_pending(self) -> None:
-        from .pipeline import error_dict, error_kind
-
-        r = self.r
+        s = self.s
         by_model: dict[str, list[_Item]] = {}
-        now = r.now()
+        now = s.now()
         for tid in self._pending():
             t = self.state.tasks[tid]
             if t.not_before and t.not_before > now:
                 continue
-            if self._stopping() or not r._within_cost_limit(tid):
+            if self._stopping() or not s.within_cost_limit(tid, []):
                 break
-            self.blog.start_task(tid, worker=None)
-            spec = r.spec_for(tid, self.wcfg)
+            spec = s.start(tid)
             try:
                 prep = self.steps.prepare(spec)
             except GsvrError as err:
-                e = error_dict(err)
-                kind = error_kind(err)
-                if kind == "transient" and t.attempts < int(r.settings.max_attempts):
-                    self.blog.schedule_retry(tid, e, r.opts.retry_base_delay, now=r.now())
-                elif kind in ("fatal", "disk_full", "quota_day", "cancelled"):
-                    # The batch stops: this task and those prepared before it go back unsubmitted.
-                    for i in [tid] + [i.task_id for items in by_model.values() for i in items]:
-                        self.blog.requeue(i, f"batch stopped: {e['message']}", in_flight=False,
-                                          refund_attempt=True)
-                    raise
-                else:
-                    self.blog.fail_task(tid, e)
+                d = s.fail_attempt(tid, err.to_record())
+                if d.stop is not None:
+                    # The batch stops: the tasks prepared before this one go back unsubmitted.
+                    for i in [i.task_id for items in by_model.values() for i in items]:
+                        s.interrupted(i, f"batch stopped: {err}")
+                    return
                 continue
             if prep.skipped_reason:
                 self.blog.skip_task(tid, prep.skipped_reason, video_duration=prep.video_duration)
                 continue
             by_model.setdefault(spec.model, []).append(self._item(spec, prep))
         prepared = [i for items in by_model.values() for i in items]
-        if r.cancelled:
-            # Cancelled while preparing: what is uploaded stays reusable, nothing is submitted.
+        if s.cancelled or s.stop_reason is not None:
+            # Stopped while preparing: what is uploaded stays reusable, nothing is submitted.
             for i in prepared:
-                self.blog.requeue(i.task_id, "cancelled before submission", in_flight=False, refund_attempt=True)
+                s.interrupted(i.task_id, "stopped before submission")
             return
         for model, items in by_model.items():
             for chunk in plan_jobs(items, self.limits):
@@ -478,6 +441,7 @@ class BatchMode:
     def _submit(self, model: str, items: list[_Item]) -> None:
         from google.genai import types
 
+        s = self.s
         seq = len(self.state.batch_jobs) + 1
         display = f"gsvr-{self.state.batch_id}-{seq:04d}"
         inline = is_inline(items, self.limits)
@@ -498,30 +462,35 @@ class BatchMode:
             self.blog.batch_job_updated(display, SUBMITTING, input_file=f.name)
             src = f.name
         try:
+            # Never retried blind: a create whose answer was lost may have created (and will bill) a job.
             job = self._api("batch_create", model, lambda: self.client.batches.create(
-                model=model, src=src, config=types.CreateBatchJobConfig(**cfg)))
-        except TransientError:
-            # Unknown whether Google created it: leave the intent; the next run adopts or resubmits.
-            raise
+                model=model, src=src, config=types.CreateBatchJobConfig(**cfg)), retries=0)
+        except TransientError as err:
+            # Unknown whether Google created it: look it up by the journaled display name first.
+            try:
+                found = self._remote_by_display(model, {display}).get(display)
+            except GsvrError:
+                found = None
+            if found is None:
+                # Still unknown (the list failed too, or it is not visible yet): leave the intent;
+                # the next run adopts the job or, if it never existed, submits the tasks again.
+                raise err
+            job = found
+            s.echo(f"Adopted batch job {job.name} ({display}) after its create answer was lost.")
         except GsvrError as err:
             self.blog.batch_job_updated(display, NOT_SUBMITTED, done=True, reason=str(err))
-            from .pipeline import error_dict, error_kind
-
             for i in items:
-                if error_kind(err) == "task":
-                    self.blog.fail_task(i.task_id, error_dict(err))
-                else:
-                    self.blog.requeue(i.task_id, f"batch stopped: {err}", in_flight=False, refund_attempt=True)
-            if error_kind(err) != "task":
-                raise
+                d = s.fail_attempt(i.task_id, err.to_record())
+                if d.stop is not None:
+                    raise
             return
         self.blog.batch_job_updated(display, _state_name(job), remote=job.name)
-        self.r.echo(f"Submitted batch job {job.name} ({display}): {_plural(len(items), 'task')}, "
-                    f"{'inline' if inline else 'JSONL file'} input, model {model}.")
+        s.echo(f"Submitted batch job {job.name} ({display}): {_plural(len(items), 'task')}, "
+               f"{'inline' if inline else 'JSONL file'} input, model {model}.")
 
     # -- cancel --------------------------------------------------------------------------------
     def cancel_open_jobs(self, reason: str) -> int:
-        return cancel_jobs(self.blog, self.client, reason)
+        return cancel_jobs(self.blog, self.client, reason, echo=self.s.echo)
 
 
 def _usage_or_empty(response: Any) -> dict[str, int]:
@@ -530,20 +499,31 @@ def _usage_or_empty(response: Any) -> dict[str, int]:
     return usage_of(response) if response is not None else {}
 
 
-def cancel_jobs(blog: Any, client: Any, reason: str) -> int:
-    """Cancel every open remote job of ``blog`` and put its tasks back to pending; returns the count."""
+def cancel_jobs(blog: Any, client: Any, reason: str, echo: Callable[[str], None] = print) -> int:
+    """Cancel every open remote job of ``blog``; put back to pending only the tasks of jobs the server
+    confirms cancelled (a job whose cancel failed keeps running at Google: its tasks stay held and
+    the next run collects its answers). Returns the number of jobs cancelled."""
     n = 0
     for j in open_jobs(blog.state):
         remote = j.get("remote")
+        confirmed = client is None or not remote  # an in-process sandbox died with its run; an intent never submitted
         if remote and client is not None:
             try:
                 client.batches.cancel(name=remote)
-            except Exception as exc:  # noqa: BLE001 - reported; the job ends by itself in 48 h at worst
+                state = _state_name(client.batches.get(name=remote))
+                confirmed = state in FAILED_STATES or state in ("JOB_STATE_CANCELLING", SUCCEEDED) or \
+                    "CANCEL" in state
+            except Exception as exc:  # noqa: BLE001 - reported; the job keeps its tasks
                 log.warning("could not cancel batch job %s: %s", remote, exc)
+                echo(f"Warning: batch job {remote} could not be cancelled ({exc}); its tasks stay with it and "
+                     f"the next run collects its answers.")
+                continue
+        if not confirmed:
+            continue
         for tid in j["task_ids"]:
             t = blog.state.tasks.get(tid)
             if t is not None and t.status is TaskStatus.RUNNING:
-                blog.requeue(tid, f"batch job cancelled ({reason})", in_flight=False, refund_attempt=True)
+                blog.requeue(tid, f"batch job cancelled ({reason})", interrupted=True)
         blog.batch_job_updated(j["name"], "JOB_STATE_CANCELLED", done=True, reason=reason)
         n += 1
     return n
@@ -575,7 +555,7 @@ def cancel_batch_jobs(journal: str | Path, *, echo: Callable[[str], None] = prin
                                                   api_key_env=settings.get("api_key_env"),
                                                   request_timeout=60.0, limiter_path=None))
             # (an in-process sandbox died with its run: its jobs are gone, only the journal is left)
-            n = cancel_jobs(blog, client, "gsvr-batch cancel")
+            n = cancel_jobs(blog, client, "gsvr-batch cancel", echo=echo)
             blog.cancel("gsvr-batch cancel (batch jobs)")
             blog.sync()
         finally:
@@ -586,10 +566,5 @@ def cancel_batch_jobs(journal: str | Path, *, echo: Callable[[str], None] = prin
     return n
 
 
-def run_batch_mode(runner: Any) -> Any:
-    """``Runner.run()`` hands over here when ``settings.mode == "batch"``."""
-    return BatchMode(runner).run()
-
-
-__all__ = ["BatchMode", "JobLimits", "run_batch_mode", "held_task_ids", "open_jobs", "plan_jobs", "is_inline",
+__all__ = ["BatchMode", "JobLimits", "held_task_ids", "open_jobs", "plan_jobs", "is_inline",
            "cancel_jobs", "cancel_batch_jobs"]

@@ -1,9 +1,16 @@
 """How processes talk without sharing a lock: worker events, run lock, control commands.
 
-Worker → manager events go over a Unix *datagram* socket in Linux's abstract namespace.
-Why not a ``multiprocessing.Queue``: its writers share one cross-process lock, and a worker
-``kill -9``'d while holding it wedges every other worker forever (CPython #88304). A datagram
-is sent with one system call and no lock; a killed worker can lose at most its own event.
+Worker → manager events go over a Unix *datagram* socket. Why not a ``multiprocessing.Queue``:
+its writers share one cross-process lock, and a worker ``kill -9``'d while holding it wedges
+every other worker forever (CPython #88304). A datagram is sent with one system call and no
+lock; a killed worker can lose at most its own event.
+
+Who may talk: the socket is a *file* inside a folder only the run's user can enter (mode 0700:
+``<journal>.run/`` next to the journal, or a private temporary folder when that path is too
+long for a socket name), never Linux's abstract namespace, which any local user can reach. The
+manager also asks the kernel who sent each datagram (``SO_PASSCRED``): only processes of the
+same user that descend from the manager are heard. Every payload is then type-checked
+(``tasks.check_event``); a malformed event is logged and dropped, never fatal.
 
 The run lock (invariant 5) is ``filelock`` on ``<journal>.lock`` — an ``flock`` the kernel drops
 when the holder dies, never a PID file. ``<journal>.owner`` says who holds it, for humans only.
@@ -14,9 +21,14 @@ manager polls it every loop turn (≤ 0.2 s) and acts on each command id once.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import shutil
 import socket
+import struct
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,8 +39,15 @@ import filelock
 
 from .errors import LockHeld, UsageError
 from .fsutil import atomic_write_bytes
+from .tasks import Event, check_event
+
+log = logging.getLogger("gsvr_batch.channels")
 
 # -- events ------------------------------------------------------------------------------------
+
+_UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+_MAX_SOCKET_PATH = 100  # sockaddr_un.sun_path is 108 bytes on Linux; keep a margin
+MAX_EVENT_BYTES = 65536
 
 
 class EventSender:
@@ -45,43 +64,110 @@ class EventSender:
         self.address = state["address"]
         self._sock = None
 
-    def put(self, event: tuple[str, str, dict[str, Any]]) -> None:
+    def put(self, event: Event) -> None:
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         data = json.dumps(list(event), ensure_ascii=False).encode("utf-8")
         try:
-            self._sock.sendto(data, "\0" + self.address)
+            self._sock.sendto(data, self.address)
         except OSError:
             # Manager gone: nothing to tell. (A busy manager makes sendto block briefly once the
             # kernel's datagram queue is full — back-pressure, not loss, which the RPD count needs.)
             pass
 
 
-class EventReceiver:
-    """The manager's end: bind once, drain without blocking."""
+def _parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        # "pid (comm) state ppid ..." — comm may hold spaces and parentheses: split after the last ')'
+        return int(stat[stat.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
-    def __init__(self) -> None:
-        self.address = f"gsvr-batch-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+def run_dir(journal: str | os.PathLike[str]) -> Path:
+    """``<journal>.run/``: the run's private folder (event socket), mode 0700."""
+    p = Path(journal)
+    return p.with_name(p.name + ".run")
+
+
+class EventReceiver:
+    """The manager's end: bind once in a private folder, drain without blocking."""
+
+    def __init__(self, journal: str | os.PathLike[str] | None = None) -> None:
+        self._dir = self._private_dir(journal)
+        self.address = str(self._dir / f"ev-{os.getpid()}-{uuid.uuid4().hex[:8]}.sock")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        self._sock.bind("\0" + self.address)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._sock.bind(self.address)
+        os.chmod(self.address, 0o600)
         self._sock.setblocking(False)
+        self._me = os.getpid()
+        self._uid = os.geteuid()
+        self._trusted: set[int] = set()
+        self.dropped = 0  # events refused (foreign sender or malformed payload)
+
+    @staticmethod
+    def _private_dir(journal: str | os.PathLike[str] | None) -> Path:
+        if journal is not None:
+            d = run_dir(journal)
+            if len(str(d)) + 40 < _MAX_SOCKET_PATH:
+                d.mkdir(mode=0o700, exist_ok=True)
+                os.chmod(d, 0o700)  # an existing folder may have been made with a looser umask
+                return d
+            # Too long a path for a socket name: a private folder named after the journal, so the
+            # next run finds (and removes) what a killed run left behind.
+            tag = hashlib.sha256(str(Path(journal).resolve()).encode()).hexdigest()[:12]
+            d = Path(tempfile.gettempdir()) / f"gsvr-{os.geteuid()}-{tag}"
+            d.mkdir(mode=0o700, exist_ok=True)
+            if d.stat().st_uid != os.geteuid() or d.is_symlink():
+                return Path(tempfile.mkdtemp(prefix="gsvr-"))
+            os.chmod(d, 0o700)
+            return d
+        return Path(tempfile.mkdtemp(prefix="gsvr-"))
 
     def sender(self) -> EventSender:
         return EventSender(self.address)
 
-    def drain(self, limit: int = 10_000) -> list[tuple[str, str, dict[str, Any]]]:
-        out: list[tuple[str, str, dict[str, Any]]] = []
+    def _trust(self, pid: int, uid: int) -> bool:
+        if uid != self._uid:
+            return False
+        if pid in self._trusted or pid == self._me:
+            return True
+        # A pool worker is our child (spawn); allow one level more for a forkserver's children.
+        parent = _parent_pid(pid)
+        if parent == self._me or (parent is not None and _parent_pid(parent) == self._me):
+            self._trusted.add(pid)
+            return True
+        return False
+
+    def drain(self, limit: int = 10_000) -> list[Event]:
+        out: list[Event] = []
+        anc = socket.CMSG_SPACE(_UCRED.size)
         for _ in range(limit):
             try:
-                data = self._sock.recv(65536)
+                data, ancdata, _flags, _addr = self._sock.recvmsg(MAX_EVENT_BYTES, anc)
             except (BlockingIOError, InterruptedError):
                 break
-            try:
-                kind, task_id, payload = json.loads(data)
-                out.append((kind, task_id, payload))
-            except (ValueError, TypeError):
+            pid = uid = -1
+            for level, kind, cdata in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(cdata) >= _UCRED.size:
+                    pid, uid, _gid = _UCRED.unpack(cdata[:_UCRED.size])
+            if not self._trust(pid, uid):
+                self.dropped += 1
+                log.warning("dropped an event from pid %s (not one of this run's processes)", pid)
                 continue
+            try:
+                event = check_event(json.loads(data))
+            except (ValueError, TypeError, RecursionError):
+                event = None
+            if event is None:
+                self.dropped += 1
+                log.warning("dropped a malformed event (%d bytes) from pid %s", len(data), pid)
+                continue
+            out.append(event)
         return out
 
     def fileno(self) -> int:
@@ -89,6 +175,33 @@ class EventReceiver:
 
     def close(self) -> None:
         self._sock.close()
+        try:
+            os.unlink(self.address)
+        except OSError:
+            pass
+        try:
+            self._dir.rmdir()  # only when empty: another live socket may still be there
+        except OSError:
+            pass
+
+
+def clean_run_dir(journal: str | os.PathLike[str]) -> int:
+    """Remove sockets a killed run left in its private folder (the caller holds the run lock)."""
+    n = 0
+    dirs = [run_dir(journal)]
+    tag = hashlib.sha256(str(Path(journal).resolve()).encode()).hexdigest()[:12]
+    dirs.append(Path(tempfile.gettempdir()) / f"gsvr-{os.geteuid()}-{tag}")
+    for d in dirs:
+        if not d.is_dir() or d.is_symlink():
+            continue
+        for f in d.glob("ev-*.sock"):
+            try:
+                f.unlink()
+                n += 1
+            except OSError:
+                pass
+        shutil.rmtree(d, ignore_errors=True) if not any(d.iterdir()) else None
+    return n
 
 
 # -- run lock ----------------------------------------------------------------------------------

@@ -15,8 +15,6 @@ from . import __version__
 from .errors import GsvrError, LockHeld, UsageError
 from .exitcodes import ExitCode
 
-if TYPE_CHECKING:
-    from .runner import RunOptions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,54 +115,21 @@ EXIT_CODES_HELP = "\n".join(f"  {int(c):>3}  {d}" for c, d in __import__(
     "gsvr_batch.exitcodes", fromlist=["DESCRIPTIONS"]).DESCRIPTIONS.items())
 
 
-def _run_options(f):
-    opts = [
-        click.option("--journal", type=click.Path(dir_okay=False), help="Journal file (default: OUTPUT_ROOT/.gsvr/journal.jsonl)."),
-        click.option("--workers", "-j", type=click.IntRange(1, 32), help="Worker processes (default 2)."),
-        click.option("--sandbox/--no-sandbox", default=None, help="Run against the built-in offline Gemini sandbox (overrides the manifest's `sandbox:`)."),
-        click.option("--template", "-t", help="Template for every job that does not name one."),
-        click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False), help="Output root folder."),
-        click.option("--output-pattern", help='Output file name pattern, e.g. "{title}_{date}_{template}.md".'),
-        click.option("--format", "output_format", type=click.Choice(["md", "json", "html"]), help="Output format."),
-        click.option("--model", "-m", help="Gemini model (default gemini-2.5-flash)."),
-        click.option("--templates", "templates_dir", multiple=True, type=click.Path(file_okay=False), metavar="DIR", help="Extra template folder (repeatable)."),
-        click.option("--tier", type=click.Choice(["free", "1", "2", "3"]), help="Quota tier for built-in rate limits."),
-        click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Generate requests per minute (all workers together)."),
-        click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Input tokens per minute."),
-        click.option("--rpd", type=click.IntRange(min=1), help="Generate requests per day (Pacific day)."),
-        click.option("--keep-uploads/--delete-uploads", default=None, help="Keep uploaded videos in the Files API after success."),
-        click.option("--max-attempts", type=click.IntRange(1, 100), help="Attempts per task before it fails (default 4)."),
-        click.option("--request-timeout", type=click.FloatRange(min=1), help="Seconds per HTTP request (default 600)."),
-        click.option("--cost-limit", type=click.FloatRange(min=0), metavar="USD", help="Stop dispatching before the estimated spend passes USD (exit 75)."),
-        click.option("--max-duration", type=click.FloatRange(min=1), metavar="SECONDS", help="Skip videos longer than this."),
-        click.option("--summary-interval", type=click.FloatRange(min=1), metavar="SECONDS", help="Seconds between progress lines without a TTY (default 30)."),
-        click.option("--notify", multiple=True, metavar="URL", help="Webhook to notify on finish / abort / quota / cost limit (repeatable)."),
-        click.option("--pricing", type=click.Path(dir_okay=False, exists=True), help="Pricing table override (JSON)."),
-        click.option("--mode", type=click.Choice(["online", "batch"]), help="online (default) or Gemini Batch Mode (half price, up to 24 h)."),
-        click.option("--force", is_flag=True, help="Reprocess every job, even completed ones."),
-        click.option("--skip-existing", is_flag=True, help="Skip jobs whose output file already exists."),
-        click.option("--wait", is_flag=True, help="When the daily quota runs out, sleep until it resets instead of exiting 75."),
-        click.option("--dry-run", is_flag=True, help="Validate, probe videos and print the cost estimate; send and journal nothing."),
-        click.option("--progress", type=click.Choice(["auto", "bar", "log", "quiet"]), default="auto", show_default=True, help="Progress display (auto: bar on a terminal, log lines otherwise)."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+def _run_settings(f):
+    """The run options, generated from the one settings table (gsvr_batch/settings.py)."""
+    from . import settings as settings_mod
+
+    return settings_mod.click_options(f)
 
 
-def _build_run_options(source: str, kw: dict) -> RunOptions:
-    from .runner import RunOptions
-
-    kw = dict(kw)
-    kw.pop("dry_run", None)
-    return RunOptions(manifest=source, **kw)
-
-
-@cli.command("run", epilog="Exit codes:\n\n" + EXIT_CODES_HELP)
-@click.argument("manifest", metavar="MANIFEST|FOLDER|LIST")
-@_run_options
-def run_cmd(manifest: str, **kw) -> None:
-    """Run (or continue) the batch in MANIFEST: a YAML/CSV manifest, a folder of videos, or a text list.
+@cli.command("run", epilog="\b\nExit codes:\n" + EXIT_CODES_HELP)
+@click.argument("sources", nargs=-1, required=True, metavar="MANIFEST|FOLDER|LIST|VIDEO...")
+@_run_settings
+@click.option("--force", is_flag=True, help="Reprocess every job, even completed ones.")
+@click.option("--dry-run", is_flag=True, help="Validate, probe videos and print the plan and cost estimate; "
+                                                "send and journal nothing.")
+def run_cmd(sources: tuple[str, ...], force: bool, dry_run: bool, **kw) -> None:
+    """Run (or continue) a batch: a YAML/CSV manifest, a folder of videos, a text list, or videos and links.
 
     Rerunning the same command continues where the last run stopped; finished work is never redone.
 
@@ -172,11 +137,15 @@ def run_cmd(manifest: str, **kw) -> None:
     Examples:
       gsvr-batch run jobs/manifest.yaml
       gsvr-batch run ./course_videos --template comprehensive_lesson --output ./lessons --sandbox
+      gsvr-batch run lecture.mp4 https://youtu.be/aircAruvnKk -t summary_report
       gsvr-batch run talks.csv --rpm 10 --rpd 250 --cost-limit 5
     """
-    dry_run = kw.get("dry_run")
+    from . import settings as settings_mod
+    from .runner import RunOptions
+
     try:
-        opts = _build_run_options(manifest, kw)
+        manifest = sources[0] if len(sources) == 1 else list(sources)
+        opts = RunOptions(manifest, force=force, dry_run=dry_run, **settings_mod.cli_values(kw))
         if dry_run:
             from .dryrun import dry_run as do_dry_run
 
@@ -184,68 +153,74 @@ def run_cmd(manifest: str, **kw) -> None:
             sys.exit(0)
         from .runner import run_batch
 
-        result = run_batch(opts, echo=lambda s: click.echo(s))
+        result = run_batch(opts, echo=_echo)
     except GsvrError as exc:
         _fail_with_problems(exc)
     except KeyboardInterrupt:
         click.echo("Error: interrupted before the batch started; nothing was changed", err=True)
         sys.exit(130)
-    click.echo(result.message)
-    click.echo(f"Journal: {result.journal}")
-    click.echo(f"Outputs: {result.output_root}")
+    _finish(result)
+
+
+def _echo(text: str) -> None:
+    click.echo(text)
+
+
+def _finish(result) -> None:
+    """Print a run's last lines and exit with its code (a closed stdout is not an error)."""
+    try:
+        click.echo(result.message)
+        click.echo(f"Journal: {result.journal}")
+        click.echo(f"Outputs: {result.output_root}")
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError):
+        _quiet_stdout()
     sys.exit(result.exit_code)
 
 
+def _quiet_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def _fail_with_problems(exc: GsvrError) -> None:
-    problems = getattr(exc, "problems", None)
-    if problems:
-        for p in problems:
+    """``Error: ...`` once: a manifest's errors are listed in the message itself; its warnings
+    (a key pasted into it, say) are printed before it."""
+    for p in getattr(exc, "problems", None) or []:
+        if not getattr(p, "is_error", True):
             click.echo(str(p), err=True)
     fail(exc)
 
 
-@cli.command("retry")
+@cli.command("retry", epilog="\b\nExit codes:\n" + EXIT_CODES_HELP)
 @click.argument("journal", type=click.Path(dir_okay=False))
-@click.option("--failed", "retry_failed", is_flag=True, help="Re-queue every failed task.")
-@click.option("--ids", "ids", multiple=True, metavar="ID", help="Re-queue these task ids (repeatable or comma separated).")
-@click.option("--workers", "-j", type=click.IntRange(1, 32))
-@click.option("--sandbox/--no-sandbox", default=None)
-@click.option("--progress", type=click.Choice(["auto", "bar", "log", "quiet"]), default="auto")
-def retry_cmd(journal: str, retry_failed: bool, ids: tuple[str, ...], workers, sandbox, progress) -> None:
-    """Re-queue failed (or chosen) tasks of JOURNAL's batch and run them; the journal keeps every attempt.
+@click.option("--failed", "retry_failed", is_flag=True, help="Rerun every failed task.")
+@click.option("--ids", "ids", multiple=True, metavar="ID", help="Rerun these task ids (repeatable or comma separated).")
+@_run_settings
+def retry_cmd(journal: str, retry_failed: bool, ids: tuple[str, ...], **kw) -> None:
+    """Rerun failed (or chosen) tasks of JOURNAL's batch, and only those, with the settings that batch was
+    run with (any option given here overrides them); the journal keeps every attempt.
 
     \b
-    Example:
+    Examples:
       gsvr-batch retry jobs/output/.gsvr/journal.jsonl --failed
+      gsvr-batch retry jobs/output/.gsvr/journal.jsonl --ids 07f3c704a076cf28 --workers 1
     """
-    from .runner import RunOptions, run_batch
+    from . import settings as settings_mod
+    from .runner import retry_batch
 
     try:
         ids_list = tuple(i.strip() for part in ids for i in part.split(",") if i.strip())
-        if not retry_failed and not ids_list:
-            raise UsageError("say what to retry: --failed and/or --ids ID[,ID...]")
-        from .lifecycle import replay
-
-        st = replay(journal).state
-        if not st.manifest:
-            raise UsageError(f"{journal} has no batch in it")
-        source, identity = st.manifest, None
-        from pathlib import Path
-
-        from .runner import DERIVED_MANIFEST
-
-        derived = Path(journal).parent / DERIVED_MANIFEST
-        if derived.exists() and (Path(source).is_dir() or Path(source).suffix.lower() not in (".yaml", ".yml", ".csv")):
-            # a folder / list batch: its command-line template and output live in the derived manifest
-            source, identity = str(derived), st.manifest_identity
-        opts = RunOptions(manifest=source, journal=journal, workers=workers, sandbox=sandbox,
-                          retry_failed=retry_failed, retry_ids=ids_list, progress=progress,
-                          accept_identity=identity)
-        result = run_batch(opts, echo=lambda s: click.echo(s))
+        given = settings_mod.cli_values(kw)
+        given.pop("journal", None)
+        result = retry_batch(journal, failed=retry_failed, ids=ids_list, echo=_echo, **given)
     except GsvrError as exc:
         _fail_with_problems(exc)
-    click.echo(result.message)
-    sys.exit(result.exit_code)
+    _finish(result)
 
 
 @cli.command("replay")
@@ -328,14 +303,22 @@ def repair_cmd(journal: str, yes: bool) -> None:
     Example:
       gsvr-batch repair jobs/output/.gsvr/journal.jsonl --yes
     """
-    from .channels import lock_is_held
-    from .journal import repair
+    from .channels import RunLock
 
-    if lock_is_held(journal):
-        fail(LockHeld(f"a run is using {journal}; stop it before repairing"))
     if not yes and not click.confirm(f"Cut {journal} at its first damaged record?", default=False):
         sys.exit(int(ExitCode.USAGE))
-    kept, backup, dropped = repair(journal)
+    from .journal import repair
+
+    # Under the run lock: a run must not append while the file is being cut.
+    lock = RunLock(journal)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        fail(LockHeld(f"a run is using {journal}; stop it before repairing ({exc})"))
+    try:
+        kept, backup, dropped = repair(journal)
+    finally:
+        lock.release()
     click.echo(f"Kept {kept} good records, dropped {dropped} bytes; the original is at {backup}")
 
 
@@ -414,18 +397,42 @@ def cancel_cmd(journal: str) -> None:
 @click.option("--api-key", default=None, help="Accept only this key (default: any non-empty key).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None, help="Request log (JSONL).")
 @click.option("--seed", type=int, default=None, help="Seed for injected failures.")
+@click.option("--input-token-limit", type=int, default=None,
+              help="Input token limit of every model (default: each model's own, 1,048,576).")
+@click.option("--extra-model", "extra_models", multiple=True, metavar="NAME=LIMIT",
+              help="Also serve model NAME with this input token limit (repeatable).")
+@click.option("--youtube-duration", "youtube_durations", multiple=True, metavar="ID=SECONDS",
+              help="Length of a YouTube video by id (repeatable; other videos are assumed to last 600 s).")
+@click.option("--youtube-seconds-per-day", type=float, default=None,
+              help="Daily quota of YouTube video seconds (the free tier's is 28800).")
+@click.option("--cache-ttl", type=float, default=300.0, show_default=True,
+              help="Seconds a video stays in the implicit cache (0: no caching).")
+@click.option("--upload-lost-answer-rate", type=float, default=0.0, show_default=True,
+              help="Probability that an upload is stored but the answer to its last chunk is lost (503).")
 def sandbox_cmd(port: int, rpm: float | None, rpd: int | None, tpm: float | None, latency: float,
                 fail_rate: float, processing_delay: float, batch_duration: float, api_key: str | None,
-                log_path: str | None, seed: int | None) -> None:
+                log_path: str | None, seed: int | None, input_token_limit: int | None,
+                extra_models: tuple[str, ...], youtube_durations: tuple[str, ...],
+                youtube_seconds_per_day: float | None, cache_ttl: float, upload_lost_answer_rate: float) -> None:
     """Run the offline Gemini-compatible sandbox server in the foreground (Ctrl-C stops it)."""
     import signal
     import threading
 
     from .sandbox import SandboxConfig, SandboxServer
+    from .sandbox.config import parse_pairs
 
+    try:
+        models = parse_pairs(extra_models, int, "--extra-model")
+        durations = parse_pairs(youtube_durations, float, "--youtube-duration")
+    except ValueError as exc:
+        fail(UsageError(str(exc)))
+        return
     config = SandboxConfig(port=port, rpm=rpm, rpd=rpd, tpm=tpm, latency=latency, fail_rate=fail_rate,
                            processing_delay=processing_delay, batch_duration=batch_duration,
-                           api_key=api_key, log_path=log_path, seed=seed)
+                           api_key=api_key, log_path=log_path, seed=seed, models=models,
+                           input_token_limit=input_token_limit, youtube_durations=durations,
+                           youtube_seconds_per_day=youtube_seconds_per_day, cache_ttl=cache_ttl,
+                           upload_lost_answer_rate=upload_lost_answer_rate)
     server = SandboxServer(config)
     try:
         url = server.start()

@@ -54,15 +54,13 @@ def estimate_rows(opts: Any, *, probe: Callable[[str], float | None] | None = No
                   ) -> tuple[Any, list[JobEstimate], list[str]]:
     """(manifest, one estimate per job, notes) for ``opts`` (a RunOptions); raises GsvrError on bad input."""
     from .lifecycle import replay
-    from .manifest import load_manifest
-    from .runner import resolve_journal
+    from .manifest import load_sources
+    from .runner.preflight import check_notify_targets, resolve_journal
 
-    from .runner import check_notify_targets
-
-    manifest = load_manifest(opts.manifest, opts.overrides())
+    manifest = load_sources(opts.manifest, dict(opts.settings))
     check_notify_targets(manifest.settings.notify)
     notes = [f"Warning: {w}" for w in manifest.warnings]
-    journal = resolve_journal(opts.journal, manifest)
+    journal = resolve_journal(opts.get("journal"), manifest)
     state = None
     if journal.exists():  # read only: replay() never writes, and no lock is taken
         try:
@@ -77,31 +75,37 @@ def estimate_rows(opts: Any, *, probe: Callable[[str], float | None] | None = No
     try:
         from .pricing import load_pricing
 
-        pricing = load_pricing(opts.pricing)
+        pricing = load_pricing(manifest.settings.pricing)
     except GsvrError:
         raise  # a broken --pricing file is a usage error the user must see
     except Exception as exc:  # noqa: BLE001 - no table: show tokens, costs as "?"
         notes.append(f"Warning: pricing table not loaded ({exc}); costs shown as ?")
-    rows = [estimate_job(job, templates_dirs=manifest.templates_dirs, pricing=pricing, state=state, force=bool(getattr(opts, "force", False)),
-                         max_duration=manifest.settings.max_duration, probe=probe) for job in manifest.jobs]
+    from .runner.preflight import resolve_run_limits
+
+    limits, sources = resolve_run_limits(manifest, opts)
+    ctx = {"strategy": manifest.settings.context, "clip_minutes": manifest.settings.clip_minutes}
+    rows = [estimate_job(job, templates_dirs=manifest.templates_dirs, pricing=pricing, state=state,
+                         force=bool(getattr(opts, "force", False)), max_duration=manifest.settings.max_duration,
+                         probe=probe, limits=limits, settings_context=ctx) for job in manifest.jobs]
+    manifest.limits, manifest.limit_sources = limits, sources  # for the limits line
     return manifest, rows, notes
 
 
 def dry_run(opts: Any, *, probe: Callable[[str], float | None] | None = None) -> str:
     """The dry-run report for ``opts`` as text (what ``gsvr-batch run --dry-run`` prints)."""
     manifest, rows, notes = estimate_rows(opts, probe=probe)
-    from .runner import resolve_journal
+    from .runner.preflight import resolve_journal
 
     mode = str(manifest.settings.mode or "online")
     batch = mode == "batch"
-    header = ["Job", "Title", "Duration", "In tokens", "Out tokens", "Online cost"]
+    header = ["Job", "Title", "Duration", "Strategy", "Requests", "In tokens", "Out tokens", "Online cost"]
     if batch:
         header.append("Batch cost")
     header.append("Note")
     table: list[list[str]] = []
     for r in rows:
-        line = [r.task_id[:10], _cut(r.title, 32), _fmt_duration(r.duration), f"{r.input_tokens:,}",
-                f"{r.output_tokens:,}", _fmt_cost(r.cost_online)]
+        line = [r.task_id[:10], _cut(r.title, 32), _fmt_duration(r.duration), r.strategy, f"{r.requests:,}",
+                f"{r.input_tokens:,}", f"{r.output_tokens:,}", _fmt_cost(r.cost_online)]
         if batch:
             line.append(_fmt_cost(r.cost_batch))
         line.append(r.note)
@@ -109,14 +113,15 @@ def dry_run(opts: Any, *, probe: Callable[[str], float | None] | None = None) ->
     counted = [r for r in rows if r.counted]
     total_secs = sum(r.duration or 0.0 for r in counted)
     unknown = sum(1 for r in counted if r.duration is None)
+    requests = sum(r.requests for r in counted)
     total = ["Total", f"{len(counted)} to run", _fmt_duration(total_secs) + (f" +{unknown}?" if unknown else ""),
-             f"{sum(r.input_tokens for r in counted):,}", f"{sum(r.output_tokens for r in counted):,}",
-             _fmt_cost(_sum(counted, "online"))]
+             "", f"{requests:,}", f"{sum(r.input_tokens for r in counted):,}",
+             f"{sum(r.output_tokens for r in counted):,}", _fmt_cost(_sum(counted, "online"))]
     if batch:
         total.append(_fmt_cost(_sum(counted, "batch")))
     total.append("")
     widths = [max(_width(row[i]) for row in [header, *table, total]) for i in range(len(header))]
-    right = {2, 3, 4, 5, 6} if batch else {2, 3, 4, 5}
+    right = {2, 4, 5, 6, 7, 8} if batch else {2, 4, 5, 6, 7}
 
     def fmt(row: list[str]) -> str:
         cells = [_pad(c, widths[i], i in right) for i, c in enumerate(row)]
@@ -126,8 +131,13 @@ def dry_run(opts: Any, *, probe: Callable[[str], float | None] | None = None) ->
     out += notes
     out += [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, table), fmt(["-" * w for w in widths]), fmt(total)]
     out.append("")
-    out.append("Estimates: input = video seconds x 300 tokens (100 at low media resolution) + prompt characters / 4; "
-               "output = median of this template's past outputs in the journal, else half its max_tokens.")
+    out.append("Estimates: the plan the run would choose (1 call, low res, or clips + merge, to fit the model's input "
+               "and the per-minute token quota); input = 258 tokens a frame (66 at low resolution) + 32 audio + 10 "
+               "timestamp tokens a second + prompt characters / 4; output = median of this template's past outputs "
+               "in the journal, else 2,048 tokens a request.")
+    from .runner.preflight import limits_line_of
+
+    out.append(limits_line_of(manifest.limits, manifest.limit_sources, requests))
     if unknown:
         out.append(f"{unknown} video(s) have no known duration (YouTube: unknown until the model answers); "
                    f"each is priced as {UNKNOWN_VIDEO_SECONDS / 3600:g} h.")
@@ -137,7 +147,7 @@ def dry_run(opts: Any, *, probe: Callable[[str], float | None] | None = None) ->
         verdict = "fits within" if est is not None and est <= limit else "would pass"
         out.append(f"Cost limit ${limit:.2f}: the estimate {verdict} it"
                    + (" (the run stops dispatching before passing it, exit 75)." if verdict == "would pass" else "."))
-    out.append(f"Journal (not created by a dry run): {resolve_journal(opts.journal, manifest)}")
+    out.append(f"Journal (not created by a dry run): {resolve_journal(opts.get('journal'), manifest)}")
     return "\n".join(out)
 
 

@@ -38,7 +38,8 @@ def atomic_write_bytes(
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+        # The writer's pid is in the name: the next run removes temp files of dead writers only.
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=path.parent)
     except OSError as exc:
         raise _translate(exc, path) from exc
     try:
@@ -98,3 +99,27 @@ def free_bytes(path: str | os.PathLike[str]) -> int:
         p = p.parent
     st = os.statvfs(p)
     return st.f_bavail * st.f_frsize
+
+
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists and is not a zombie (a dead child not yet reaped)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        state = stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3]
+    except ValueError:
+        return True
+    return state not in (b"Z", b"X")

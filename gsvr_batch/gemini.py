@@ -33,17 +33,21 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from . import secrets as _secrets
 from .errors import (
     CredentialsError,
     DiskFull,
     FatalAPIError,
     GsvrError,
     InputError,
+    ModelNotFound,
     NetworkError,
     QuotaExhausted,
     RateLimited,
     RequestRejected,
     ServerError,
+    TokenOverflow,
+    UploadAmbiguous,
 )
 
 # The SDK's own env var names, in its order of precedence (see _api_client.get_env_api_key).
@@ -85,13 +89,24 @@ def resolve_credentials(api_key_env: str | None, sandbox: bool) -> Credentials:
     With ``api_key_env`` the named variable is the only source (an explicit choice must
     not silently fall back to another key). Without it, the SDK's own lookup applies.
     In sandbox mode a missing key is fine: a placeholder is sent.
+
+    The key found must be able to travel in an HTTP header: a line break, NUL, other control
+    character, inner whitespace or non-ASCII character makes httpx raise an error that quotes
+    the header (so the key), which once went to the journal as a "network error". Such a key
+    is refused here, naming the variable and the position, never any part of the value.
+    Surrounding whitespace is stripped (here and when the key is used), as before.
+    The variable is registered as a secret (:mod:`gsvr_batch.secrets`) for this process and
+    the workers it spawns.
     """
     if api_key_env:
+        _secrets.register_env(api_key_env)
         if (os.environ.get(api_key_env) or "").strip():
+            _check_key(api_key_env)
             return Credentials(source=api_key_env, sandbox=sandbox)
     else:
         for name in SDK_KEY_ENVS:
             if (os.environ.get(name) or "").strip():
+                _check_key(name)
                 return Credentials(source=name, sandbox=sandbox)
     if sandbox:
         return Credentials(source=None, sandbox=True)
@@ -110,12 +125,30 @@ def resolve_credentials(api_key_env: str | None, sandbox: bool) -> Credentials:
     raise CredentialsError(msg)
 
 
+def _check_key(name: str) -> None:
+    """Raise CredentialsError if the key in ``name`` cannot be sent as a header (value never shown)."""
+    problem = _secrets.header_value_problem((os.environ.get(name) or "").strip())
+    if problem:
+        raise CredentialsError(
+            f"the API key in {name} {problem}, so it cannot be sent in an HTTP header. "
+            f"A Gemini API key is one line of letters, digits, '-' and '_': check how {name} is set "
+            f"(a key file read with \"$(cat file)\" must hold the key alone, without comment lines). "
+            f"The value is not shown."
+        )
+
+
 def _lookup_key(api_key_env: str | None) -> str | None:
+    # Checked here too, not only in resolve_credentials: `cancel` and workers build clients
+    # without it, and a key that cannot be a header must never reach httpx (its error quotes it).
     if api_key_env:
-        return (os.environ.get(api_key_env) or "").strip() or None
+        value = (os.environ.get(api_key_env) or "").strip() or None
+        if value:
+            _check_key(api_key_env)
+        return value
     for name in SDK_KEY_ENVS:
         value = (os.environ.get(name) or "").strip()
         if value:
+            _check_key(name)
             return value
     return None
 
@@ -136,7 +169,7 @@ def make_client(cfg: WorkerConfig) -> Any:
         # Raises CredentialsError with the full explanation.
         resolve_credentials(cfg.api_key_env, sandbox=False)
     if key:
-        _SECRETS.add(key)
+        _secrets.register(key)  # whatever variable it came from, this process scrubs it
     http: dict[str, Any] = {"timeout": max(1, int(round(cfg.request_timeout * 1000)))}
     if cfg.base_url:
         http["base_url"] = cfg.base_url
@@ -150,29 +183,9 @@ def make_client(cfg: WorkerConfig) -> Any:
 
 # --------------------------------------------------------------------------- redaction
 
-_KEY_PARAM = re.compile(r"(?i)([?&](?:key|api_key)=)[^&\s'\"]+")
-
-
-# Keys this process has handed to a client (the manifest's api_key_env may name any
-# variable, so the SDK's two names are not enough to know what to scrub).
-_SECRETS: set[str] = set()
-
-
-def _known_keys() -> list[str]:
-    keys = set(_SECRETS)
-    for name in SDK_KEY_ENVS:
-        value = (os.environ.get(name) or "").strip()
-        if len(value) >= 4:
-            keys.add(value)
-    return sorted(keys, key=len, reverse=True)
-
-
-def redact(text: str, extra_secrets: tuple[str, ...] = ()) -> str:
-    """Remove API keys from a message: known key values and ``key=`` URL parameters."""
-    for secret in (*_known_keys(), *extra_secrets):
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return _KEY_PARAM.sub(r"\1***", text)
+# The machinery (what is secret, every escaped form, workers) lives in gsvr_batch.secrets;
+# `gemini.redact` stays importable for the modules and tests that use it.
+redact = _secrets.redact
 
 
 # --------------------------------------------------------------------------- classification
@@ -309,6 +322,17 @@ def _classify_api_error(exc: Any, now: _dt.datetime | None) -> GsvrError:
         return FatalAPIError(text)
     if code == 400 and status == "FAILED_PRECONDITION" and "location is not supported" in (message or "").lower():
         return FatalAPIError(text)
+    if code == 400:
+        overflow = _TOKEN_OVERFLOW.search(message or "")
+        if overflow:
+            # Never final: the pipeline moves to the next context strategy sized from N and L.
+            return TokenOverflow(text, tokens=int(overflow.group(1)), limit=int(overflow.group(2)))
+        if "upload session is already finalized" in (message or "").lower():
+            # The SDK re-sent a chunk after losing the answer to a finalize that had worked:
+            # the file probably exists. Uploads are free, so this is worth another look, not a failure.
+            return UploadAmbiguous(text)
+    if code == 404 and _MODEL_NOT_FOUND.search(message or ""):
+        return ModelNotFound(f"{text} Check the model name (gsvr-batch validate lists the models it knows).")
     if code in (408,) or status == "DEADLINE_EXCEEDED":
         return ServerError(text)
     if code is not None and code >= 500:
@@ -316,6 +340,11 @@ def _classify_api_error(exc: Any, now: _dt.datetime | None) -> GsvrError:
     if code is not None and 400 <= code < 500:
         return RequestRejected(text)
     return ServerError(text)
+
+
+_TOKEN_OVERFLOW = re.compile(r"input token count \(?(\d+)\)? exceeds the maximum number of tokens allowed "
+                             r"\(?(\d+)\)?", re.IGNORECASE)
+_MODEL_NOT_FOUND = re.compile(r"models/\S+ is not found|model .* (?:is )?not found", re.IGNORECASE)
 
 
 def _transport_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
@@ -341,6 +370,10 @@ def _transport_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
                 transports.append(cls)
     return tuple(timeouts), tuple(transports)
 
+
+# Transport errors that prove the request never reached the server (nothing can have been billed).
+_NOT_DELIVERED = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout", "WriteError", "WriteTimeout",
+                            "UnsupportedProtocol", "ProxyError"})
 
 _NETWORK_ERRNOS = {
     errno.ECONNRESET,
@@ -373,14 +406,22 @@ def classify(exc: BaseException, *, now: _dt.datetime | None = None) -> GsvrErro
     timeouts, transports = _transport_classes()
     kind = type(exc).__name__
     detail = redact(str(exc)) or kind
+    if kind == "LocalProtocolError":
+        # httpx refused to *build* the request (e.g. an illegal header value): nothing was sent,
+        # and sending it again cannot help. The message may quote the header: it is redacted.
+        return RequestRejected(f"the request could not be sent ({kind}): {detail}")
+    if kind in _NOT_DELIVERED:
+        return NetworkError(f"network error ({kind}): {detail}", delivered=False)
     if timeouts and isinstance(exc, timeouts):
-        return NetworkError(f"request timed out ({kind}): {detail}")
+        return NetworkError(f"request timed out ({kind}): {detail}", delivered=None)
     if transports and isinstance(exc, transports):
-        return NetworkError(f"network error ({kind}): {detail}")
+        return NetworkError(f"network error ({kind}): {detail}", delivered=None)
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return NetworkError(f"request timed out: {detail}")
-    if isinstance(exc, (ConnectionError, socket.gaierror)):
-        return NetworkError(f"network error ({kind}): {detail}")
+        return NetworkError(f"request timed out: {detail}", delivered=None)
+    if isinstance(exc, (ConnectionRefusedError, socket.gaierror)):
+        return NetworkError(f"network error ({kind}): {detail}", delivered=False)
+    if isinstance(exc, ConnectionError):
+        return NetworkError(f"network error ({kind}): {detail}", delivered=None)
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return DiskFull(f"no space left on device: {exc.strerror or detail}")

@@ -162,7 +162,10 @@ def resolve_input(
         if source_kind == "url":
             if on_step:
                 on_step("downloading")
-            tmp_dir = tempfile.mkdtemp(prefix="gsvr-dl-", dir=temp_root)
+            if temp_root:
+                os.makedirs(temp_root, exist_ok=True)
+            # The pid in the name lets the next run remove what a killed worker left (reconcile).
+            tmp_dir = tempfile.mkdtemp(prefix=f"gsvr-dl-{os.getpid()}-", dir=temp_root)
             path = download(source, tmp_dir, max_bytes=min(max_download_bytes, media.MAX_VIDEO_BYTES), timeout=timeout)
             downloaded = True
         elif source_kind != "local":

@@ -37,18 +37,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import JournalCorrupt, JournalError
+from .errors import JournalCorrupt, JournalError, JournalWriteFailed
 from .fsutil import atomic_write_bytes, fsync_dir
+from .timeutil import iso_utc_ms
 
 _DECODER = json.JSONDecoder()
 CRC_SUFFIX_LEN = len(',"crc":"00000000"}')  # 18
 SNAPSHOT_SUFFIX = ".snapshot"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: prefix_crc (a digest of the whole prefix it covers)
 
 
-def utc_now_iso(now: float | None = None) -> str:
-    t = time.time() if now is None else now
-    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+utc_now_iso = iso_utc_ms
 
 
 def encode_record(rec: dict[str, Any]) -> bytes:
@@ -93,12 +92,16 @@ class ReadResult:
 
 
 def iter_records(path: str | os.PathLike[str], start_offset: int = 0, first_line: int = 1,
-                 expect_seq: int | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
+                 expect_seq: int | None = None, digest: dict[str, int] | None = None
+                 ) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """Yield ``(line_no, end_offset, record)`` for every good record from ``start_offset``.
 
     Raises JournalCorrupt for a bad record followed by more data (mid-file damage). A bad or
     partial *last* line is not yielded; callers learn about it by comparing the last
-    ``end_offset`` with the file size (see :func:`read_journal`).
+    ``end_offset`` with the file size (see :func:`read_journal`). When the iteration ends,
+    ``digest`` (if given) receives ``crc``: the CRC-32 of the good bytes read, chained onto
+    ``digest["crc"]`` (the prefix before ``start_offset``), so replay learns the whole good
+    prefix's digest without reading the file twice.
     """
     with open(path, "rb") as fh:
         fh.seek(start_offset)
@@ -106,27 +109,31 @@ def iter_records(path: str | os.PathLike[str], start_offset: int = 0, first_line
     pos = 0
     line_no = first_line
     n = len(data)
-    while pos < n:
-        nl = data.find(b"\n", pos)
-        if nl == -1:
-            return  # partial last line (torn tail)
-        rec = decode_line(data[pos:nl])
-        if rec is None or (expect_seq is not None and rec.get("seq") != expect_seq):
-            if nl + 1 >= n or not data[nl + 1 :].strip():
-                return  # bad last record: torn tail
-            why = "bad checksum or malformed JSON" if rec is None else (
-                f"sequence number {rec.get('seq')} where {expect_seq} was expected")
-            raise JournalCorrupt(
-                f"{path}: record at line {line_no} is damaged ({why}) and is followed by more records; "
-                f"refusing to guess. Inspect it, then run `gsvr-batch repair {path}` to keep the "
-                f"{line_no - 1} good records before it (the original is copied aside)",
-                line=line_no,
-            )
-        pos = nl + 1
-        yield line_no, start_offset + pos, rec
-        if expect_seq is not None:
-            expect_seq += 1
-        line_no += 1
+    try:
+        while pos < n:
+            nl = data.find(b"\n", pos)
+            if nl == -1:
+                return  # partial last line (torn tail)
+            rec = decode_line(data[pos:nl])
+            if rec is None or (expect_seq is not None and rec.get("seq") != expect_seq):
+                if nl + 1 >= n or not data[nl + 1 :].strip():
+                    return  # bad last record: torn tail
+                why = "bad checksum or malformed JSON" if rec is None else (
+                    f"sequence number {rec.get('seq')} where {expect_seq} was expected")
+                raise JournalCorrupt(
+                    f"{path}: record at line {line_no} is damaged ({why}) and is followed by more records; "
+                    f"refusing to guess. Inspect it, then run `gsvr-batch repair {path} --yes` to keep the "
+                    f"{line_no - 1} good records before it (the original is copied aside)",
+                    line=line_no,
+                )
+            pos = nl + 1
+            yield line_no, start_offset + pos, rec
+            if expect_seq is not None:
+                expect_seq += 1
+            line_no += 1
+    finally:
+        if digest is not None:
+            digest["crc"] = zlib.crc32(memoryview(data)[:pos], digest.get("crc", 0))
 
 
 def read_journal(path: str | os.PathLike[str]) -> ReadResult:
@@ -196,10 +203,15 @@ def repair(path: str | os.PathLike[str], now: float | None = None) -> tuple[int,
 
 
 class JournalWriter:
-    """Appends records. Only the manager (the run-lock holder) ever has one (invariant 1)."""
+    """Appends records. Only the manager (the run-lock holder) ever has one (invariant 1).
+
+    ``prefix_crc`` is the running CRC-32 of every byte of the file up to ``offset``; a snapshot
+    stores it, so a later open can tell whether the prefix the snapshot covers is still intact
+    (invariant 14: a cache never makes a damaged journal look whole).
+    """
 
     def __init__(self, path: str | os.PathLike[str], next_seq: int, *, group_commit_interval: float = 0.5,
-                 clock=time.monotonic, wallclock=time.time) -> None:
+                 clock=time.monotonic, wallclock=time.time, prefix_crc: int | None = None) -> None:
         self.path = Path(path)
         self.next_seq = next_seq
         self.group_commit_interval = group_commit_interval
@@ -217,6 +229,8 @@ class JournalWriter:
         self._last_sync = clock()
         self.offset = os.fstat(self._fd).st_size
         self.last_crc: str | None = None
+        self.prefix_crc = prefix_crc if prefix_crc is not None else file_crc(self.path, self.offset)
+        self.broken: str | None = None  # set after a failed append: nothing more may be written
 
     def make(self, type_: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Build the next record (not yet written): ``seq``, ``ts``, ``type`` first."""
@@ -225,15 +239,23 @@ class JournalWriter:
         return rec
 
     def write(self, rec: dict[str, Any], *, durable: bool = False) -> None:
+        """Append one record (one ``write`` call). Raises JournalWriteFailed (exit 75) when the
+        disk refuses it; the writer is then broken for good, so memory never runs ahead of disk
+        by more than the record that failed (the caller rebuilds its state from the file)."""
+        if self.broken:
+            raise JournalWriteFailed(self.broken)
         line = encode_record(rec)
         try:
             written = os.write(self._fd, line)
             if written != len(line):  # a short write on a regular file means the disk is full
                 raise OSError(28, "short write (disk full?)")
         except OSError as exc:
-            raise JournalError(f"cannot append to journal {self.path}: {exc.strerror or exc}") from exc
+            self.broken = (f"cannot append to journal {self.path}: {exc.strerror or exc}. Free some space and "
+                           f"run the same command again; nothing already recorded is lost")
+            raise JournalWriteFailed(self.broken) from exc
         self.next_seq = rec["seq"] + 1
         self.offset += len(line)
+        self.prefix_crc = zlib.crc32(line, self.prefix_crc)
         self.last_crc = line[-11:-3].decode()  # the 8 hex digits before `"}\n`
         self._dirty = True
         if durable:
@@ -250,15 +272,35 @@ class JournalWriter:
             try:
                 os.fsync(self._fd)
             except OSError as exc:
-                raise JournalError(f"cannot fsync journal {self.path}: {exc.strerror or exc}") from exc
+                self.broken = f"cannot fsync journal {self.path}: {exc.strerror or exc}"
+                raise JournalWriteFailed(self.broken) from exc
             self._dirty = False
         self._last_sync = self._clock()
 
     def close(self) -> None:
         if self._fd >= 0:
-            self.sync()
-            os.close(self._fd)
-            self._fd = -1
+            try:
+                if not self.broken:
+                    self.sync()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def file_crc(path: str | os.PathLike[str], end: int, *, start: int = 0, crc: int = 0) -> int:
+    """CRC-32 of bytes [start, end) of a file (chunked: a million-record journal is ~250 MB)."""
+    if end <= start:
+        return crc
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        left = end - start
+        while left > 0:
+            block = fh.read(min(left, 8 * 1024 * 1024))
+            if not block:
+                break
+            crc = zlib.crc32(block, crc)
+            left -= len(block)
+    return crc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,15 +313,21 @@ def snapshot_path(journal_path: str | os.PathLike[str]) -> Path:
 
 
 def write_snapshot(journal_path: str | os.PathLike[str], state_dict: dict[str, Any], seq: int, offset: int,
-                   last_crc: str | None) -> None:
-    doc = {"version": SNAPSHOT_VERSION, "seq": seq, "offset": offset, "last_crc": last_crc, "state": state_dict}
+                   last_crc: str | None, prefix_crc: int) -> None:
+    doc = {"version": SNAPSHOT_VERSION, "seq": seq, "offset": offset, "last_crc": last_crc,
+           "prefix_crc": prefix_crc, "state": state_dict}
     body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     crc = zlib.crc32(body) & 0xFFFFFFFF
     atomic_write_bytes(snapshot_path(journal_path), b"%08x\n" % crc + body)
 
 
 def load_snapshot(journal_path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The snapshot document if it is intact and still describes a prefix of the journal."""
+    """The snapshot document if it is intact and still describes a prefix of the journal.
+
+    "Describes" is checked byte for byte: the CRC-32 of the journal's first ``offset`` bytes must
+    equal the one the snapshot recorded. A flipped byte anywhere in that prefix makes the snapshot
+    unusable, so replay reads the whole journal and stops at the damaged line (invariant 14).
+    """
     sp = snapshot_path(journal_path)
     try:
         raw = sp.read_bytes()
@@ -290,13 +338,9 @@ def load_snapshot(journal_path: str | os.PathLike[str]) -> dict[str, Any] | None
         if doc.get("version") != SNAPSHOT_VERSION:
             return None
         offset = int(doc["offset"])
-        with open(journal_path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size < offset or offset < 20:
-                return None
-            # The record ending at `offset` must be the one the snapshot names.
-            fh.seek(offset - 18)
-            tail = fh.read(18)
-        if tail != b'"crc":"%s"}\n' % str(doc["last_crc"]).encode():
+        if os.path.getsize(journal_path) < offset or offset < 20:
+            return None
+        if file_crc(journal_path, offset) != int(doc["prefix_crc"]):
             return None
         return doc
     except (OSError, ValueError, KeyError, TypeError):

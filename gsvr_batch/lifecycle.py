@@ -4,6 +4,10 @@
 builds its record, has :func:`state.apply` accept it (an illegal transition raises before
 anything is written), appends it, and only then returns. Nothing else writes the journal.
 
+If an append fails (disk full, I/O error) the state is rebuilt from what the file holds and
+:class:`~gsvr_batch.errors.JournalWriteFailed` propagates (exit 75): memory never stays ahead of
+the disk, and no further record is attempted.
+
 :func:`replay` is the read-only side: snapshot + tail, or the full journal.
 """
 
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import journal as jr
-from .errors import JournalError
+from .errors import ErrorRecord, JournalError, JournalWriteFailed
 from .state import TERMINAL, BatchState, TaskStatus, apply, fold
 
 log = logging.getLogger("gsvr_batch.journal")
@@ -35,10 +39,15 @@ class Replay:
     used_snapshot: bool
     records_read: int  # records folded (excluding those covered by the snapshot)
     last_crc: str | None
+    prefix_crc: int = 0  # CRC-32 of bytes [0, end_offset)
 
 
 def replay(path: str | os.PathLike[str], *, use_snapshot: bool = True) -> Replay:
-    """Rebuild the state from the journal at ``path`` without changing anything on disk."""
+    """Rebuild the state from the journal at ``path`` without changing anything on disk.
+
+    A snapshot is used only when the CRC of the journal prefix it covers still matches
+    (journal.load_snapshot): damage anywhere makes replay read every record and stop at it.
+    """
     path = Path(path)
     if not path.exists():
         raise JournalError(f"journal not found: {path}")
@@ -47,6 +56,7 @@ def replay(path: str | os.PathLike[str], *, use_snapshot: bool = True) -> Replay
     state = BatchState()
     start, first_line, expect, used = 0, 1, None, False
     last_crc = None
+    digest = {"crc": 0}
     if use_snapshot:
         snap = jr.load_snapshot(path)
         if snap is not None:
@@ -54,22 +64,28 @@ def replay(path: str | os.PathLike[str], *, use_snapshot: bool = True) -> Replay
                 state = BatchState.from_dict(snap["state"])
                 start, first_line, expect, used = snap["offset"], snap["seq"] + 1, snap["seq"] + 1, True
                 last_crc = snap["last_crc"]
+                digest["crc"] = int(snap["prefix_crc"])
             except (KeyError, TypeError, ValueError):
                 state, start, first_line, expect, used = BatchState(), 0, 1, None, False
+                digest["crc"] = 0
     end = start
     n = 0
-    for _line, end_off, rec in jr.iter_records(path, start_offset=start, first_line=first_line, expect_seq=expect):
+    for _line, end_off, rec in jr.iter_records(path, start_offset=start, first_line=first_line, expect_seq=expect,
+                                               digest=digest):
         apply(state, rec)
         end = end_off
         n += 1
     if n:
-        last_crc = None  # recomputed lazily by the writer from its own appends
         with open(path, "rb") as fh:
             fh.seek(end - 11)
             last_crc = fh.read(8).decode("ascii", "replace")
     size = path.stat().st_size
     return Replay(state=state, end_offset=end, torn_bytes=size - end, used_snapshot=used, records_read=n,
-                  last_crc=last_crc)
+                  last_crc=last_crc, prefix_crc=digest["crc"])
+
+
+def new_attempt_id() -> str:
+    return uuid.uuid4().hex[:16]
 
 
 class BatchLog:
@@ -97,25 +113,41 @@ class BatchLog:
                 backup = jr.cut_torn_tail(path, rp.end_offset)
                 warn(f"journal {path}: cut off a torn last record ({rp.torn_bytes} bytes, "
                      f"from a crash mid-write); the original is kept as {backup.name}")
-            writer = jr.JournalWriter(path, next_seq=rp.state.last_seq + 1)
+            writer = jr.JournalWriter(path, next_seq=rp.state.last_seq + 1, prefix_crc=rp.prefix_crc)
             writer.last_crc = rp.last_crc
             return cls(path, rp.state, writer), rp
-        writer = jr.JournalWriter(path, next_seq=1)
+        writer = jr.JournalWriter(path, next_seq=1, prefix_crc=0)
         return cls(path, BatchState(), writer), None
 
     def close(self) -> None:
         self.writer.close()
 
+    @property
+    def broken(self) -> bool:
+        return bool(self.writer.broken)
+
     # -- the one place records are made --------------------------------------------------------
     def _record(self, type_: str, *, durable: bool = False, **fields: Any) -> dict[str, Any]:
         rec = self.writer.make(type_, fields)
         apply(self.state, rec)  # refuses an illegal transition before anything reaches the disk
-        self.writer.write(rec, durable=durable)
+        try:
+            self.writer.write(rec, durable=durable)
+        except JournalWriteFailed:
+            # The state took the record but the disk did not: rebuild it from the file so memory
+            # and disk agree again (a short write leaves a torn tail, which replay ignores).
+            try:
+                self.state = replay(self.path).state
+            except JournalError:  # pragma: no cover - the file we just failed to append to is gone
+                pass
+            raise
         self._records_since_snapshot += 1
         return rec
 
     def sync(self) -> None:
         self.writer.sync()
+
+    def maybe_sync(self) -> None:
+        self.writer.maybe_sync()
 
     # -- batch ---------------------------------------------------------------------------------
     def create_batch(self, *, manifest: str, manifest_identity: str, manifest_hash: str,
@@ -143,14 +175,21 @@ class BatchLog:
         return self._record("batch_cancelled", durable=True, reason=reason)
 
     def stop(self, kind: str, reason: str, **extra: Any) -> dict[str, Any]:
-        return self._record("batch_stopped", durable=True, kind=kind, reason=reason, **extra)
+        return self._record("batch_stopped", durable=True, kind=kind, reason=reason,
+                            **{k: v for k, v in extra.items() if v is not None})
+
+    def quota_cleared(self, models: list[str], reason: str) -> dict[str, Any]:
+        return self._record("quota_cleared", durable=True, models=models, reason=reason)
 
     def finish(self) -> dict[str, Any]:
         return self._record("batch_finished", durable=True, counts=self.state.counts(),
                             cost_usd=round(self.state.total_cost_usd, 6))
 
-    def charge_requests(self, model: str, count: int, day: str) -> dict[str, Any]:
-        return self._record("requests_charged", model=model, count=count, day=day)
+    def charge_requests(self, model: str, count: int, day: str, youtube_seconds: float = 0.0) -> dict[str, Any]:
+        fields: dict[str, Any] = {"model": model, "count": int(count), "day": day}
+        if youtube_seconds:
+            fields["youtube_seconds"] = round(float(youtube_seconds), 3)
+        return self._record("requests_charged", **fields)
 
     def notification(self, **fields: Any) -> dict[str, Any]:
         return self._record("notification", **fields)
@@ -162,52 +201,88 @@ class BatchLog:
     def drop_task(self, task_id: str, reason: str) -> dict[str, Any]:
         return self._record("task_dropped", task_id=task_id, reason=reason)
 
-    def start_task(self, task_id: str, worker: int | None = None) -> dict[str, Any]:
+    def start_task(self, task_id: str, *, attempt_id: str, model: str, fingerprint: str | None = None,
+                   output: str | None = None) -> dict[str, Any]:
         attempt = self.state.tasks[task_id].attempts + 1
-        return self._record("task_started", task_id=task_id, attempt=attempt, worker=worker)
+        fields: dict[str, Any] = {"task_id": task_id, "attempt": attempt, "attempt_id": attempt_id, "model": model}
+        if fingerprint:
+            fields["fingerprint"] = fingerprint
+        if output and output != self.state.tasks[task_id].output:
+            fields["output"] = output
+        return self._record("task_started", **fields)
 
-    def step(self, task_id: str, step: str) -> dict[str, Any] | None:
+    def step(self, task_id: str, step: str, worker: int | None = None) -> dict[str, Any] | None:
         t = self.state.tasks.get(task_id)
         if t is None or t.status is not TaskStatus.RUNNING:
             return None  # a late event from a task that has already ended: nothing to record
-        return self._record("task_step", task_id=task_id, step=step)
+        fields: dict[str, Any] = {"task_id": task_id, "step": step}
+        if worker is not None and worker != t.worker:
+            fields["worker"] = int(worker)
+        return self._record("task_step", **fields)
 
-    def upload_finished(self, task_id: str, upload: dict[str, Any]) -> dict[str, Any] | None:
-        t = self.state.tasks.get(task_id)
-        if t is None or t.status is not TaskStatus.RUNNING:
-            return None
+    def plan(self, task_id: str, plan: dict[str, Any], video_duration: float | None = None) -> dict[str, Any]:
+        # Durable: the clip boundaries must survive a crash, or the partials already paid for
+        # would not fit the plan the next attempt makes.
+        return self._record("task_plan", durable=True, task_id=task_id, plan=plan, video_duration=video_duration)
+
+    def clip_completed(self, task_id: str, *, clip: int, start: float, end: float, path: str, sha256: str,
+                       usage: dict[str, int], cost_usd: float, adopted: bool = False) -> dict[str, Any]:
+        # Durable: the partial is written and fsynced under its final name (invariant 2); it is paid.
+        return self._record("clip_completed", durable=True, task_id=task_id, clip=int(clip), start=start, end=end,
+                            path=path, sha256=sha256, usage=usage, cost_usd=round(cost_usd, 8),
+                            calls=0 if adopted else 1, adopted=adopted)
+
+    def upload_finished(self, upload: dict[str, Any], task_id: str | None = None) -> dict[str, Any]:
         # Durable: a crash right after an upload must not cost the upload (invariant 4).
-        return self._record("upload_finished", durable=True, task_id=task_id, upload=upload)
+        fields: dict[str, Any] = {"upload": upload}
+        if task_id:
+            fields["task_id"] = task_id
+        return self._record("upload_finished", durable=True, **fields)
 
-    def upload_deleted(self, task_id: str, name: str) -> dict[str, Any]:
-        return self._record("upload_deleted", task_id=task_id, name=name)
+    def upload_deleted(self, name: str, reason: str = "") -> dict[str, Any]:
+        return self._record("upload_deleted", name=name, reason=reason)
 
     def complete_task(self, task_id: str, *, output: str, sha256: str, bytes_: int | None, usage: dict[str, int],
                       cost_usd: float, model_version: str | None, video_duration: float | None,
-                      elapsed: float | None) -> dict[str, Any]:
+                      elapsed: float | None, calls: int = 1, lost_calls: int = 0, adopted: bool = False,
+                      truncated: bool = False, fingerprint: str | None = None) -> dict[str, Any]:
         # The output is already fsynced under its final name (pipeline); now the record, fsynced.
-        rec = self._record("task_completed", durable=True, task_id=task_id, output=output, sha256=sha256,
-                           bytes=bytes_, usage=usage, cost_usd=round(cost_usd, 8), model_version=model_version,
-                           video_duration=video_duration, elapsed=elapsed)
+        fields: dict[str, Any] = {
+            "task_id": task_id, "output": output, "sha256": sha256, "bytes": bytes_, "usage": usage,
+            "cost_usd": round(cost_usd, 8), "model_version": model_version, "video_duration": video_duration,
+            "elapsed": elapsed, "calls": int(calls)}
+        for key, value in (("lost_calls", lost_calls), ("adopted", adopted), ("truncated", truncated),
+                           ("fingerprint", fingerprint)):
+            if value:
+                fields[key] = value
+        rec = self._record("task_completed", durable=True, **fields)
         self._completions_since_snapshot += 1
         return rec
 
-    def fail_task(self, task_id: str, error: dict[str, Any], cost_usd: float = 0.0) -> dict[str, Any]:
+    def fail_task(self, task_id: str, error: ErrorRecord, *, message: str | None = None, charge: str | None = "attempt",
+                  cost_usd: float = 0.0, calls: int = 0, lost_calls: int = 0) -> dict[str, Any]:
         t = self.state.tasks[task_id]
         return self._record("task_failed", durable=True, task_id=task_id, attempt=t.attempts,
-                            **_error_fields(error), cost_usd=round(cost_usd, 8))
+                            **_error_fields(error, message), charge=charge, cost_usd=round(cost_usd, 8),
+                            calls=calls, lost_calls=lost_calls)
 
-    def schedule_retry(self, task_id: str, error: dict[str, Any], delay: float, *, now: float | None = None,
-                       cost_usd: float = 0.0) -> dict[str, Any]:
+    def schedule_retry(self, task_id: str, error: ErrorRecord, delay: float, *, now: float,
+                       message: str | None = None, charge: str | None = "attempt", cost_usd: float = 0.0,
+                       calls: int = 0, lost_calls: int = 0) -> dict[str, Any]:
         t = self.state.tasks[task_id]
-        now = time.time() if now is None else now
-        return self._record("retry_scheduled", task_id=task_id, attempt=t.attempts + 1, delay=round(delay, 3),
-                            not_before=round(now + delay, 3), **_error_fields(error), cost_usd=round(cost_usd, 8))
+        # Durable: the charge it carries must not be forgotten by a crash (attempts would be free).
+        return self._record("retry_scheduled", durable=True, task_id=task_id, attempt=t.attempts + 1,
+                            delay=round(delay, 3), not_before=round(now + delay, 3), **_error_fields(error, message),
+                            charge=charge, cost_usd=round(cost_usd, 8), calls=calls, lost_calls=lost_calls)
 
-    def requeue(self, task_id: str, reason: str, *, in_flight: bool = True, refund_attempt: bool = False,
-                reset_attempts: bool = False) -> dict[str, Any]:
-        return self._record("task_requeued", task_id=task_id, reason=reason, in_flight=in_flight,
-                            refund_attempt=refund_attempt, reset_attempts=reset_attempts)
+    def requeue(self, task_id: str, reason: str, *, interrupted: bool = False, reset: bool = False,
+                cost_usd: float = 0.0, calls: int = 0, lost_calls: int = 0) -> dict[str, Any]:
+        fields: dict[str, Any] = {"task_id": task_id, "reason": reason, "interrupted": interrupted}
+        if reset:
+            fields["reset"] = True
+        if cost_usd or calls or lost_calls:
+            fields.update(cost_usd=round(cost_usd, 8), calls=calls, lost_calls=lost_calls)
+        return self._record("task_requeued", **fields)
 
     def skip_task(self, task_id: str, reason: str, video_duration: float | None = None) -> dict[str, Any]:
         return self._record("task_skipped", durable=True, task_id=task_id, reason=reason,
@@ -223,6 +298,8 @@ class BatchLog:
     # -- snapshots -----------------------------------------------------------------------------
     def maybe_snapshot(self, *, force: bool = False, now: float | None = None) -> bool:
         """Write a snapshot after 10 completions or 5 minutes with new records (or when forced)."""
+        if self.writer.broken:
+            return False
         now = time.monotonic() if now is None else now
         # Never spend more than ~5 % of the manager's time on snapshots: a big batch's snapshot
         # costs O(tasks), so its interval grows with what the last one cost.
@@ -235,8 +312,12 @@ class BatchLog:
         # The snapshot must never describe records that are not yet on disk.
         self.writer.sync()
         t0 = time.monotonic()
-        jr.write_snapshot(self.path, self.state.to_dict(), self.state.last_seq, self.writer.offset,
-                          self.writer.last_crc)
+        try:
+            jr.write_snapshot(self.path, self.state.to_dict(), self.state.last_seq, self.writer.offset,
+                              self.writer.last_crc, self.writer.prefix_crc)
+        except Exception as exc:  # noqa: BLE001 - a snapshot is a cache: failing to write one loses nothing
+            log.warning("snapshot of %s not written: %s", self.path, exc)
+            return False
         self._snapshot_cost = time.monotonic() - t0
         self._completions_since_snapshot = 0
         self._records_since_snapshot = 0
@@ -244,11 +325,9 @@ class BatchLog:
         return True
 
 
-def _error_fields(error: dict[str, Any]) -> dict[str, Any]:
-    out = {k: error.get(k) for k in ("error_class", "message", "retryable", "kind") if k in error}
-    out.setdefault("error_class", "Error")
-    out.setdefault("message", "")
-    return out
+def _error_fields(error: ErrorRecord, message: str | None) -> dict[str, Any]:
+    return {"error_class": error.error_class, "message": message if message is not None else error.message,
+            "disposition": error.disposition.value}
 
 
-__all__ = ["BatchLog", "Replay", "replay", "fold", "TERMINAL"]
+__all__ = ["BatchLog", "Replay", "replay", "fold", "TERMINAL", "new_attempt_id"]

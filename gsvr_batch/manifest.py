@@ -42,6 +42,8 @@ from .manifest_types import (
     Settings,
 )
 from .manifest_yaml import API_KEY_SHAPE, did_you_mean, parse_yaml
+from . import settings as settings_mod
+from .timeutil import parse_duration
 
 __all__ = [
     "DEFAULT_MODEL", "DEFAULT_OUTPUT_DIR", "DEFAULT_OUTPUT_PATTERN", "DEFAULT_TEMPLATE", "Job", "Manifest",
@@ -50,10 +52,8 @@ __all__ = [
 ]
 
 SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(Settings))
-OVERRIDE_KEYS = SETTINGS_FIELDS + ("template", "output_dir", "output_pattern", "output_format", "model", "date")
+OVERRIDE_KEYS = settings_mod.MANIFEST_KEYS + ("output_dir", "output_format", "date")
 CLI = "<command line>"
-TIERS = ("free", "tier1", "tier2", "tier3")
-MODES = ("online", "batch")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -95,6 +95,33 @@ def validate_manifest(path: str | os.PathLike[str], overrides: dict | None = Non
     assert manifest is not None
     manifest.warnings = [p for p in problems if not p.is_error]
     return manifest, problems
+
+
+def load_sources(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], overrides: dict | None = None,
+                 *, date: str | None = None, check_files: bool = True) -> Manifest:
+    """What ``gsvr-batch run`` names: one manifest (YAML / CSV / a list file / a folder), or one or
+    more videos and links (``run lecture.mp4``, ``run a.mp4 https://youtu.be/x``), which get a
+    derived manifest as a folder does."""
+    items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    if len(items) == 1 and is_manifest_path(os.fspath(items[0])):
+        return load_manifest(items[0], overrides, date=date, check_files=check_files)
+    for item in items:
+        text = os.fspath(item)
+        if is_manifest_path(text) and not os.path.isdir(text):
+            raise ManifestError(f"{text}: a manifest cannot be mixed with other inputs",
+                                [Problem(CLI, None, f"{text} is a manifest; name it alone",
+                                         "gsvr-batch run MANIFEST, or gsvr-batch run VIDEO [VIDEO|URL ...]")])
+    return derive_manifest(items, overrides=overrides, date=date, check_files=check_files)
+
+
+def is_manifest_path(text: str) -> bool:
+    """A YAML/CSV manifest, a folder or a list file (not a video, not a URL)."""
+    kind, _ = media.classify_source(text)
+    if kind != "local":
+        return False
+    if os.path.isdir(text):
+        return True
+    return not media.is_video_name(text)
 
 
 def derive_manifest(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], template: str | None = None,
@@ -160,6 +187,12 @@ def write_manifest_yaml(manifest: Manifest, path: str | os.PathLike[str]) -> Non
                 if v not in (None, [], {}) and k != "templates_dir"}
     if manifest.templates_dirs:
         settings["templates_dir"] = [str(p) for p in manifest.templates_dirs]
+    if settings.get("notify"):
+        from .notify import storable
+
+        # a webhook URL is a credential (`--notify https://hooks.slack.com/services/T/B/SECRET`):
+        # ${VAR} references are kept, literal secrets written redacted (validation refuses those)
+        settings["notify"] = [storable(t) for t in settings["notify"]]
     doc = {
         "base_dir": str(base),
         "defaults": {"output_dir": str(manifest.output_root)},
@@ -232,6 +265,7 @@ def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: 
     for key in overrides:
         if key not in OVERRIDE_KEYS:
             problems.append(Problem(CLI, None, f"unknown option '{key}'", did_you_mean(key, OVERRIDE_KEYS)))
+    overrides = _internal_names(overrides)
     day = str(date or overrides.get("date") or _dt.date.today().isoformat())
 
     settings, more = _settings(raw, overrides)
@@ -589,9 +623,37 @@ def _check_templates(jobs: list[Job], entries: list[_Entry], templates_dirs: lis
 # --- sections ----------------------------------------------------------------------------
 
 
+def _internal_names(overrides: dict) -> dict:
+    """Settings-table names (``output``, ``format``, ``templates``) → the builder's (``output_dir``…)."""
+    out = {}
+    for key, value in overrides.items():
+        name = settings_mod.canonical(key) or key
+        setting = settings_mod.BY_NAME.get(name)
+        if setting is not None and setting.target == "defaults":
+            out[setting.defaults_key] = value
+        else:
+            out[name] = value
+    return out
+
+
 def _defaults(raw: RawManifest, overrides: dict) -> tuple[dict, list[Problem]]:
     problems = []
     d = dict(raw.defaults)
+    lines = dict(raw.defaults_lines)
+    # `settings: {template: x, model: y, output: z, format: md}` means the same as `defaults:`
+    for key, value in raw.settings.items():
+        name = settings_mod.canonical(key)
+        setting = settings_mod.BY_NAME.get(name) if name else None
+        if setting is None or setting.target != "defaults":
+            continue
+        if setting.defaults_key in d:
+            problems.append(Problem(raw.file, raw.settings_lines.get(key),
+                                    f"'{key}' is set both in settings and in defaults ({setting.defaults_key})",
+                                    "keep one of them"))
+            continue
+        d[setting.defaults_key] = value
+        lines[setting.defaults_key] = raw.settings_lines.get(key)
+    raw.defaults_lines = lines
     for key in ("template", "model", "output_dir", "output_pattern", "output_format"):
         if key in d and (not isinstance(d[key], str) or not d[key].strip()):
             problems.append(Problem(raw.file, raw.defaults_lines.get(key), f"defaults.{key} must be text", None))
@@ -623,100 +685,44 @@ def _defaults(raw: RawManifest, overrides: dict) -> tuple[dict, list[Problem]]:
 
 
 def _settings(raw: RawManifest, overrides: dict) -> tuple[Settings, list[Problem]]:
+    """``settings:`` plus command-line values, each checked by its entry in ``settings.SETTINGS``.
+
+    A job default named under ``settings:`` (``template``, ``model``, ``output``…) is moved to
+    the defaults by :func:`_defaults`; here it is only validated.
+    """
     problems: list[Problem] = []
-    values = dict(raw.settings)
-    lines = dict(raw.settings_lines)
-    for key in SETTINGS_FIELDS:
-        if key != "templates_dir" and overrides.get(key) is not None:  # CLI folders: see _build
-            values[key] = overrides[key]
-            lines[key] = None
+    values: dict[str, Any] = {}
+    lines: dict[str, int | None] = {}
+    for key, value in raw.settings.items():
+        name = settings_mod.canonical(key)
+        if name is None or settings_mod.BY_NAME[name].target != "settings":
+            continue
+        values[name] = value
+        lines[name] = raw.settings_lines.get(key)
+    for key, value in overrides.items():
+        name = settings_mod.canonical(key)
+        if name is None or name == "templates_dir" or settings_mod.BY_NAME[name].target != "settings":
+            continue  # CLI template folders resolve against the cwd: see _build
+        if value is not None:
+            values[name] = value
+            lines[name] = None
     s = Settings()
-
-    def bad(key: str, message: str, hint: str | None = None) -> None:
-        problems.append(Problem(raw.file if lines.get(key) is not None else CLI, lines.get(key), message, hint))
-
-    for key, value in values.items():
+    for name, value in values.items():
         if value is None:
             continue
-        if key == "workers":
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 32:
-                bad(key, "settings.workers must be a whole number from 1 to 32", "2-8 suits the free and tier-1 quotas")
-            else:
-                s.workers = value
-        elif key in ("sandbox", "keep_uploads"):
-            if not isinstance(value, bool):
-                bad(key, f"settings.{key} must be true or false")
-            else:
-                setattr(s, key, value)
-        elif key == "api_key_env":
-            if not isinstance(value, str) or not _ENV_NAME.match(value) or API_KEY_SHAPE.search(value):
-                # never echo the value: people paste the key itself here
-                bad(key, "settings.api_key_env must be the NAME of an environment variable",
-                    "e.g. api_key_env: GEMINI_API_KEY, and export GEMINI_API_KEY=... in the shell")
-            else:
-                s.api_key_env = value
-        elif key == "tier":
-            text = str(value).strip().lower().replace(" ", "").replace("-", "").replace("_", "")
-            if text in ("1", "2", "3"):
-                text = "tier" + text
-            if text not in TIERS:
-                bad(key, f"unknown settings.tier '{value}'", did_you_mean(str(value), TIERS) or "use " + ", ".join(TIERS))
-            else:
-                s.tier = text
-        elif key in ("rpm", "tpm", "request_timeout", "summary_interval"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                bad(key, f"settings.{key} must be a positive number")
-            else:
-                setattr(s, key, float(value))
-        elif key in ("retry_base_delay", "active_timeout"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                bad(key, f"settings.{key} must be a number of seconds (0 or more)")
-            else:
-                setattr(s, key, float(value))
-        elif key == "max_call_retries":
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 20:
-                bad(key, "settings.max_call_retries must be a whole number from 0 to 20")
-            else:
-                s.max_call_retries = value
-        elif key in ("rpd", "max_attempts"):
-            limit = 100 if key == "max_attempts" else 10**9
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-                bad(key, f"settings.{key} must be a whole number from 1 to {limit}")
-            else:
-                setattr(s, key, value)
-        elif key == "cost_limit":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                bad(key, "settings.cost_limit must be an amount in USD (0 or more)")
-            else:
-                s.cost_limit = float(value)
-        elif key == "max_duration":
-            seconds = _duration(value)
-            if seconds is None:
-                bad(key, "settings.max_duration must be a positive duration", "seconds, or e.g. '90m', '1h30m', '1:30:00'")
-            else:
-                s.max_duration = seconds
-        elif key == "mode":
-            if value not in MODES:
-                bad(key, f"unknown settings.mode '{value}'", did_you_mean(str(value), MODES) or "use online or batch")
-            else:
-                s.mode = value
-        elif key == "notify":
-            items = value if isinstance(value, list) else [value]
-            if not all(isinstance(i, dict) for i in items):
-                bad(key, "settings.notify must be a list of mappings", "e.g. notify: [{type: email, to: me@example.org}]")
-            else:
-                s.notify = [dict(i) for i in items]
-        elif key == "templates_dir":
-            items = value if isinstance(value, list) else [value]
-            if not all(isinstance(i, (str, os.PathLike)) and os.fspath(i).strip() for i in items):
-                bad(key, "templates_dir must be a folder path or a list of them")
-            elif lines.get(key) is not None:  # CLI ones are handled (against the cwd) by the caller
-                s.templates_dir = [os.fspath(i) for i in items]
-        elif key == "journal":
-            if not isinstance(value, (str, os.PathLike)) or not os.fspath(value).strip():
-                bad(key, "settings.journal must be a file path")
-            else:
-                s.journal = os.fspath(value) if lines.get(key) is not None else os.path.abspath(os.fspath(value))
+        try:
+            parsed = settings_mod.parse(name, value)
+        except settings_mod.SettingError as exc:
+            from_file = lines.get(name) is not None
+            shown = f"settings.{name}" if from_file else "--" + name.replace("_", "-")
+            # never echo api_key_env's value: people paste the key itself there
+            problems.append(Problem(raw.file if from_file else CLI, lines.get(name), f"{shown} {exc}", exc.hint))
+            continue
+        if name == "templates_dir" and lines.get(name) is None:
+            continue
+        if name == "journal" and lines.get(name) is None:
+            parsed = os.path.abspath(parsed)
+        setattr(s, name, parsed)
     return s, problems
 
 
@@ -725,24 +731,7 @@ def _settings(raw: RawManifest, overrides: dict) -> tuple[Settings, list[Problem
 
 def _duration(value: Any) -> float | None:
     """Seconds from 5400, '5400', '90m', '1h30m', '45s', '1:30:00' or '90:00'; None if not a positive duration."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value) if value > 0 else None
-    text = str(value).strip().lower()
-    seconds: float | None = None
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        seconds = float(text)
-    elif re.fullmatch(r"\d+(:\d{1,2}){1,2}", text):
-        seconds = 0.0
-        for part in text.split(":"):
-            seconds = seconds * 60 + int(part)
-    else:
-        m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)s)?", text)
-        if m and any(m.groups()):
-            h, mi, s = (float(g) if g else 0.0 for g in m.groups())
-            seconds = h * 3600 + mi * 60 + s
-    return seconds if seconds and seconds > 0 else None
+    return parse_duration(value)
 
 
 def _identity_path(source: str, base: Path) -> str:

@@ -54,30 +54,8 @@ class Job:
     origin: str  # "jobs/manifest.yaml:14" — where the job was defined (file:line)
 
 
-@dataclass
-class Settings:
-    """Manifest ``settings:`` plus CLI overrides (CLI wins)."""
-
-    workers: int = 2
-    sandbox: bool | None = None
-    api_key_env: str | None = None
-    tier: str = "free"
-    rpm: float | None = None
-    tpm: float | None = None
-    rpd: int | None = None
-    mode: str = "online"
-    keep_uploads: bool = False
-    max_attempts: int = 4
-    request_timeout: float = 600
-    cost_limit: float | None = None
-    max_duration: float | None = None
-    summary_interval: float = 30
-    notify: list[dict] = field(default_factory=list)
-    templates_dir: list[str] = field(default_factory=list)
-    journal: str | None = None  # default: <output_root>/.gsvr/journal.jsonl (absolute when set)
-    retry_base_delay: float | None = None  # first task-level retry delay in s (None: runner default 5 s)
-    active_timeout: float | None = None  # s to wait for an upload to turn ACTIVE (None: 600 s)
-    max_call_retries: int | None = None  # quick in-task retries of one API call (None: 5)
+# The settings type is generated from the one settings table (gsvr_batch/settings.py).
+from .settings import Settings  # noqa: E402  (re-exported: manifest.Settings)
 
 
 @dataclass

@@ -15,17 +15,20 @@ from typing import Any
 
 import yaml
 
-from .manifest_types import Problem, RawJob, RawManifest, Settings
+from .manifest_types import Problem, RawJob, RawManifest
+from .settings import MANIFEST_KEYS as MANIFEST_SETTINGS_KEYS
 
 TOP_KEYS = ("defaults", "settings", "jobs", "sandbox", "templates_dir", "base_dir", "name", "description")
 DEFAULT_KEYS = ("template", "model", "output_dir", "output_pattern", "output_format", "params")
 JOB_KEYS = ("source", "list", "template", "output", "output_pattern", "output_format", "title", "model",
             "params", "max_duration")
-SETTINGS_KEYS = tuple(f.name for f in dataclasses.fields(Settings))
+SETTINGS_KEYS = MANIFEST_SETTINGS_KEYS
 
 # Google API keys: "AIza" + 35 characters. Matched, never printed.
 API_KEY_SHAPE = re.compile(r"AIza[0-9A-Za-z_\-]{35}")
 SECRET_KEY_NAME = re.compile(r"(api[_-]?key|apikey|secret|token|password|credential)", re.I)
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_REFERENCE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 SECRET_HINT = ("delete it, put the key in an environment variable (e.g. GEMINI_API_KEY) "
                "and set settings.api_key_env to that variable's name")
 
@@ -96,21 +99,37 @@ class _Builder:
         return None  # pragma: no cover - compose yields only the three node kinds
 
 
-def scan_secrets(value: Any, file: str, line: int | None = None, key: Any = None) -> list[Problem]:
+def _names_a_variable(name: str, value: str, in_env_map: bool) -> bool:
+    """True when a secret-named key's value only NAMES where the secret is, which is the advice.
+
+    ``password_env: SMTP_PASSWORD``, ``api_key_env: GEMINI_API_KEY``, the values of a
+    ``headers_env:`` mapping, and ``${VAR}`` references (``token: ${HOOK_TOKEN}``) hold no secret.
+    """
+    text = value.strip()
+    if ENV_REFERENCE.fullmatch(text):
+        return True
+    return (in_env_map or name.lower().endswith("_env")) and bool(ENV_VAR_NAME.match(text))
+
+
+def scan_secrets(value: Any, file: str, line: int | None = None, key: Any = None, *,
+                 in_env_map: bool = False) -> list[Problem]:
     """Warnings for anything that looks like an API key pasted into the manifest (value never echoed)."""
     found: list[Problem] = []
     if isinstance(value, LMap):
         for k, v in value.items():
-            found += scan_secrets(v, file, value.key_lines.get(k, line), k)
+            # the values of `headers_env: {X-Api-Token: HOOK_TOKEN}` are variable names
+            found += scan_secrets(v, file, value.key_lines.get(k, line), k,
+                                  in_env_map=str(key or "").lower().endswith("_env"))
     elif isinstance(value, LSeq):
         for i, v in enumerate(value):
-            found += scan_secrets(v, file, value.item_lines[i], key)
+            found += scan_secrets(v, file, value.item_lines[i], key, in_env_map=in_env_map)
     elif isinstance(value, str) and value.strip():
         name = str(key) if key is not None else ""
         if API_KEY_SHAPE.search(value):
             found.append(Problem(file, line, f"the value of '{name or 'this entry'}' looks like a Google API key; "
                                  "keys in manifests leak through git and backups", SECRET_HINT, "warning"))
-        elif name and name != "api_key_env" and SECRET_KEY_NAME.search(name):
+        elif (name and name != "api_key_env" and SECRET_KEY_NAME.search(name)
+              and not _names_a_variable(name, value, in_env_map)):
             found.append(Problem(file, line, f"'{name}' holds a literal secret; a manifest is no place for keys",
                                  SECRET_HINT, "warning"))
     return found

@@ -5,8 +5,9 @@ Targets come from the manifest's ``notify:`` list or ``--notify URL``::
     notify:
       - https://hooks.example.org/lessons                 # a bare URL: generic webhook (POST JSON)
       - type: webhook
-        url: https://hooks.example.org/lessons
-        headers_env: {Authorization: HOOK_AUTH}           # header value read from an env var
+        url: ${LESSONS_HOOK_URL}                          # ${VAR}: read from the environment when sent
+        headers: {Authorization: "Bearer ${HOOK_TOKEN}"}  # ${VAR} works in header values too
+        headers_env: {X-Api-Key: HOOK_KEY}                # or: the whole header value from an env var
         events: [batch_finished, batch_aborted]           # optional filter
       - url: https://hooks.slack.com/services/T000/B000/XXXX   # Slack incoming webhook
       - type: email
@@ -28,8 +29,35 @@ runner sends it as ``cost_limit``; a filter may name either) and ``batch_cancell
 
 Each target is tried ``attempts`` times with exponential backoff on connection errors, timeouts,
 HTTP 408/429/5xx and SMTP errors; :func:`send` never raises and returns one
-:class:`NotifyResult` per target. Its ``target`` and ``error`` never hold a secret (no URL path
-or query, no password, no header value), so the runner can journal them as they are.
+:class:`NotifyResult` per target.
+
+Secrets (DESIGN invariant 9)
+----------------------------
+A webhook URL is a credential: whoever knows a Slack hook's path can post to the channel. So
+are header values and the SMTP password. Hence:
+
+* ``${VAR}`` in a ``url`` or a header value is expanded from the environment only when the
+  notification is sent; the target itself (in settings, journal, derived manifest) keeps the
+  reference. Only the braced form is expanded (``$VAR`` stays as written). A reference to an
+  unset variable, an unset ``password_env`` or ``headers_env`` variable is a validation
+  problem (:func:`validate_targets`; the runner exits 2 before any work), named, never shown.
+* Wherever a target is shown, journaled or written it goes through :func:`public_view` /
+  :func:`describe`: scheme, host and a redacted path (``https://hooks.slack.com/services/T0…/B0…/***``,
+  plain path words kept, other pieces cut to two characters, the last piece and the query
+  masked) plus the target's position in the list (``target 2``), so two hooks on one host can
+  be told apart; no header value, no password. :class:`NotifyResult` ``target`` / ``error``
+  follow the same rule, so the runner can journal and print them as they are.
+* Derived manifests (``OUTPUT/.gsvr/manifest.derived.yaml``, written for folder / list batches)
+  store targets through :func:`storable`. DECISION: a ``${VAR}`` reference is kept as written
+  (the way to have a secret URL survive into ``retry``: ``--notify '${SLACK_HOOK_URL}'``); a
+  literal URL with a secret part (any path beyond ``/``, a query, user-info) is written in the
+  redacted form above, and literal header values as ``***``. Validation refuses a redacted
+  form with a message that says what to do (put the URL in an environment variable and write
+  ``url: ${VAR}``, or remove the target), so such a manifest can never post to a wrong URL
+  and the secret never reaches disk. Consequence: ``gsvr-batch retry`` of a folder batch run
+  with a literal secret ``--notify`` URL stops with exit 2 until the derived manifest is edited.
+* Every secret a target holds or names can be registered for redaction of all messages with
+  :func:`gsvr_batch.secrets.register_notify_targets`.
 """
 
 from __future__ import annotations
@@ -37,6 +65,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import smtplib
 import socket
 import ssl
@@ -50,6 +79,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from . import __version__
+from . import secrets as _secrets
 
 EVENTS = ("batch_finished", "batch_aborted", "quota_exhausted", "cost_limit_reached", "batch_cancelled")
 EVENT_ALIASES = {"cost_limit": "cost_limit_reached"}
@@ -61,11 +91,17 @@ _TARGET_KEYS = {
     "email": {"kind", "host", "port", "starttls", "ssl", "user", "password_env", "from", "to",
               "subject_prefix", "ca_file", "events"},
 }
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_REDACTED_HINT = ("gsvr-batch never writes a webhook's secret to disk, so this is a redacted copy, not the URL. "
+                  "Put the full URL in an environment variable and write url: ${VAR} (or pass "
+                  "--notify '${VAR}'), or remove this target")
 
 
 @dataclass
 class NotifyResult:
-    target: str  # description without secrets: "webhook https://hooks.example.org", "email to a@b via smtp.x:587"
+    # description without secrets: "webhook https://hooks.example.org/*** (target 1)",
+    # "email to a@b via smtp.x:587 (target 2)"
+    target: str
     ok: bool
     attempts: int
     error: str | None = None
@@ -80,11 +116,22 @@ def canonical_event(event: str) -> str:
     return EVENT_ALIASES.get(event, event)
 
 
+def _host_of(url: Any) -> str:
+    """Host of a URL, ``${VAR}`` references expanded (unset ones as empty): only to infer the kind."""
+    try:
+        return urlsplit(_secrets.expand_env(str(url or ""), missing="")).hostname or ""
+    except ValueError:
+        return ""
+
+
 def normalise(target: Any) -> dict[str, Any]:
-    """A target as a dict with a lower-case ``kind`` (from a bare URL, ``type:`` or ``kind:``)."""
+    """A target as a dict with a lower-case ``kind`` (from a bare URL, ``type:`` or ``kind:``).
+
+    ``${VAR}`` references stay unexpanded in the result (it may be journaled or written).
+    """
     t = {"url": target} if isinstance(target, str) else dict(target)
     kind = t.pop("kind", None) or t.pop("type", None)
-    host = urlsplit(str(t.get("url") or "")).hostname or ""
+    host = _host_of(t.get("url"))
     if kind is None:
         kind = "slack" if host == SLACK_HOST else ("email" if "host" in t else "webhook")
     kind = str(kind).lower()
@@ -94,23 +141,22 @@ def normalise(target: Any) -> dict[str, Any]:
     return t
 
 
-def describe(t: dict[str, Any]) -> str:
-    """The target as a human can recognise it, without any secret."""
+def describe(t: dict[str, Any], index: int | None = None) -> str:
+    """The target as a human can recognise it, without any secret.
+
+    ``index`` (1-based position in the notify list, as validation numbers them) is appended:
+    two Slack hooks of one workspace look the same once their tokens are hidden.
+    """
+    where = f" (target {index})" if index is not None else ""
     if t.get("kind") == "email":
         to = t.get("to")
         to = ", ".join(map(str, to)) if isinstance(to, list) else to
-        return f"email to {to} via {t.get('host')}:{_smtp_port(t)}"
-    try:
-        parts = urlsplit(str(t.get("url") or ""))
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return f"{t.get('kind')} (invalid URL)"
-    # scheme and host only: Slack paths and many webhook queries carry tokens
-    return f"{t.get('kind')} {parts.scheme}://{parts.hostname}{port}"
+        return f"email to {to} via {t.get('host')}:{_smtp_port(t)}{where}"
+    return f"{t.get('kind')} {_secrets.redact_url(str(t.get('url') or ''))}{where}"
 
 
 def public_view(target: Any) -> dict[str, Any]:
-    """The target as it may be journaled or printed: URL cut to scheme://host, no header values, no password."""
+    """The target as it may be journaled or printed: redacted URL, no header values, no password."""
     try:
         t = normalise(target)
     except Exception:  # noqa: BLE001 - a malformed target has nothing worth showing
@@ -120,12 +166,48 @@ def public_view(target: Any) -> dict[str, Any]:
         if k == "password":
             continue
         if k == "url":
-            out[k] = describe(t).split(" ", 1)[1]
+            out[k] = _secrets.redact_url(str(v or ""))
         elif k == "headers" and isinstance(v, dict):
-            out[k] = {name: "***" for name in v}
+            out[k] = {name: _secrets.MASK for name in v}
         else:
             out[k] = v
     return out
+
+
+def storable(target: Any) -> dict[str, Any]:
+    """The target as it may be written to a manifest on disk (the derived manifest).
+
+    ``${VAR}`` references are kept; a literal URL with a secret part becomes its redacted form
+    (which :func:`validate_targets` refuses with a hint), literal header values become ``***``,
+    a literal password is dropped. ``type`` is kept as given, so the file reads like the input.
+    """
+    t = {"url": target} if isinstance(target, str) else dict(target)
+    out: dict[str, Any] = {}
+    for k, v in t.items():
+        if k == "password":
+            continue
+        if k == "url" and isinstance(v, str):
+            out[k] = v if not _literal_secret_url(v) else _secrets.redact_url(v)
+        elif k == "headers" and isinstance(v, dict):
+            out[k] = {name: (val if isinstance(val, str) and _secrets.env_refs(val) else _secrets.MASK)
+                      for name, val in v.items()}
+        else:
+            out[k] = v
+    return out
+
+
+def _literal_secret_url(url: str) -> bool:
+    """True when ``url`` holds (not merely names, via ``${VAR}``) a path, query or user-info."""
+    if _secrets.ENV_REF.fullmatch(url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return True
+    literal_path = _secrets.ENV_REF.sub("", parts.path).strip("/")
+    literal_query = _secrets.ENV_REF.sub("", parts.query)
+    # (a fragment is never sent, so it is no secret; redact_url drops it)
+    return bool(literal_path or literal_query or parts.password or parts.username)
 
 
 def _smtp_port(t: dict[str, Any]) -> int:
@@ -136,7 +218,12 @@ def _smtp_port(t: dict[str, Any]) -> int:
 
 
 def validate_targets(targets: list[Any] | None) -> list[str]:
-    """Problems with the targets, as readable strings (never echoing a secret)."""
+    """Problems with the targets, as readable strings (never echoing a secret).
+
+    Everything a send would need is checked now, so a run never discovers at its end that a
+    notification cannot go: ``${VAR}`` references and ``password_env`` / ``headers_env``
+    variables must be set (named when they are not, values never shown).
+    """
     problems: list[str] = []
     for i, raw in enumerate(targets or [], start=1):
         if not isinstance(raw, (str, dict)):
@@ -173,20 +260,52 @@ def validate_targets(targets: list[Any] | None) -> list[str]:
     return problems
 
 
+def _ref_problems(text: str, what: str, where: str) -> list[str]:
+    """Malformed or unset ``${VAR}`` references in ``text`` (``what``: "url", "header X")."""
+    out = [f"{where}: {what} has a malformed reference {bad!r}; write ${{NAME}} with a variable name"
+           for bad in _secrets.bad_env_refs(text)]
+    for name in _secrets.env_refs(text):
+        if name not in os.environ:
+            out.append(f"{where}: {what} refers to ${{{name}}}, but the environment variable {name} is not set "
+                       f"(export it before the run)")
+    return out
+
+
 def _check_url(t: dict[str, Any], where: str) -> list[str]:
     url = t.get("url")
     if not url:
         return [f"{where}: missing 'url'"]
+    if not isinstance(url, str):
+        return [f"{where}: url must be an http(s) URL (text), got {type(url).__name__}"]
+    if _secrets.is_redacted(url):
+        return [f"{where}: url is a redacted copy ({_secrets.redact_url(url)}): {_REDACTED_HINT}"]
+    refs = _ref_problems(url, "url", where)
+    if refs:
+        return refs
+    expanded = _secrets.expand_env(url)
     try:
-        parts = urlsplit(str(url))
+        parts = urlsplit(expanded)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         ok = False
     if not ok:
+        if _secrets.env_refs(url):
+            # the value came from the environment: name the variable(s), never show the value
+            names = ", ".join(_secrets.env_refs(url))
+            return [f"{where}: url (from {names}) must be an http(s) URL; check the variable's value"]
         # show only the start: the rest of a webhook URL is often its token
-        return [f"{where}: url must be an http(s) URL, got {str(url)[:24]!r}"]
+        return [f"{where}: url must be an http(s) URL, got {_url_start(url)!r}"]
     return []
+
+
+def _url_start(url: str) -> str:
+    """Enough of a bad URL to recognise it, never its path (often the token)."""
+    head = url.split("?", 1)[0]
+    if "://" in head:
+        scheme, rest = head.split("://", 1)
+        return f"{scheme}://{rest.split('/', 1)[0]}" + ("/…" if "/" in rest else "")
+    return head[:12] + ("…" if len(url) > 12 else "")
 
 
 def _check_headers(t: dict[str, Any], where: str) -> list[str]:
@@ -196,6 +315,17 @@ def _check_headers(t: dict[str, Any], where: str) -> list[str]:
         if h is not None and (not isinstance(h, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                                    for k, v in h.items())):
             out.append(f"{where}: {key} must map header names to strings")
+            continue
+        for name, value in (h or {}).items():
+            if key == "headers":
+                if value == _secrets.MASK:
+                    out.append(f"{where}: header {name} is a redacted copy (***); put its value in an environment "
+                               f"variable and write {name}: ${{VAR}} or use headers_env")
+                else:
+                    out += _ref_problems(value, f"header {name}", where)
+            elif value not in os.environ:
+                out.append(f"{where}: headers_env names {value} for header {name}, but {value} is not set "
+                           f"(export it before the run)")
     return out
 
 
@@ -214,13 +344,25 @@ def _check_email(t: dict[str, Any], where: str) -> list[str]:
     if t.get("user") and not t.get("password_env"):
         out.append(f"{where}: 'user' given without password_env (the name of the environment variable "
                    f"holding the SMTP password)")
+    var = t.get("password_env")
+    if var:
+        if not isinstance(var, str) or not _ENV_NAME.match(var):
+            out.append(f"{where}: password_env must be the NAME of an environment variable, e.g. SMTP_PASSWORD")
+        elif var not in os.environ:
+            # found now, before any work: at the end of the batch it would only be a lost notification
+            out.append(f"{where}: password_env names {var}, but {var} is not set (export the SMTP password "
+                       f"in {var} before the run)")
     return out
 
 
 # -- message bodies ----------------------------------------------------------------------------
 
-def _report(p: dict[str, Any]) -> Any:
-    return p.get("report_path", p.get("report"))
+def _report(p: dict[str, Any]) -> str | None:
+    """The report file's path, whichever key carries it (the runner sends ``report``), as text."""
+    value = p.get("report_path") or p.get("report")
+    if value is None or value == "":
+        return None
+    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
 
 
 def _summary(p: dict[str, Any]) -> str:
@@ -245,11 +387,16 @@ def _now_iso(p: dict[str, Any]) -> str:
     return str(p.get("ts") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
+def _plain(value: Any) -> Any:
+    """Paths as text: a payload may carry ``pathlib.Path`` values, which JSON cannot encode."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
 def webhook_body(event: str, p: dict[str, Any]) -> dict[str, Any]:
-    return {"event": event, "batch_id": p.get("batch_id"), "manifest": p.get("manifest"),
+    return {"event": event, "batch_id": p.get("batch_id"), "manifest": _plain(p.get("manifest")),
             "counts": p.get("counts") or {}, "cost_usd": p.get("cost_usd"), "report_path": _report(p),
             "message": p.get("message"), "ts": _now_iso(p), "exit_code": p.get("exit_code"),
-            "journal": p.get("journal"), "output_root": p.get("output_root"),
+            "journal": _plain(p.get("journal")), "output_root": _plain(p.get("output_root")),
             # Slack-compatible receivers (Mattermost, Rocket.Chat...) show `text`; others ignore it
             "text": _text(event, p)}
 
@@ -279,7 +426,7 @@ def slack_body(event: str, p: dict[str, Any]) -> dict[str, Any]:
 # -- senders -----------------------------------------------------------------------------------
 
 def _post(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float) -> None:
-    data = json.dumps(body).encode("utf-8")
+    data = json.dumps(body, default=str).encode("utf-8")
     req = urllib.request.Request(url, data=data, method="POST", headers={
         **headers, "Content-Type": "application/json", "User-Agent": f"gsvr-batch/{__version__}"})
     try:
@@ -293,18 +440,33 @@ def _post(url: str, body: dict[str, Any], headers: dict[str, str], timeout: floa
         raise OSError(msg) from exc
 
 
+def _expand(text: str, what: str) -> str:
+    """``text`` with ``${VAR}`` expanded; an unset variable is a configuration problem (named)."""
+    try:
+        return _secrets.expand_env(text)
+    except KeyError as exc:
+        raise _Permanent(f"environment variable {exc.args[0]} ({what}) is not set") from None
+
+
+def _url(t: dict[str, Any]) -> str:
+    url = str(t["url"])
+    if _secrets.is_redacted(url):
+        raise _Permanent(f"url is a redacted copy: {_REDACTED_HINT}")
+    return _expand(url, "url")
+
+
 def _webhook(t: dict[str, Any], event: str, p: dict[str, Any], timeout: float) -> None:
-    headers = {str(k): str(v) for k, v in (t.get("headers") or {}).items()}
+    headers = {str(k): _expand(str(v), f"header {k}") for k, v in (t.get("headers") or {}).items()}
     for name, var in (t.get("headers_env") or {}).items():
         value = os.environ.get(str(var))
         if value is None:
             raise _Permanent(f"environment variable {var} (header {name}) is not set")
         headers[str(name)] = value
-    _post(str(t["url"]), webhook_body(event, p), headers, timeout)
+    _post(_url(t), webhook_body(event, p), headers, timeout)
 
 
 def _slack(t: dict[str, Any], event: str, p: dict[str, Any], timeout: float) -> None:
-    _post(str(t["url"]), slack_body(event, p), {}, timeout)
+    _post(_url(t), slack_body(event, p), {}, timeout)
 
 
 def _password(t: dict[str, Any]) -> str | None:
@@ -360,21 +522,28 @@ _SENDERS: dict[str, Callable[[dict[str, Any], str, dict[str, Any], float], None]
     "webhook": _webhook, "slack": _slack, "email": _email}
 
 
-def _secrets(t: dict[str, Any]) -> list[str]:
-    """Every string that must not appear in a result: passwords, header values, URL path and query."""
+def _target_secrets(t: dict[str, Any]) -> list[str]:
+    """Every string that must not appear in a result: passwords, header values, URL secret parts."""
     out = []
     try:
         out.append(_password(t) or "")
     except _Permanent:
         pass
     for v in (t.get("headers") or {}).values():
-        out.append(str(v))
+        out += [str(v), _secrets.expand_env(str(v), missing="")]
     for var in (t.get("headers_env") or {}).values():
         out.append(os.environ.get(str(var), ""))
     url = str(t.get("url") or "")
     if url:
-        parts = urlsplit(url)
-        out += [url, parts.path, parts.query]
+        for form in {url, _secrets.expand_env(url, missing="")}:
+            out += _secrets.url_secret_parts(form)
+            try:
+                parts = urlsplit(form)
+            except ValueError:
+                continue
+            out += [parts.path, parts.query]
+        for name in _secrets.env_refs(url):
+            out.append(os.environ.get(name, ""))
     extra = []
     for s in out:
         if len(s) >= 4:  # also the forms an SMTP/HTTP error could echo
@@ -383,22 +552,30 @@ def _secrets(t: dict[str, Any]) -> list[str]:
 
 
 def _scrub(text: str, secrets: list[str]) -> str:
+    # the target's own secrets (even short ones: the context is this target's error), then every
+    # secret the process knows, in every escaped form
     for s in secrets:
-        text = text.replace(s, "***")
-    return text
+        text = text.replace(s, _secrets.MASK)
+    return _secrets.redact(text, tuple(secrets))
 
 
 def send(event: str, payload: dict[str, Any], targets: list[Any], *, attempts: int = 3, backoff: float = 1.0,
          timeout: float = 10.0, sleep: Callable[[float], None] = time.sleep) -> list[NotifyResult]:
-    """Deliver ``event`` to every target that wants it; one result per target tried. Never raises."""
+    """Deliver ``event`` to every target that wants it; one result per target tried. Never raises.
+
+    ``payload``: what the runner knows (batch_id, manifest, exit_code, message, counts,
+    cost_usd, journal, output_root, and ``report``: the path of the report file written at
+    the end, or None); bodies carry the report path as ``report_path`` (webhook), a "Report"
+    field (Slack) and a "report:" line (e-mail, webhook ``text``).
+    """
     results: list[NotifyResult] = []
     want = canonical_event(event)
-    for raw in targets or []:
+    for i, raw in enumerate(targets or [], start=1):
         try:
             t = normalise(raw)
-            desc = describe(t)
+            desc = describe(t, i)
         except Exception as exc:  # noqa: BLE001 - a malformed target is a failed notification, not a crash
-            results.append(NotifyResult("notify target (malformed)", False, 0, type(exc).__name__, event))
+            results.append(NotifyResult(f"notify target {i} (malformed)", False, 0, type(exc).__name__, event))
             continue
         filt = t.get("events")
         if isinstance(filt, list) and filt and want not in {canonical_event(str(e)) for e in filt}:
@@ -425,6 +602,6 @@ def send(event: str, payload: dict[str, Any], targets: list[Any], *, attempts: i
             if n < attempts:
                 sleep(backoff * 2 ** (n - 1))
         if error is not None:
-            error = _scrub(error, _secrets(t))
+            error = _scrub(error, _target_secrets(t))
         results.append(NotifyResult(desc, error is None, n, error, event))
     return results

@@ -1,23 +1,39 @@
-"""One task in a worker process: resolve → upload → wait ACTIVE → generate → format → write.
+"""One task in a worker process: resolve → upload (or reuse) → ACTIVE → plan → generate → write.
 
-A worker is a ``ProcessPoolExecutor`` process (spawn) set up once by :func:`init_worker`;
-the manager then calls :func:`run_task` per task. ``run_task`` never raises for task,
-transient or batch errors: it returns a :class:`TaskResult` whose ``error`` says what
-happened and what ``kind`` of reaction the manager owes it. Progress goes to the manager
-as events on the queue (the manager alone writes the journal, DESIGN invariant 1).
+A worker is a ``ProcessPoolExecutor`` process (spawn) set up once by :func:`init_worker`; the
+manager then calls :func:`run_task` per task. ``run_task`` never raises for task, transient or
+batch errors: it returns a :class:`TaskResult` whose ``error`` is a typed
+:class:`~gsvr_batch.errors.ErrorRecord`; what happens next is the manager's policy (policy.py).
+Progress goes to the manager as events (the manager alone writes the journal, invariant 1).
 
-Every API call goes through :func:`_call`: the shared rate limiter first, the SDK second,
-:func:`gemini.classify` on failure, and the one retry loop of the worker.
+Exactly-once rules kept here (invariant 12):
+
+* Between the model's answer and the result there is no rate-limited, blocking or retried step:
+  the answer is formatted and written (atomically, fsynced) and the result is sent at once —
+  first on the event channel, then through the executor. Uploads are *not* deleted here: the
+  manager deletes them once ``task_completed`` is durable and no pending task needs them.
+* The output carries the task id and this attempt's nonce, so a manager that died before
+  journaling it adopts the file on the next run instead of paying for it again.
+* A long video is sent in clips (context.py); each clip's answer is written to a partial file and
+  reported before the next clip is sent, so a kill costs at most the clip in flight.
+* A generate request whose answer was lost after it may have reached the model ends the attempt
+  (``calls.CallLost``) and is counted, never silently retried.
+
+Workers ignore SIGINT and SIGTERM: a Ctrl-C or a ``kill -- -PGID`` reaches the whole process
+group, and the manager decides what happens to running tasks (a graceful stop lets them finish).
+They die with the manager (``PR_SET_PDEATHSIG``) and re-check their parent before the final
+rename, so an orphan never writes an output nobody will journal.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
+import json
 import logging
 import multiprocessing
 import os
-import random
 import signal
 import sys
 import time
@@ -25,40 +41,49 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from . import fsutil, inputs
+from . import context, fsutil, inputs
+from .calls import CallLost, call_api
 from .errors import (
     BatchStop,
     ContentBlocked,
-    CredentialsError,
     DiskFull,
-    FatalAPIError,
+    ErrorRecord,
     FileProcessingFailed,
     GsvrError,
     OutputError,
-    QuotaExhausted,
-    RateLimited,
     RequestRejected,
-    TransientError,
+    TokenOverflow,
+    UploadAmbiguous,
 )
-from .gemini import WorkerConfig, classify, make_client, redact
-from .tasks import EVENT_STEP, EVENT_UPLOAD, EVENT_USAGE, TaskResult, TaskSpec, UploadRef
+from .gemini import WorkerConfig, make_client, redact
+from .policy import RetryPolicy
+from .tasks import (
+    EVENT_PARTIAL,
+    EVENT_PLAN,
+    EVENT_REQUEST,
+    EVENT_RESULT,
+    EVENT_STARTED,
+    EVENT_STEP,
+    EVENT_UPLOAD,
+    TaskResult,
+    TaskSpec,
+    UploadRef,
+)
+from .timeutil import iso_utc, parse_iso
 
-__all__ = ["WorkerConfig", "init_worker", "run_task", "error_dict", "estimate_tokens", "PreparedRequest",
-           "ManagerSteps", "usage_of"]
+__all__ = ["WorkerConfig", "init_worker", "run_task", "PreparedRequest", "ManagerSteps", "usage_of",
+           "internal_error"]
 
 log = logging.getLogger("gsvr_batch.pipeline")
 
 T = TypeVar("T")
 
-# Tokens per second of video: see pricing.estimate_tokens.
-# Guess for videos whose length is unknown before the call (YouTube): 10 minutes.
-UNKNOWN_DURATION_GUESS = 600.0
 # An upload is only reused if it stays valid for at least this long.
 REUSE_MARGIN = _dt.timedelta(hours=1)
 # Free space an output write must leave on its disk.
 OUTPUT_DISK_MARGIN = 10 * 1024**2
-BACKOFF_CAP = 60.0
 POLL_CAP = 10.0
+MAX_REPLANS = 3  # 400 "input token count … exceeds" answers one task may turn into a new plan
 _OK_FINISH = {"STOP", "MAX_TOKENS"}
 
 
@@ -67,8 +92,9 @@ class _Worker:
     cfg: WorkerConfig
     client: Any
     limiter: Any
-    queue: Any
+    queue: Any  # EventSender, or a callback queue in the manager (batch mode)
     parent_pid: int
+    policy: RetryPolicy
 
 
 _STATE: _Worker | None = None
@@ -103,23 +129,31 @@ def _make_limiter(path: str | None) -> Any:
     return ratelimit.NullLimiter()
 
 
-def init_worker(cfg: WorkerConfig, queue: Any) -> None:
-    """``ProcessPoolExecutor(initializer=init_worker, initargs=(cfg, queue))``; spawn context.
+def worker_policy(cfg: WorkerConfig) -> RetryPolicy:
+    return RetryPolicy(max_call_retries=cfg.max_call_retries)
 
-    The process-wide hooks (SIGINT ignored, parent-death signal) are only installed in a
-    real child process, so tests may call this in-process without changing pytest itself.
+
+def init_worker(cfg: WorkerConfig, queue: Any) -> None:
+    """``ProcessPoolExecutor(initializer=init_worker, initargs=(cfg, sender))``; spawn context.
+
+    The process-wide hooks (signals ignored, parent-death signal) are only installed in a real
+    child process, so tests may call this in-process without changing pytest itself.
     """
     global _STATE
-    if multiprocessing.parent_process() is not None:
-        # The manager handles Ctrl-C and decides what happens to running tasks.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        # The manager decides what happens to running tasks on Ctrl-C / SIGTERM, including a
+        # SIGTERM sent to the whole process group (systemd stop, `timeout`, `kill -- -PGID`).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _set_parent_death_signal()
         # The manager may have died (kill -9) between spawning us and the prctl above; then the
         # kernel will never send the death signal and we would idle as an orphan forever.
-        if os.getppid() != multiprocessing.parent_process().pid:
+        if os.getppid() != parent.pid:
             os._exit(1)
     client = make_client(cfg)
-    _STATE = _Worker(cfg=cfg, client=client, limiter=_make_limiter(cfg.limiter_path), queue=queue, parent_pid=os.getppid())
+    _STATE = _Worker(cfg=cfg, client=client, limiter=_make_limiter(cfg.limiter_path), queue=queue,
+                     parent_pid=os.getppid(), policy=worker_policy(cfg))
 
 
 def _require_state() -> _Worker:
@@ -128,36 +162,14 @@ def _require_state() -> _Worker:
     return _STATE
 
 
-# --------------------------------------------------------------------------- results
+def internal_error(exc: BaseException, where: str = "") -> ErrorRecord:
+    """A bug or an unforeseen SDK answer: fail this task with a readable reason, keep the batch."""
+    return ErrorRecord(error_class=type(exc).__name__,
+                       message=redact(f"internal error{where}: {exc}"),
+                       disposition=GsvrError.disposition)
 
 
-def error_kind(err: GsvrError) -> str:
-    """What the manager must do about an error (see TaskResult.error)."""
-    if isinstance(err, QuotaExhausted):
-        return "quota_day"
-    if isinstance(err, (FatalAPIError, CredentialsError)):
-        return "fatal"
-    if isinstance(err, DiskFull):
-        return "disk_full"
-    if isinstance(err, BatchStop):
-        return "cancelled"
-    if isinstance(err, TransientError):
-        return "transient"
-    return "task"
-
-
-def error_dict(err: GsvrError) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "error_class": err.error_class,
-        "message": redact(str(err)),
-        "retryable": err.retryable,
-        "kind": error_kind(err),
-    }
-    for attr in ("retry_delay", "resets_at", "quota_id"):
-        value = getattr(err, attr, None)
-        if value is not None:
-            d[attr] = value
-    return d
+# --------------------------------------------------------------------------- one running task
 
 
 class _Task:
@@ -168,89 +180,41 @@ class _Task:
         self.spec = spec
         self.calls: Counter[str] = Counter()
         self.headers = {"x-gsvr-task-id": spec.task_id}
+        self.result = TaskResult(task_id=spec.task_id, ok=False, attempt_id=spec.attempt_id)
 
     def emit(self, kind: str, payload: dict[str, Any]) -> None:
         if self.w.queue is None:
             return
+        payload = dict(payload, attempt_id=self.spec.attempt_id)
         try:
             self.w.queue.put((kind, self.spec.task_id, payload))
-        except Exception as exc:  # a broken queue must not lose the task's result
+        except Exception as exc:  # a broken channel must not lose the task's result
             log.warning("task %s: cannot report %s event: %s", self.spec.task_id, kind, exc)
 
     def step(self, name: str) -> None:
         self.emit(EVENT_STEP, {"step": name})
 
-    # ---------------------------------------------------------------- the retry loop
+    def http(self) -> dict[str, Any]:
+        return {"http_options": {"headers": self.headers}}
 
-    def call(self, kind: str, label: str, fn: Callable[[], T], *, tokens: int = 0) -> T:
-        """Run one API call through the limiter with the worker's retry policy.
+    def call(self, kind: str, label: str, fn: Callable[[], T], *, tokens: int = 0, paid: bool = False,
+             youtube_seconds: float = 0.0) -> T:
+        """One API call: the shared limiter, the one retry loop (calls.py), the call counted."""
 
-        ``kind`` is the limiter's bucket ("generate" | "file"); ``label`` counts the call
-        in ``TaskResult.api_calls``. Transient errors are retried up to
-        ``max_call_retries`` times; a 429 first tells the shared limiter, so every worker
-        holds, and the retry waits at least the server's retryDelay.
-        """
-        cfg = self.w.cfg
-        model = self.spec.model
-        attempt = 0
-        while True:
-            self.w.limiter.acquire(kind, model, tokens=tokens)  # may raise QuotaExhausted / BatchStop
+        def on_request() -> None:
             self.calls[label] += 1
-            if label == "generate":
-                # Counted whatever the outcome: the API charges RPD for failed requests too.
-                self.emit(EVENT_USAGE, {"model": model, "requests": 1})
-            failed_at = time.monotonic()
-            try:
-                out = fn()
-            except Exception as exc:
-                err = classify(exc)
-                if isinstance(err, QuotaExhausted):
-                    self.w.limiter.record_quota_day_exhausted(model)
-                    raise err from exc
-                if isinstance(err, RateLimited):
-                    self.w.limiter.record_rate_limited(kind, model, err.retry_delay)
-                if not isinstance(err, TransientError) or attempt >= cfg.max_call_retries:
-                    raise err from exc
-                delay = min(BACKOFF_CAP, 2.0**attempt) * random.uniform(0.8, 1.2)
-                if isinstance(err, RateLimited) and err.retry_delay is not None:
-                    # The limiter's acquire holds every worker until then; we also wait here so
-                    # the server's delay is honoured even with a NullLimiter.
-                    delay = max(err.retry_delay - (time.monotonic() - failed_at), 0.0) + random.uniform(0.0, 0.25)
-                attempt += 1
-                log.info(
-                    "task %s: %s call failed (%s), retry %d/%d in %.1f s",
-                    self.spec.task_id, label, err, attempt, cfg.max_call_retries, delay,
-                )
-                time.sleep(delay)
-                continue
-            if kind != "generate":
-                # generate calls report after the response is read (with the real token count);
-                # file calls here, so a file bucket slowed by a 429 recovers too.
-                self.w.limiter.record_success(kind, model)
-            return out
+            if paid:
+                # Counted whatever the outcome: the API charges the daily quota for failed requests too.
+                ev: dict[str, Any] = {"model": self.spec.model}
+                if youtube_seconds:
+                    ev["youtube_seconds"] = round(float(youtube_seconds), 3)
+                self.emit(EVENT_REQUEST, ev)
+
+        return call_api(self.w.limiter, kind, self.spec.model, fn, policy=self.w.policy, label=label,
+                        tokens=tokens, paid=paid, on_request=on_request)
 
 
-# --------------------------------------------------------------------------- steps
-
-
-def _iso(t: Any) -> str | None:
-    if t is None:
-        return None
-    if isinstance(t, _dt.datetime):
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=_dt.timezone.utc)
-        return t.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return str(t)
-
-
-def _parse_iso(text: str | None) -> _dt.datetime | None:
-    if not text:
-        return None
-    try:
-        t = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)
+# --------------------------------------------------------------------------- input and upload
 
 
 def _state_name(f: Any) -> str:
@@ -263,44 +227,82 @@ def _try_reuse(task: _Task, src: inputs.ResolvedInput, now: _dt.datetime | None 
     if ref is None:
         return None
     now = now or _dt.datetime.now(_dt.timezone.utc)
-    expires = _parse_iso(ref.expires_at)
+    expires = parse_iso(ref.expires_at)
     if expires is None or expires - now < REUSE_MARGIN:
-        log.info("task %s: previous upload %s expires too soon; uploading again", task.spec.task_id, ref.name)
+        log.info("task %s: upload %s expires too soon; uploading again", task.spec.task_id, ref.name)
         return None
     if not ref.source_sha256 or ref.source_sha256 != src.sha256:
         log.info("task %s: the video changed since upload %s; uploading again", task.spec.task_id, ref.name)
         return None
     client = task.w.client
     try:
-        f = task.call("file", "file_get", lambda: client.files.get(name=ref.name, config={"http_options": {"headers": task.headers}}))
+        f = task.call("file", "file_get", lambda: client.files.get(name=ref.name, config=task.http()))
     except RequestRejected as err:  # 403/404: expired or deleted on the server
-        log.info("task %s: previous upload %s is gone (%s); uploading again", task.spec.task_id, ref.name, err)
+        log.info("task %s: upload %s is gone (%s); uploading again", task.spec.task_id, ref.name, err)
         return None
     if _state_name(f) != "ACTIVE":
         return None
     return ref
 
 
+def _ref_of(f: Any, src: inputs.ResolvedInput) -> UploadRef:
+    st = os.stat(src.path) if src.path else None
+    return UploadRef(name=f.name, uri=f.uri, mime_type=f.mime_type or src.mime_type or "video/mp4",
+                     expires_at=iso_utc(f.expiration_time) if f.expiration_time else None,
+                     size_bytes=f.size_bytes if f.size_bytes is not None else src.size_bytes,
+                     source_sha256=src.sha256, source=task_source_path(src), source_size=st.st_size if st else None,
+                     source_mtime_ns=st.st_mtime_ns if st else None)
+
+
+def task_source_path(src: inputs.ResolvedInput) -> str | None:
+    return None if src.downloaded else src.path
+
+
+def _find_uploaded(task: _Task, src: inputs.ResolvedInput) -> Any | None:
+    """After an ambiguous upload: the file the server may have finalized, by display name + sha256."""
+    import base64
+
+    client = task.w.client
+    want = base64.b64encode((src.sha256 or "").encode()).decode()
+    try:
+        files = task.call("file", "files_list", lambda: list(client.files.list(config={"page_size": 100,
+                                                                                         **task.http()})))
+    except GsvrError as err:
+        log.info("task %s: could not list files after an ambiguous upload: %s", task.spec.task_id, err)
+        return None
+    for f in files[:1000]:
+        sha = getattr(f, "sha256_hash", None) or ""
+        if getattr(f, "display_name", None) == src.display_name and sha in (want, src.sha256):
+            return f
+    return None
+
+
 def _upload(task: _Task, src: inputs.ResolvedInput) -> UploadRef:
     client = task.w.client
     task.step("uploading")
-    config = {"display_name": src.display_name, "mime_type": src.mime_type, "http_options": {"headers": task.headers}}
+    config = {"display_name": src.display_name, "mime_type": src.mime_type, **task.http()}
 
     def upload() -> Any:
         # An open file, not the path: given a path, the SDK puts the file's base name in an
         # X-Goog-Upload-File-Name header, which httpx refuses for non-ASCII names (讲座.mp4).
-        with open(src.path, "rb") as fh:
+        with open(src.path, "rb") as fh:  # type: ignore[arg-type]
             return client.files.upload(file=fh, config=config)
 
-    f = task.call("file", "upload", upload)
-    ref = UploadRef(
-        name=f.name,
-        uri=f.uri,
-        mime_type=f.mime_type or src.mime_type,
-        expires_at=_iso(f.expiration_time),
-        size_bytes=f.size_bytes if f.size_bytes is not None else src.size_bytes,
-        source_sha256=src.sha256,
-    )
+    f = None
+    for _ in range(3):
+        try:
+            f = task.call("file", "upload", upload)
+            break
+        except UploadAmbiguous as err:
+            # The last answer of the upload was lost after it may have taken effect. Uploads are
+            # free: adopt the file if the server has it, else start a new session.
+            log.info("task %s: ambiguous upload (%s); looking for the file", task.spec.task_id, err)
+            f = _find_uploaded(task, src)
+            if f is not None:
+                break
+    if f is None:
+        raise UploadAmbiguous(f"the upload of {src.display_name} kept losing its answer; will retry the task")
+    ref = _ref_of(f, src)
     # Reported at once: a crash from here on must not cost the upload (invariant 4).
     task.emit(EVENT_UPLOAD, ref.to_dict())
     _wait_active(task, ref, f)
@@ -328,20 +330,34 @@ def _wait_active(task: _Task, ref: UploadRef, f: Any) -> None:
             )
         time.sleep(min(interval, max(cfg.active_timeout - waited, 0.0)))
         interval = min(interval * 1.5, POLL_CAP)
-        f = task.call("file", "file_get", lambda: client.files.get(name=ref.name, config={"http_options": {"headers": task.headers}}))
+        f = task.call("file", "file_get", lambda: client.files.get(name=ref.name, config=task.http()))
 
 
-def estimate_tokens(duration: float | None, prompt: str, media_resolution: str | None = None) -> int:
-    """The TPM charge before a call: pricing's rule, but an unknown length (YouTube) counts as
-    10 minutes, not the dry run's pessimistic hour, so one link does not fill a free-tier minute."""
-    from .pricing import estimate_tokens as prompt_tokens
-
-    seconds = duration if duration is not None else UNKNOWN_DURATION_GUESS
-    return prompt_tokens(seconds, len(prompt) // 4, media_resolution)
+# --------------------------------------------------------------------------- answers
 
 
-def _response_text(response: Any) -> str:
-    """The answer's text, or :class:`ContentBlocked` saying why there is none."""
+@dataclass
+class Answer:
+    text: str
+    usage: dict[str, int]
+    model_version: str | None
+    truncated: bool = False
+
+
+def usage_of(response: Any) -> dict[str, int]:
+    """``{prompt_tokens, candidates_tokens, total_tokens}`` of a GenerateContentResponse, plus
+    ``thoughts_tokens``, ``cached_tokens`` and the per-modality prompt breakdown when present
+    (each changes the bill)."""
+    from .pricing import usage_from_metadata
+
+    usage = usage_from_metadata(getattr(response, "usage_metadata", None))
+    for key in ("prompt_tokens", "candidates_tokens", "total_tokens"):
+        usage.setdefault(key, 0)
+    return usage
+
+
+def _response_text(response: Any) -> tuple[str, str | None]:
+    """``(text, finishReason)`` of an answer, or :class:`ContentBlocked` saying why there is none."""
     feedback = getattr(response, "prompt_feedback", None)
     block = getattr(feedback, "block_reason", None) if feedback else None
     if block:
@@ -360,20 +376,227 @@ def _response_text(response: Any) -> str:
     text = "".join(p.text for p in parts if getattr(p, "text", None) and not getattr(p, "thought", False))
     if not text.strip():
         raise ContentBlocked(f"response has no text (finishReason {finish_name or 'unset'})")
-    if finish_name == "MAX_TOKENS":
-        log.warning("response cut at max_output_tokens; the output may be incomplete")
-    return text
+    return text, finish_name
 
 
-def _lesson_meta(fields: dict[str, Any]) -> Any:
-    """Build formats.LessonMeta from the fields it declares (tolerates optional extras)."""
-    from . import formats
+def _generate(task: _Task, contents: list[Any], generation: dict[str, Any], *, tokens: int,
+              youtube_seconds: float = 0.0) -> Answer:
+    """One paid request, with one retry at a larger ``max_output_tokens`` if the answer is cut.
 
-    cls = formats.LessonMeta
-    if dataclasses.is_dataclass(cls):
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in fields.items() if k in names})
-    return cls(**fields)
+    Every answer that came back is billed: the first, cut one goes into ``result.billed``; a
+    blocked answer too (its prompt was read), before ContentBlocked propagates.
+    """
+    from google.genai import types
+
+    spec = task.spec
+    client = task.w.client
+    gen = dict(generation)
+    for round_ in (1, 2):
+        config = types.GenerateContentConfig(**gen, http_options=types.HttpOptions(headers=task.headers))
+        response = task.call("generate", "generate",
+                             lambda: client.models.generate_content(model=spec.model, contents=contents, config=config),
+                             tokens=tokens, paid=True, youtube_seconds=youtube_seconds)
+        usage = usage_of(response)
+        task.w.limiter.record_success("generate", spec.model, estimated_tokens=tokens,
+                                      actual_tokens=usage.get("prompt_tokens") or tokens)
+        try:
+            text, finish = _response_text(response)
+        except ContentBlocked:
+            task.result.billed.append(usage)
+            raise
+        answer = Answer(text, usage, getattr(response, "model_version", None))
+        if finish != "MAX_TOKENS":
+            return answer
+        current = int(gen.get("max_output_tokens") or 8192)
+        cap = int(spec.output_limit or 65536)
+        if round_ == 2 or current >= cap:
+            answer.truncated = True
+            log.warning("task %s: answer cut at max_output_tokens %d; kept, marked truncated", spec.task_id, current)
+            return answer
+        # Once, with twice the room (never past the model's cap): the cut answer was paid for.
+        task.result.billed.append(usage)
+        gen["max_output_tokens"] = min(cap, current * 2)
+        log.info("task %s: answer cut at %d output tokens; asking once more with %d", spec.task_id, current,
+                 gen["max_output_tokens"])
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- preparing
+
+
+@dataclass
+class PreparedRequest:
+    """One task's request material, ready to send: online at once, or inside a Gemini batch job.
+
+    ``skipped_reason`` set means: do not send anything (e.g. the video is too long).
+    """
+
+    task_id: str
+    contents: list[Any]  # [video Part, prompt text] (full / low plans)
+    generation: dict[str, Any]  # GenerateContentConfig keyword arguments from the template
+    prompt: str
+    upload: UploadRef | None
+    video_duration: float | None
+    template_name: str
+    template_version: str
+    estimated_tokens: int = 0
+    skipped_reason: str | None = None
+    video_uri: str | None = None
+    video_mime: str | None = None
+    youtube: bool = False
+
+
+def video_part(prep: PreparedRequest, clip: context.Clip | None = None, fps: float | None = None) -> Any:
+    """The video Part of a request, clipped with ``VideoMetadata`` for a clips plan."""
+    from google.genai import types
+
+    meta = None
+    if clip is not None:
+        meta = types.VideoMetadata(**context.clip_offsets(clip, fps))
+    elif fps is not None:
+        meta = types.VideoMetadata(fps=fps)
+    fd = types.FileData(file_uri=prep.video_uri, mime_type=None if prep.youtube else prep.video_mime)
+    return types.Part(file_data=fd, video_metadata=meta)
+
+
+def _prepare(task: _Task) -> PreparedRequest:
+    """resolve → upload (or reuse) → wait ACTIVE → render the prompt. Raises GsvrError."""
+    from . import templates
+
+    spec = task.spec
+    # Problems that would make the whole call useless are found before it costs quota.
+    if not fsutil.is_inside(spec.output_root, spec.output_path):
+        raise OutputError(f"output path {spec.output_path} is outside the output root {spec.output_root}; refused")
+    template = templates.get_template(spec.template, spec.templates_dirs)
+    gen = templates.generation_config(template)
+
+    task.step("resolving")
+    with inputs.resolve_input(spec.source, spec.source_kind, max_download_bytes=spec.max_download_bytes,
+                              timeout=task.w.cfg.request_timeout, on_step=task.step,
+                              temp_root=spec.download_dir) as src:
+        prep = PreparedRequest(task_id=spec.task_id, contents=[], generation=gen, prompt="", upload=None,
+                               video_duration=src.duration, template_name=template.name,
+                               template_version=template.version)
+        if spec.max_duration is not None and src.duration is not None and src.duration > spec.max_duration:
+            prep.skipped_reason = (
+                f"video is {src.duration:.0f} s long, longer than max_duration {spec.max_duration:g} s")
+            return prep
+        if src.kind == "youtube":
+            prep.video_uri, prep.youtube = src.uri, True
+        else:
+            ref = _try_reuse(task, src)
+            if ref is None:
+                ref = _upload(task, src)
+            else:
+                log.info("task %s: reusing upload %s", spec.task_id, ref.name)
+            prep.upload = ref
+            prep.video_uri, prep.video_mime = ref.uri, ref.mime_type
+        prep.prompt = templates.render_prompt(
+            template, spec.params, {"title": spec.title, "duration": src.duration, "source": spec.source})
+        prep.contents = [video_part(prep), prep.prompt]
+        return prep
+
+
+def _initial_plan(task: _Task, prep: PreparedRequest) -> context.Plan:
+    spec = task.spec
+    if spec.plan:
+        try:
+            return context.Plan.from_record(spec.plan)  # journaled by an earlier attempt: keep its clips
+        except (KeyError, TypeError, ValueError):
+            pass
+    plan = context.choose(prep.video_duration, len(prep.prompt), input_limit=_input_limit(spec), tpm=spec.tpm,
+                          forced=spec.context, clip_minutes=spec.clip_minutes, allow_low=spec.allow_low,
+                          template_resolution=prep.generation.get("media_resolution"))
+    task.emit(EVENT_PLAN, {"plan": plan.to_record(), "duration": prep.video_duration})
+    return plan
+
+
+def _input_limit(spec: TaskSpec) -> int:
+    return int(spec.input_limit or context.input_limit_for(spec.model))
+
+
+def _generation_for(prep: PreparedRequest, plan: context.Plan) -> dict[str, Any]:
+    gen = dict(prep.generation)
+    if plan.media_resolution:
+        gen["media_resolution"] = plan.media_resolution
+    return gen
+
+
+# --------------------------------------------------------------------------- the strategies
+
+
+def _partial_path(spec: TaskSpec, clip: context.Clip) -> str:
+    base = spec.partials_dir or os.path.join(os.path.dirname(spec.output_path), ".gsvr-partials")
+    return os.path.join(base, spec.task_id, f"clip-{clip.index:03d}-{int(clip.start)}-{int(clip.end)}.md")
+
+
+def read_partial(path: str, sha256: str | None = None) -> tuple[dict[str, Any], str] | None:
+    """``(header, text)`` of a partial file, or None if it is missing or not what was journaled."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        return None
+    head, _, body = data.partition(b"\n")
+    try:
+        header = json.loads(head)
+    except ValueError:
+        return None
+    if not isinstance(header, dict) or header.get("kind") != "gsvr-partial":
+        return None
+    return header, body.decode("utf-8", "replace")
+
+
+def _clip_answer(task: _Task, prep: PreparedRequest, plan: context.Plan, clip: context.Clip) -> str:
+    """One clip's partial: read back if an earlier attempt paid for it, else generate and write it."""
+    spec = task.spec
+    known = spec.partials.get(str(clip.index))
+    if known:
+        got = read_partial(str(known.get("path")), known.get("sha256"))
+        if got is not None and float(got[0].get("start", -1)) == clip.start and float(got[0].get("end", -1)) == clip.end:
+            return got[1]
+        log.warning("task %s: partial of clip %d is missing or changed; generating it again", spec.task_id, clip.index)
+    prompt = context.segment_prompt(prep.prompt, clip, len(plan.clips), plan.duration or prep.video_duration)
+    contents = [video_part(prep, clip, plan.fps), prompt]
+    task.step("generating")
+    tokens = min(plan.tokens_per_request, plan.ceiling)
+    answer = _generate(task, contents, _generation_for(prep, plan), tokens=tokens,
+                       youtube_seconds=clip.seconds if prep.youtube else 0.0)
+    header = {"kind": "gsvr-partial", "task_id": spec.task_id, "attempt_id": spec.attempt_id, "clip": clip.index,
+              "start": clip.start, "end": clip.end, "model": spec.model, "model_version": answer.model_version,
+              "usage": answer.usage, "truncated": answer.truncated}
+    data = (json.dumps(header, ensure_ascii=False) + "\n" + answer.text).encode("utf-8")
+    path = _partial_path(spec, clip)
+    sha = fsutil.atomic_write_bytes(path, data, before_replace=lambda: _check_parent(task))
+    # Reported before the next clip is sent: a kill from here on costs nothing already answered.
+    task.emit(EVENT_PARTIAL, {"clip": clip.index, "start": clip.start, "end": clip.end, "path": path, "sha256": sha,
+                              "usage": answer.usage, "model_version": answer.model_version})
+    return answer.text
+
+
+def _run_plan(task: _Task, prep: PreparedRequest, plan: context.Plan) -> tuple[Answer, int]:
+    """The final answer for ``plan`` and how many clips it used (0 for one call)."""
+    if plan.strategy != "clips":
+        task.step("generating")
+        contents = [video_part(prep, fps=plan.fps), prep.prompt]
+        tokens = min(max(plan.tokens_per_request, 1), plan.ceiling)
+        seconds = prep.video_duration or 0.0
+        answer = _generate(task, contents, _generation_for(prep, plan), tokens=tokens,
+                           youtube_seconds=seconds if prep.youtube else 0.0)
+        if prep.youtube and prep.video_duration is None:
+            # Learnt from the API's own count: lets status, the report and the quota know the length.
+            video_tokens = max(0, answer.usage.get("prompt_tokens", 0) - context.prompt_tokens(len(prep.prompt)))
+            prep.video_duration = round(context.duration_from_tokens(video_tokens, low=plan.low_resolution,
+                                                                     fps=plan.fps), 1)
+        return answer, 0
+    partials = [(clip, _clip_answer(task, prep, plan, clip)) for clip in plan.clips]
+    task.step("merging")
+    prompt = context.merge_prompt(prep.prompt, partials, plan.duration or prep.video_duration)
+    gen = {k: v for k, v in prep.generation.items() if k != "media_resolution"}  # text only
+    answer = _generate(task, [prompt], gen, tokens=context.text_tokens(prompt))
+    return answer, len(plan.clips)
 
 
 def _check_parent(task: _Task) -> None:
@@ -389,166 +612,107 @@ def _write(task: _Task, data: bytes) -> tuple[str, int]:
     free = fsutil.free_bytes(os.path.dirname(spec.output_path) or spec.output_root)
     if free < len(data) + OUTPUT_DISK_MARGIN:
         raise DiskFull(
-            f"only {free // 1024**2} MB free for {spec.output_path}; at least {OUTPUT_DISK_MARGIN // 1024**2} MB must stay free"
-        )
+            f"only {free // 1024**2} MB free for {spec.output_path}; at least {OUTPUT_DISK_MARGIN // 1024**2} MB must stay free")
     sha = fsutil.atomic_write_bytes(spec.output_path, data, before_replace=lambda: _check_parent(task))
     return sha, len(data)
 
 
-def _delete_upload(task: _Task, ref: UploadRef) -> bool:
-    client = task.w.client
-    try:
-        task.call("file", "file_delete", lambda: client.files.delete(name=ref.name, config={"http_options": {"headers": task.headers}}))
-        return True
-    except GsvrError as err:
-        log.warning("task %s: could not delete upload %s: %s (it expires in 48 h)", task.spec.task_id, ref.name, err)
-        return False
+def _lesson_meta(fields: dict[str, Any]) -> Any:
+    """Build formats.LessonMeta from the fields it declares (tolerates optional extras)."""
+    from . import formats
+
+    names = {f.name for f in dataclasses.fields(formats.LessonMeta)}
+    return formats.LessonMeta(**{k: v for k, v in fields.items() if k in names})
 
 
-@dataclass
-class PreparedRequest:
-    """One task's generate request, ready to send: online at once, or inside a Gemini batch job.
-
-    ``skipped_reason`` set means: do not send anything (e.g. the video is too long).
-    """
-
-    task_id: str
-    contents: list[Any]  # [video Part, prompt text]
-    generation: dict[str, Any]  # GenerateContentConfig keyword arguments from the template
-    prompt: str
-    upload: UploadRef | None
-    video_duration: float | None
-    template_name: str
-    template_version: str
-    estimated_tokens: int = 0
-    skipped_reason: str | None = None
-
-
-def _prepare(task: _Task) -> PreparedRequest:
-    """resolve → upload (or reuse) → wait ACTIVE → render the prompt. Raises GsvrError."""
-    from google.genai import types
-
-    from . import templates
-
-    spec = task.spec
-    # Problems that would make the whole call useless are found before it costs quota.
-    if not fsutil.is_inside(spec.output_root, spec.output_path):
-        raise OutputError(f"output path {spec.output_path} is outside the output root {spec.output_root}; refused")
-    template = templates.get_template(spec.template, spec.templates_dirs)
-    gen = templates.generation_config(template)
-
-    task.step("resolving")
-    with inputs.resolve_input(
-        spec.source,
-        spec.source_kind,
-        max_download_bytes=spec.max_download_bytes,
-        timeout=task.w.cfg.request_timeout,
-        on_step=task.step,
-        temp_root=spec.extra.get("download_dir"),
-    ) as src:
-        prep = PreparedRequest(task_id=spec.task_id, contents=[], generation=gen, prompt="", upload=None,
-                               video_duration=src.duration, template_name=template.name,
-                               template_version=template.version)
-        if spec.max_duration is not None and src.duration is not None and src.duration > spec.max_duration:
-            prep.skipped_reason = (
-                f"video is {src.duration:.0f} s long, longer than max_duration {spec.max_duration:g} s"
-            )
-            return prep
-
-        if src.kind == "youtube":
-            video_part = types.Part(file_data=types.FileData(file_uri=src.uri))
-        else:
-            ref = _try_reuse(task, src)
-            if ref is None:
-                ref = _upload(task, src)
-            else:
-                log.info("task %s: reusing upload %s", spec.task_id, ref.name)
-            prep.upload = ref
-            video_part = types.Part.from_uri(file_uri=ref.uri, mime_type=ref.mime_type)
-
-        prep.prompt = templates.render_prompt(
-            template, spec.params, {"title": spec.title, "duration": src.duration, "source": spec.source}
-        )
-        prep.contents = [video_part, prep.prompt]
-        prep.estimated_tokens = estimate_tokens(src.duration, prep.prompt, gen.get("media_resolution"))
-        return prep
-
-
-def _write_lesson(task: _Task, prep: PreparedRequest, text: str, usage: dict[str, int],
-                  model_version: str | None) -> tuple[str, int]:
+def _write_lesson(task: _Task, prep: PreparedRequest, answer: Answer, *, plan: context.Plan | None = None,
+                  clips: int = 0) -> tuple[str, int]:
     """format → atomic write of one answer; ``(sha256, bytes)``. Shared by online and batch mode."""
     from . import formats
 
     spec = task.spec
     task.step("writing")
-    meta = _lesson_meta(
-        {
-            "title": spec.title,
-            "source": spec.source,
-            "source_url": spec.source if spec.source_kind in ("youtube", "url") else None,
-            "backend": spec.backend,
-            "duration": prep.video_duration,
-            "template": prep.template_name,
-            "template_version": prep.template_version,
-            "model": spec.model,
-            "model_version": model_version,
-            "prompt_tokens": usage.get("prompt_tokens", 0),
-            "candidates_tokens": usage.get("candidates_tokens", 0),
-            "total_tokens": usage.get("total_tokens", 0),
-            "tokens": dict(usage),
-            "created": _iso(_dt.datetime.now(_dt.timezone.utc)),
-            "task_id": spec.task_id,
-        }
-    )
-    data = formats.get_formatter(spec.output_format).render(text, meta)
+    usage = answer.usage
+    meta = _lesson_meta({
+        "title": spec.title, "source": spec.source,
+        "source_url": spec.source if spec.source_kind in ("youtube", "url") else None,
+        "backend": spec.backend, "duration": prep.video_duration, "template": prep.template_name,
+        "template_version": prep.template_version, "model": spec.model, "model_version": answer.model_version,
+        "tokens": dict(usage), "created": iso_utc(), "task_id": spec.task_id, "attempt_id": spec.attempt_id,
+        "truncated": answer.truncated, "strategy": plan.strategy if plan else None,
+        "media_resolution": plan.media_resolution if plan and plan.media_resolution else
+        prep.generation.get("media_resolution"),
+        "clips": clips or None,
+    })
+    data = formats.get_formatter(spec.output_format).render(answer.text, meta)
     return _write(task, data)
 
 
-def usage_of(response: Any) -> dict[str, int]:
-    """``{prompt_tokens, candidates_tokens, total_tokens}`` of a GenerateContentResponse, plus
-    ``thoughts_tokens`` and the per-modality prompt breakdown when present (both change the bill)."""
-    from .pricing import usage_from_metadata
-
-    usage = usage_from_metadata(getattr(response, "usage_metadata", None))
-    for key in ("prompt_tokens", "candidates_tokens", "total_tokens"):
-        usage.setdefault(key, 0)
-    return usage
-
-
-def _run(task: _Task, result: TaskResult) -> None:
-    from google.genai import types
-
+def _run(task: _Task) -> None:
     spec = task.spec
-    client = task.w.client
+    result = task.result
     prep = _prepare(task)
     result.video_duration = prep.video_duration
     result.upload = prep.upload
     if prep.skipped_reason:
         result.skipped_reason = prep.skipped_reason
         return
-    ref = prep.upload
-    tokens = prep.estimated_tokens
-    config = types.GenerateContentConfig(**prep.generation, http_options=types.HttpOptions(headers=task.headers))
-    task.step("generating")
-    response = task.call(
-        "generate",
-        "generate",
-        lambda: client.models.generate_content(model=spec.model, contents=prep.contents, config=config),
-        tokens=tokens,
-    )
-    result.usage = usage_of(response)
-    result.model_version = getattr(response, "model_version", None)
-    task.w.limiter.record_success(
-        "generate", spec.model, estimated_tokens=tokens, actual_tokens=result.usage.get("prompt_tokens") or tokens
-    )
-    text = _response_text(response)
-
-    result.sha256, result.bytes_written = _write_lesson(task, prep, text, result.usage, result.model_version)
+    plan = _initial_plan(task, prep)
+    for _ in range(MAX_REPLANS + 1):
+        result.plan = plan.to_record()
+        try:
+            answer, clips = _run_plan(task, prep, plan)
+            break
+        except TokenOverflow as err:
+            # Never final: the next strategy, sized from the API's own numbers (invariant 13).
+            done = sum(1 for c in plan.clips if str(c.index) in spec.partials) if plan.strategy == "clips" else 0
+            plan = context.after_overflow(plan, err.tokens, err.limit, duration=prep.video_duration,
+                                          prompt_chars=len(prep.prompt), tpm=spec.tpm, allow_low=spec.allow_low,
+                                          clip_minutes=spec.clip_minutes,
+                                          forced="clips" if spec.context == "clips" else "auto", completed=done)
+            if prep.video_duration is None and plan.duration is not None:
+                prep.video_duration = plan.duration
+            log.info("task %s: %s; new plan: %s", spec.task_id, err, plan.label())
+            task.emit(EVENT_PLAN, {"plan": plan.to_record(), "duration": prep.video_duration})
+    else:
+        raise RequestRejected(f"the request still exceeds the model's input after {MAX_REPLANS} new plans")
+    result.plan = plan.to_record()
+    result.video_duration = prep.video_duration
+    result.usage = answer.usage
+    result.model_version = answer.model_version
+    result.truncated = answer.truncated
+    result.sha256, result.bytes_written = _write_lesson(task, prep, answer, plan=plan, clips=clips)
     result.output_path = spec.output_path
     result.ok = True
 
-    if ref is not None and not spec.keep_uploads:
-        result.upload_deleted = _delete_upload(task, ref)
+
+def run_task(spec: TaskSpec) -> TaskResult:
+    """Run one task; errors come back in ``TaskResult.error`` (never raised)."""
+    w = _require_state()
+    task = _Task(w, spec)
+    result = task.result
+    task.emit(EVENT_STARTED, {"pid": os.getpid()})
+    start = time.monotonic()
+    try:
+        _run(task)
+    except CallLost as err:
+        result.lost_calls += 1
+        result.error = err.to_record(message=redact(str(err))).to_dict()
+        log.info("task %s: %s", spec.task_id, result.error["message"])
+    except GsvrError as err:
+        result.error = err.to_record(message=redact(str(err))).to_dict()
+        log.info("task %s failed (%s): %s", spec.task_id, result.error["disposition"], result.error["message"])
+    except Exception as exc:  # a bug or an unforeseen SDK answer: fail this task, keep the batch
+        result.error = internal_error(exc).to_dict()
+        log.exception("task %s: unexpected error", spec.task_id)
+    finally:
+        result.ok = result.ok and result.error is None
+        result.elapsed = time.monotonic() - start
+        result.api_calls = dict(task.calls)
+    # First on the event channel: if the pool is torn down now (a sibling worker died), the
+    # result still reaches the manager; the executor's copy is then simply a duplicate.
+    task.emit(EVENT_RESULT, result.to_dict())
+    return result
 
 
 # --------------------------------------------------------------------------- in the manager
@@ -562,25 +726,26 @@ class ManagerSteps:
 
     def __init__(self, cfg: WorkerConfig, client: Any, limiter: Any, on_event: Callable[[tuple], None]) -> None:
         self._w = _Worker(cfg=cfg, client=client, limiter=limiter, queue=_CallbackQueue(on_event),
-                          parent_pid=os.getppid())
+                          parent_pid=os.getppid(), policy=worker_policy(cfg))
 
     def prepare(self, spec: TaskSpec) -> PreparedRequest:
         """resolve → upload/reuse → ACTIVE → prompt; events (upload, step) go to ``on_event``."""
         return _prepare(_Task(self._w, spec))
 
-    def write(self, spec: TaskSpec, prep: PreparedRequest, response: Any) -> tuple[str, int, dict[str, int]]:
-        """Check the answer (blocked / empty → ContentBlocked), format and write it atomically."""
-        text = _response_text(response)
-        usage = usage_of(response)
-        sha, n = _write_lesson(_Task(self._w, spec), prep, text, usage, getattr(response, "model_version", None))
-        return sha, n, usage
+    def write(self, spec: TaskSpec, prep: PreparedRequest, response: Any) -> tuple[str, int, dict[str, int], bool]:
+        """Check the answer (blocked / empty → ContentBlocked), format and write it atomically.
 
-    def delete_upload(self, spec: TaskSpec, ref: UploadRef) -> bool:
-        return _delete_upload(_Task(self._w, spec), ref)
+        Returns ``(sha256, bytes, usage, truncated)``."""
+        text, finish = _response_text(response)
+        answer = Answer(text, usage_of(response), getattr(response, "model_version", None),
+                        truncated=finish == "MAX_TOKENS")
+        sha, n = _write_lesson(_Task(self._w, spec), prep, answer)
+        return sha, n, answer.usage, answer.truncated
 
-    def call(self, spec: TaskSpec, kind: str, label: str, fn: Callable[[], T]) -> T:
-        """One API call with the limiter and the worker's retry policy."""
-        return _Task(self._w, spec).call(kind, label, fn)
+    def call(self, spec: TaskSpec, kind: str, label: str, fn: Callable[[], T], *, retries: int | None = None) -> T:
+        """One API call with the limiter and the one retry loop."""
+        task = _Task(self._w, spec)
+        return call_api(self._w.limiter, kind, spec.model, fn, policy=self._w.policy, label=label, retries=retries)
 
 
 class _CallbackQueue:
@@ -589,30 +754,3 @@ class _CallbackQueue:
 
     def put(self, item: tuple) -> None:
         self._fn(item)
-
-
-def run_task(spec: TaskSpec) -> TaskResult:
-    """Run one task; errors come back in ``TaskResult.error`` (never raised)."""
-    w = _require_state()
-    task = _Task(w, spec)
-    result = TaskResult(task_id=spec.task_id, ok=False)
-    start = time.monotonic()
-    try:
-        _run(task, result)
-    except GsvrError as err:
-        result.ok = False
-        result.error = error_dict(err)
-        log.info("task %s failed (%s): %s", spec.task_id, result.error["kind"], result.error["message"])
-    except Exception as exc:  # a bug or an unforeseen SDK answer: fail this task, keep the batch
-        result.ok = False
-        result.error = {
-            "error_class": type(exc).__name__,
-            "message": redact(f"unexpected error: {exc}"),
-            "retryable": False,
-            "kind": "task",
-        }
-        log.exception("task %s: unexpected error", spec.task_id)
-    finally:
-        result.elapsed = time.monotonic() - start
-        result.api_calls = dict(task.calls)
-    return result

@@ -40,10 +40,6 @@ _ROW_FIELDS = _PRICE_FIELDS + ("note",)
 _TOP_FIELDS = ("models", "source", "read_on", "checked_on", "currency", "batch_discount",
                "long_context_threshold", "replace")
 
-# Video tokenization (ai.google.dev/gemini-api/docs: video understanding, media resolution, tokens)
-TOKENS_PER_SECOND = 300  # default media resolution: 258 / frame at 1 fps + 32 audio + timestamps
-TOKENS_PER_SECOND_LOW = 100  # low media resolution: 66 / frame + 32 audio + timestamps
-AUDIO_TOKENS_PER_SECOND = 32  # the same at every media resolution
 UNKNOWN_VIDEO_SECONDS = 3600.0  # a YouTube link's length is unknown until the model answers: assume 1 h
 DEFAULT_OUTPUT_TOKENS = 2048  # no history, no max_output_tokens: a long lesson plan, thinking excluded
 MIN_PAST_RUNS = 3  # fewer past outputs than this are too few for a median to beat the template's cap
@@ -276,42 +272,8 @@ def load_pricing(override: str | Path | None = None) -> PriceTable:
 
 
 # -- estimates ---------------------------------------------------------------------------------
-
-def _is_low(media_resolution: str | None) -> bool:
-    return (media_resolution or "").strip().lower() in ("low", "media_resolution_low")
-
-
-def estimate_tokens(video_seconds: float | None, prompt_text_tokens: int, media_resolution: str | None) -> int:
-    """Prompt tokens of one call: the video at 300 tokens/s (100 at low resolution) + the prompt text.
-
-    ``video_seconds`` None (a YouTube link, unknown until the model answers) counts as
-    :data:`UNKNOWN_VIDEO_SECONDS`; callers flag such rows as guesses.
-    """
-    seconds = UNKNOWN_VIDEO_SECONDS if video_seconds is None else max(0.0, float(video_seconds))
-    per_second = TOKENS_PER_SECOND_LOW if _is_low(media_resolution) else TOKENS_PER_SECOND
-    return int(round(seconds * per_second)) + max(0, int(prompt_text_tokens))
-
-
-def estimate_audio_tokens(video_seconds: float | None) -> int:
-    """The audio share of :func:`estimate_tokens` (32 tokens/s at any resolution), billed at the audio rate."""
-    seconds = UNKNOWN_VIDEO_SECONDS if video_seconds is None else max(0.0, float(video_seconds))
-    return int(round(seconds * AUDIO_TOKENS_PER_SECOND))
-
-
-def estimate_output_tokens(template_max_tokens: int | None, past: list[int]) -> int:
-    """Output (incl. thinking) tokens expected from a template.
-
-    The median of its past runs in the journal when there are at least 3 (``past`` should hold
-    candidates + thoughts tokens), else half the template's max_output_tokens (answers rarely use
-    the whole cap), else :data:`DEFAULT_OUTPUT_TOKENS`.
-    """
-    values = [int(v) for v in past if v and int(v) > 0]
-    if len(values) >= MIN_PAST_RUNS:
-        return int(statistics.median(values))
-    if template_max_tokens:
-        return max(1, int(template_max_tokens) // 2)
-    return DEFAULT_OUTPUT_TOKENS
-
+# Token estimates before a call follow one rule, in context.py (video_tokens / request_tokens);
+# the plans, the TPM charge, the cost limit and the dry run all use it.
 
 _DEFAULT_TABLE: PriceTable | None = None
 
@@ -325,66 +287,3 @@ def estimate_cost(model: str, input_tokens: int, output_tokens: int, mode: str =
             _DEFAULT_TABLE = load_pricing()
         table = _DEFAULT_TABLE
     return table.estimate_cost(model, input_tokens, output_tokens, mode, audio_tokens=audio_tokens)
-
-
-# -- the dry-run table -------------------------------------------------------------------------
-
-UNKNOWN_MARK = "unknown*"
-UNKNOWN_FOOTNOTE = ("* unknown: a YouTube link's length is known only after the model answers "
-                    f"(nothing is downloaded for an estimate); priced as {UNKNOWN_VIDEO_SECONDS / 3600:g} h.")
-
-
-@dataclass
-class DryRunRow:
-    """One job of a dry run; the runner fills it, :func:`estimate_table` prints it."""
-
-    job: str  # job id (shortened in the table) or title
-    duration: float | None  # seconds; None = unknown (YouTube)
-    input_tokens: int
-    output_tokens: int
-    cost: float | None  # USD; None = no price for the model
-    note: str = ""
-    counted: bool = True  # False: shown, but not sent (done / skipped) and not in the totals
-
-
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return UNKNOWN_MARK
-    total = int(round(seconds))
-    h, rem = divmod(total, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _fmt_cost(value: float | None) -> str:
-    return "?" if value is None else f"${value:,.4f}"
-
-
-def estimate_table(rows: list[DryRunRow], *, job_width: int = 40) -> str:
-    """A fixed-width table (job, duration, est. input / output tokens, est. cost) with totals."""
-    header = ["Job", "Duration", "Est. input tokens", "Est. output tokens", "Est. cost", "Note"]
-    body = []
-    for r in rows:
-        job = r.job if len(r.job) <= job_width else r.job[: job_width - 1] + "…"
-        body.append([job, _fmt_duration(r.duration), f"{r.input_tokens:,}", f"{r.output_tokens:,}",
-                     _fmt_cost(r.cost), r.note if r.counted else (r.note or "not sent")])
-    counted = [r for r in rows if r.counted]
-    unknown = sum(1 for r in counted if r.duration is None)
-    known_secs = sum(r.duration or 0.0 for r in counted)
-    costs = [r.cost for r in counted]
-    total_cost = None if any(c is None for c in costs) else float(sum(c for c in costs if c is not None))
-    total = [f"Total ({len(counted)} of {len(rows)} jobs)",
-             _fmt_duration(known_secs) + (f" + {unknown} unknown*" if unknown else ""),
-             f"{sum(r.input_tokens for r in counted):,}", f"{sum(r.output_tokens for r in counted):,}",
-             _fmt_cost(total_cost), "" if total_cost is not None else "some models have no price"]
-    widths = [max(len(row[i]) for row in [header, *body, total]) for i in range(len(header))]
-    right = {1, 2, 3, 4}
-
-    def fmt(row: list[str]) -> str:
-        return "  ".join(c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)).rstrip()
-
-    rule = fmt(["-" * w for w in widths])
-    lines = [fmt(header), rule, *map(fmt, body), rule, fmt(total)]
-    if unknown or any(r.duration is None for r in rows):
-        lines.append(UNKNOWN_FOOTNOTE)
-    return "\n".join(lines)

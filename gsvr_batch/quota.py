@@ -17,15 +17,14 @@ too-high one costs avoidable 429s (DESIGN invariant 7).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
-from zoneinfo import ZoneInfo
 
+from . import timeutil
 from .errors import UsageError
 
 LIMITS_SOURCE = "https://ai.google.dev/gemini-api/docs/rate-limits"
 LIMITS_READ_ON = "2026-11-28"
 
-PACIFIC = ZoneInfo("America/Los_Angeles")
+PACIFIC = timeutil.PACIFIC
 
 # Our own choice: the Files API publishes no RPM. Uploads / gets / deletes are cheap for
 # the server but we still do not want 8 workers polling `files.get` in a tight loop.
@@ -137,31 +136,7 @@ def resolve_limits(
     )
 
 
-def _as_utc(now_utc: datetime | None) -> datetime:
-    if now_utc is None:
-        return datetime.now(timezone.utc)
-    if now_utc.tzinfo is None:
-        # A naive datetime is taken as UTC: the journal writes UTC everywhere.
-        return now_utc.replace(tzinfo=timezone.utc)
-    return now_utc.astimezone(timezone.utc)
-
-
-def pacific_day(now_utc: datetime | None = None) -> str:
-    """The quota day (America/Los_Angeles calendar date) containing ``now_utc``, 'YYYY-MM-DD'."""
-    return _as_utc(now_utc).astimezone(PACIFIC).date().isoformat()
-
-
-def next_pacific_midnight(now_utc: datetime | None = None) -> datetime:
-    """The next midnight in America/Los_Angeles after ``now_utc``, as an aware UTC datetime.
-
-    Built from the next *calendar date* at 00:00 local (not now + 24 h), so it is right on
-    the DST days, when a Pacific day is 23 or 25 hours long.
-    """
-    local = _as_utc(now_utc).astimezone(PACIFIC)
-    tomorrow: date = local.date() + timedelta(days=1)
-    return datetime.combine(tomorrow, time(0, 0), tzinfo=PACIFIC).astimezone(timezone.utc)
-
-
-def iso_utc(dt: datetime) -> str:
-    """'2026-11-28T08:00:00Z' — the form used in journal records and error messages."""
-    return _as_utc(dt).strftime("%Y-%m-%dT%H:%M:%SZ")
+# The Pacific-day helpers live in timeutil; these names stay for the modules that import them here.
+pacific_day = timeutil.pacific_day
+next_pacific_midnight = timeutil.next_pacific_midnight
+iso_utc = timeutil.iso_utc

@@ -9,7 +9,21 @@ Task life cycle::
     PENDING ──task_started──► RUNNING ──task_completed──► COMPLETED
        ▲  ▲                    │  │  └──task_failed────► FAILED
        │  └─retry_scheduled────┘  └───task_skipped───► SKIPPED   (also from PENDING)
-       └──task_requeued (crash, batch stop, retry command, --force) ◄── RUNNING / TERMINAL
+       └──task_requeued (crash, stop, signal, retry command, --force) ◄── RUNNING / TERMINAL
+
+Counters of a task (what the retry policy reads, see ``policy.py``):
+
+* ``attempts``      attempts started (``task_started``); numbers the attempt, charges nothing;
+* ``failures``      attempts charged to the task (``retry_scheduled`` / ``task_failed`` with
+                    ``charge: attempt``), compared with ``max_attempts``;
+* ``crashes``       worker deaths charged to the task (``charge: crash``), against ``crash_budget``;
+* ``interruptions`` times it was in flight when a run ended abruptly, the pool was torn down or a
+                    signal stopped the run (``task_requeued`` with ``interrupted``): charged to nobody.
+
+Money: every generate call that returned an answer is priced in the record that reports it
+(``clip_completed``, ``task_completed``, ``retry_scheduled``, ``task_failed``); a call whose
+answer was lost after it may have been billed is counted in ``lost_calls`` of the record that
+ends the attempt. ``cost_usd`` of a task is the sum over all its records.
 
 ``task_dropped`` hides a task whose job left the manifest; ``task_added`` brings it back.
 """
@@ -37,6 +51,9 @@ class TaskStatus(str, enum.Enum):
 TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.SKIPPED})
 DONE = frozenset({TaskStatus.COMPLETED, TaskStatus.SKIPPED})  # nothing left to do, not an error
 RUNNABLE = frozenset({TaskStatus.PENDING})
+LIVE = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})  # still needs work (and its upload)
+
+_ERROR_KEYS = ("error_class", "message", "disposition", "retryable", "kind", "charge")
 
 
 @dataclass
@@ -52,7 +69,13 @@ class TaskState:
     origin: str = ""
     status: TaskStatus = TaskStatus.PENDING
     dropped: bool = False
-    attempts: int = 0  # attempts started so far
+    attempts: int = 0  # attempts started
+    failures: int = 0  # attempts charged (max_attempts)
+    crashes: int = 0  # worker deaths charged (crash_budget)
+    interruptions: int = 0  # in flight when a run ended abruptly / the pool was torn down: nobody's fault
+    attempt_id: str | None = None  # nonce of the latest attempt (outputs carry it: adoption after a crash)
+    fingerprint: str | None = None  # what the latest attempt was asked to make (model, template version, params…)
+    done_fingerprint: str | None = None  # ... and what the completed output was made from
     worker: int | None = None
     step: str | None = None
     started_ts: str | None = None
@@ -60,15 +83,19 @@ class TaskState:
     not_before: float | None = None  # unix time before which a scheduled retry must not start
     last_error: dict[str, Any] | None = None
     skipped_reason: str | None = None
-    upload: dict[str, Any] | None = None  # live Files API upload we may reuse
+    plan: dict[str, Any] | None = None  # context strategy (context.Plan.to_record())
+    partials: dict[str, dict[str, Any]] = field(default_factory=dict)  # clip index (str) → partial record
     sha256: str | None = None
     bytes: int | None = None
     usage: dict[str, int] = field(default_factory=dict)
     cost_usd: float = 0.0
+    calls: int = 0  # generate calls that returned an answer (paid)
+    lost_calls: int = 0  # generate calls whose answer was lost after they may have been billed
     model_version: str | None = None
     video_duration: float | None = None
     elapsed: float | None = None
-    requeues_in_flight: int = 0  # times this task was in flight when a run ended abruptly
+    adopted: bool = False  # completed from an output found on disk after a crash (not paid twice)
+    truncated: bool = False  # the answer was cut at max_output_tokens
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow on purpose: asdict() deep-copies every nested dict, which made a 10,000-task
@@ -84,6 +111,10 @@ class TaskState:
         t.status = TaskStatus(t.status)
         return t
 
+    @property
+    def live(self) -> bool:
+        return not self.dropped and self.status in LIVE
+
 
 _TASK_FIELDS = tuple(f.name for f in fields(TaskState))
 _TASK_FIELD_SET = frozenset(_TASK_FIELDS)
@@ -97,6 +128,7 @@ class BatchState:
     manifest_hash: str | None = None
     created_ts: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    run_options: dict[str, Any] = field(default_factory=dict)  # the latest run's command-line settings
     tasks: dict[str, TaskState] = field(default_factory=dict)
     paused: bool = False
     cancelled: bool = False
@@ -107,9 +139,13 @@ class BatchState:
     last_seq: int = 0
     last_ts: str | None = None
     requests_by_day: dict[str, dict[str, int]] = field(default_factory=dict)  # day → model → count
+    youtube_seconds_by_day: dict[str, float] = field(default_factory=dict)  # day → seconds sent
+    quota_blocks: dict[str, str] = field(default_factory=dict)  # model → resets_at (a spent daily quota)
     total_cost_usd: float = 0.0
     notifications: list[dict[str, Any]] = field(default_factory=list)
     batch_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # Gemini Batch Mode jobs
+    uploads: dict[str, dict[str, Any]] = field(default_factory=dict)  # upload name → upload (alive at the API)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # local path → {size, mtime_ns, sha256}
 
     # -- derived views -------------------------------------------------------------------------
     def live_tasks(self) -> Iterable[TaskState]:
@@ -124,6 +160,15 @@ class BatchState:
 
     def is_complete(self) -> bool:
         return all(t.status in TERMINAL for t in self.live_tasks())
+
+    def upload_for(self, sha256: str | None) -> dict[str, Any] | None:
+        """A live upload of the video with this content hash (one upload serves every task of it)."""
+        if not sha256:
+            return None
+        for up in self.uploads.values():
+            if up.get("source_sha256") == sha256:
+                return up
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tasks"}
@@ -213,7 +258,10 @@ def _run_started(s: BatchState, r: dict[str, Any]) -> None:
     s.paused = False
     s.cancelled = False
     s.stopped = None
-    s.finished = False
+    if r.get("options") is not None:
+        s.run_options = dict(r["options"])
+    if r.get("manifest"):
+        s.manifest = r["manifest"]
 
 
 def _run_finished(s: BatchState, r: dict[str, Any]) -> None:
@@ -225,6 +273,7 @@ def _task_added(s: BatchState, r: dict[str, Any]) -> None:
     old = s.tasks.get(tid)
     if old is not None and not old.dropped:
         raise _illegal(r, f"task {tid} already exists")
+    s.finished = False
     if old is not None:
         old.dropped = False  # the job came back into the manifest: keep its history
         return
@@ -233,7 +282,8 @@ def _task_added(s: BatchState, r: dict[str, Any]) -> None:
 
 # TaskState fields a task_added record may set; computed once (dataclasses.fields() per record
 # was a fifth of the fold time of a 1M-record replay).
-_ADDED_FIELDS = frozenset(f.name for f in fields(TaskState)) - {"status"}
+_ADDED_FIELDS = frozenset({"task_id", "source", "source_kind", "title", "template", "model", "output",
+                           "output_format", "origin"})
 
 
 def _task_dropped(s: BatchState, r: dict[str, Any]) -> None:
@@ -250,6 +300,13 @@ def _task_started(s: BatchState, r: dict[str, Any]) -> None:
         raise _illegal(r, f"task {t.task_id} attempt {attempt} does not follow {t.attempts}")
     t.status = TaskStatus.RUNNING
     t.attempts = attempt
+    t.attempt_id = r.get("attempt_id")
+    if r.get("model"):
+        t.model = r["model"]  # the model this attempt is sent to: what its cost is priced with
+    if r.get("fingerprint"):
+        t.fingerprint = r["fingerprint"]
+    if r.get("output"):
+        t.output = r["output"]
     t.worker = r.get("worker")
     t.step = "queued"
     t.started_ts = r.get("ts")
@@ -260,23 +317,51 @@ def _task_step(s: BatchState, r: dict[str, Any]) -> None:
     t = _task(s, r)
     _need(r, t, {TaskStatus.RUNNING})
     t.step = r.get("step")
+    if r.get("worker") is not None:
+        t.worker = r["worker"]
+
+
+def _task_plan(s: BatchState, r: dict[str, Any]) -> None:
+    t = _task(s, r)
+    _need(r, t, {TaskStatus.RUNNING})
+    plan = dict(r["plan"])
+    old = t.plan or {}
+    if old.get("clips") != plan.get("clips"):
+        t.partials = {}  # partials of other clip boundaries cannot be merged with these
+    t.plan = plan
+    if r.get("video_duration") is not None:
+        t.video_duration = r["video_duration"]
+
+
+def _clip_completed(s: BatchState, r: dict[str, Any]) -> None:
+    t = _task(s, r)
+    _need(r, t, {TaskStatus.RUNNING, TaskStatus.PENDING} if r.get("adopted") else {TaskStatus.RUNNING})
+    key = str(int(r["clip"]))
+    if key in t.partials:
+        raise _illegal(r, f"task {t.task_id} clip {key} is already completed")
+    t.partials[key] = {k: r.get(k) for k in ("path", "sha256", "start", "end", "usage", "cost_usd", "adopted")}
+    _charge(s, t, r)
 
 
 def _upload_finished(s: BatchState, r: dict[str, Any]) -> None:
-    t = _task(s, r)
-    _need(r, t, {TaskStatus.RUNNING})
-    t.upload = dict(r["upload"])
+    up = dict(r["upload"])
+    if not up.get("name"):
+        raise _illegal(r, "upload without a name")
+    s.uploads[up["name"]] = up
+    src = up.get("source")
+    if src and up.get("source_sha256"):
+        s.sources[src] = {"size": up.get("source_size"), "mtime_ns": up.get("source_mtime_ns"),
+                          "sha256": up["source_sha256"]}
 
 
 def _upload_deleted(s: BatchState, r: dict[str, Any]) -> None:
-    t = _task(s, r)
-    if t.upload and t.upload.get("name") == r.get("name"):
-        t.upload = None
+    s.uploads.pop(r.get("name"), None)  # type: ignore[arg-type]
 
 
 def _task_completed(s: BatchState, r: dict[str, Any]) -> None:
     t = _task(s, r)
-    _need(r, t, {TaskStatus.RUNNING})
+    # An adopted output may belong to an attempt a signal already put back to pending.
+    _need(r, t, {TaskStatus.RUNNING, TaskStatus.PENDING} if r.get("adopted") else {TaskStatus.RUNNING})
     if not r.get("sha256"):
         raise _illegal(r, "completed record without sha256")
     t.status = TaskStatus.COMPLETED
@@ -284,24 +369,30 @@ def _task_completed(s: BatchState, r: dict[str, Any]) -> None:
     t.sha256 = r["sha256"]
     t.bytes = r.get("bytes")
     t.usage = dict(r.get("usage") or {})
-    cost = float(r.get("cost_usd") or 0.0)
-    t.cost_usd += cost
-    s.total_cost_usd += cost
     t.model_version = r.get("model_version")
-    t.video_duration = r.get("video_duration")
+    t.video_duration = r.get("video_duration", t.video_duration)
     t.elapsed = r.get("elapsed")
     t.finished_ts = r.get("ts")
+    t.adopted = bool(r.get("adopted"))
+    t.truncated = bool(r.get("truncated"))
+    t.done_fingerprint = r.get("fingerprint") or t.fingerprint
     t.step = None
     t.last_error = None
+    _charge(s, t, r)
+
+
+def _error_of(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: r.get(k) for k in _ERROR_KEYS if k in r}
 
 
 def _task_failed(s: BatchState, r: dict[str, Any]) -> None:
     t = _task(s, r)
     _need(r, t, {TaskStatus.RUNNING})
     t.status = TaskStatus.FAILED
-    t.last_error = {k: r.get(k) for k in ("error_class", "message", "retryable", "kind") if k in r}
+    t.last_error = _error_of(r)
     t.finished_ts = r.get("ts")
     t.step = None
+    _count_charge(t, r)
     _charge(s, t, r)
 
 
@@ -310,30 +401,45 @@ def _retry_scheduled(s: BatchState, r: dict[str, Any]) -> None:
     _need(r, t, {TaskStatus.RUNNING})
     t.status = TaskStatus.PENDING
     t.not_before = r.get("not_before")
-    t.last_error = {k: r.get(k) for k in ("error_class", "message", "retryable", "kind") if k in r}
+    t.last_error = _error_of(r)
     t.step = None
+    _count_charge(t, r)
     _charge(s, t, r)
 
 
+def _count_charge(t: TaskState, r: dict[str, Any]) -> None:
+    charge = r.get("charge", "attempt")  # journals of 0.1 charged every failed attempt
+    if charge == "attempt":
+        t.failures += 1
+    elif charge == "crash":
+        t.crashes += 1
+
+
 def _charge(s: BatchState, t: TaskState, r: dict[str, Any]) -> None:
-    # A failed attempt may still have been billed (tokens spent before a bad answer).
+    # Every answer is priced where it is reported; a failed attempt may still have been billed.
     cost = float(r.get("cost_usd") or 0.0)
     t.cost_usd += cost
     s.total_cost_usd += cost
+    t.calls += int(r.get("calls") or 0)
+    t.lost_calls += int(r.get("lost_calls") or 0)
 
 
 def _task_requeued(s: BatchState, r: dict[str, Any]) -> None:
     t = _task(s, r)
     _need(r, t, {TaskStatus.RUNNING} | TERMINAL)
-    if t.status is TaskStatus.RUNNING and r.get("in_flight", True):
-        t.requeues_in_flight += 1
-    if t.status is TaskStatus.RUNNING and r.get("refund_attempt"):
-        t.attempts -= 1  # stopped before it could reach the API: not a real attempt
+    # 0.1 journals: in_flight / refund_attempt / reset_attempts
+    if t.status is TaskStatus.RUNNING and r.get("interrupted", r.get("in_flight", False)):
+        t.interruptions += 1
+    if r.get("reset", r.get("reset_attempts")):
+        t.failures = 0
+        t.crashes = 0
+        t.partials = {}
+        t.plan = None
     t.status = TaskStatus.PENDING
     t.step = None
     t.not_before = None
-    if r.get("reset_attempts"):
-        t.attempts = 0
+    s.finished = False
+    _charge(s, t, r)
 
 
 def _task_skipped(s: BatchState, r: dict[str, Any]) -> None:
@@ -350,6 +456,8 @@ def _task_skipped(s: BatchState, r: dict[str, Any]) -> None:
 def _requests_charged(s: BatchState, r: dict[str, Any]) -> None:
     day = s.requests_by_day.setdefault(r["day"], {})
     day[r["model"]] = day.get(r["model"], 0) + int(r.get("count", 1))
+    if r.get("youtube_seconds"):
+        s.youtube_seconds_by_day[r["day"]] = s.youtube_seconds_by_day.get(r["day"], 0.0) + float(r["youtube_seconds"])
 
 
 def _batch_paused(s: BatchState, r: dict[str, Any]) -> None:
@@ -366,6 +474,16 @@ def _batch_cancelled(s: BatchState, r: dict[str, Any]) -> None:
 
 def _batch_stopped(s: BatchState, r: dict[str, Any]) -> None:
     s.stopped = {k: v for k, v in r.items() if k not in ("seq", "crc")}
+    # A spent daily quota outlives the run that met it: the next cron firing the same Pacific
+    # day must not ask the API again (it would only burn another request).
+    if r.get("kind") == "quota_day" and r.get("resets_at"):
+        for model in r.get("models") or ([r["model"]] if r.get("model") else ["*"]):
+            s.quota_blocks[model] = r["resets_at"]
+
+
+def _quota_cleared(s: BatchState, r: dict[str, Any]) -> None:
+    for model in r.get("models") or list(s.quota_blocks):
+        s.quota_blocks.pop(model, None)
 
 
 def _batch_finished(s: BatchState, r: dict[str, Any]) -> None:
@@ -407,6 +525,8 @@ _HANDLERS = {
     "task_dropped": _task_dropped,
     "task_started": _task_started,
     "task_step": _task_step,
+    "task_plan": _task_plan,
+    "clip_completed": _clip_completed,
     "upload_finished": _upload_finished,
     "upload_deleted": _upload_deleted,
     "task_completed": _task_completed,
@@ -419,6 +539,7 @@ _HANDLERS = {
     "batch_resumed": _batch_resumed,
     "batch_cancelled": _batch_cancelled,
     "batch_stopped": _batch_stopped,
+    "quota_cleared": _quota_cleared,
     "batch_finished": _batch_finished,
     "notification": _notification,
     "batch_job_submitted": _batch_job_submitted,

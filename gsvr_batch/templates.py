@@ -15,11 +15,23 @@ File format (the one gs_videoReport users already have, kept working unchanged):
             required: false
             choices: [...]
         model_config: {temperature: 0.7, max_tokens: 8192, top_p: 0.95, media_resolution: low}
+        context:                            # optional (gsvr-batch): how a long video is sent
+          strategy: auto                    # auto | full | low | clips     (default auto)
+          clip_minutes: 40                  # segment length for clips, minutes > 0 (default: automatic)
+          allow_low_resolution: true        # may auto fall back to MEDIA_RESOLUTION_LOW (default true)
+          fps: 1                            # frames a second sent, (0, 24] (default: the API's 1)
         prompt: |
           ... {{video_title}} ... {{ audience }} ...
 
 A file may also hold one template at its top level (``name:`` ... ``prompt:``, no ``templates:``
-key; the name defaults to the file stem), as gs_videoReport's loader allowed. Unknown keys
+key; the name defaults to the file stem), as gs_videoReport's loader allowed.
+
+``context:`` (new, optional; gs_videoReport never had it, so its files load unchanged) chooses how
+a video too long for one request is sent: see :mod:`gsvr_batch.context`. ``context: clips`` is
+short for ``context: {strategy: clips}``. It is validated at load (an unknown option or a bad value
+is a :class:`TemplateError` with the file and line) and exposed as ``Template.context``, always a
+full dict: ``{"strategy": "auto", "clip_minutes": None, "allow_low_resolution": True, "fps": None}``
+for a template without it. Unknown keys
 (``author``, ``tags``, ``output_format``, ...) are tolerated and kept in ``Template.extra``.
 
 Where templates come from: the built-in folder (top-level ``templates/`` next to the package,
@@ -43,6 +55,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from .context import ContextOptionError, parse_context_options
 from .errors import TemplateError
 
 #: Top-level ``templates/`` folder of the source tree (editable installs, checkouts).
@@ -123,6 +136,7 @@ class Template:
     source: str  # "/abs/path/file.yaml:12" — file and line where the template starts
     builtin: bool = False
     extra: dict = field(default_factory=dict)  # tolerated keys we don't use: author, tags, output_format ...
+    context: dict = field(default_factory=parse_context_options)  # validated ``context:`` (see module doc)
 
     def param(self, name: str) -> TemplateParam | None:
         for p in self.parameters:
@@ -153,6 +167,7 @@ class Template:
                 for p in self.parameters
             ],
             "model_config": dict(self.model_config),
+            "context": dict(self.context),
             "source": self.source,
             "builtin": self.builtin,
         }
@@ -292,6 +307,11 @@ def _build(path: Path, name: str, body: Any, node: Any, builtin: bool) -> Templa
     model_config = body.get("model_config") or {}
     if not isinstance(model_config, dict):
         raise TemplateError(f"{path}:{_line_of(node, 'model_config')}: template '{name}': model_config must be a mapping")
+    try:
+        context = parse_context_options(body.get("context"))
+    except ContextOptionError as exc:
+        keys = ("context", exc.key) if exc.key and isinstance(body.get("context"), dict) else ("context",)
+        raise TemplateError(f"{path}:{_line_of(node, *keys)}: template '{name}': {exc}") from exc
     t = Template(
         name=name,
         version=str(body.get("version", "1.0")),
@@ -302,7 +322,8 @@ def _build(path: Path, name: str, body: Any, node: Any, builtin: bool) -> Templa
         source=where,
         builtin=builtin,
         extra={k: v for k, v in body.items() if k not in
-               {"name", "version", "description", "parameters", "model_config", "prompt"}},
+               {"name", "version", "description", "parameters", "model_config", "prompt", "context"}},
+        context=context,
     )
     try:
         generation_config(t)  # validate model_config now so a bad value names the file

@@ -69,7 +69,7 @@ def test_file_processing_failed_fails_its_task_with_the_reason(tmp_path, sandbox
     failed = [x for x in recs if x["type"] == "task_failed"]
     assert [names[x["task_id"]] for x in failed] == ["sandbox-fail-processing.mp4"]
     assert failed[0]["error_class"] == "FileProcessingFailed" and "could not process the video" in failed[0]["message"]
-    assert failed[0]["retryable"] is False
+    assert failed[0]["disposition"] == "fail_task" and failed[0]["charge"] == "attempt"  # not retried
     assert "1 task(s) failed" in r.stdout
     assert len(list((tmp_path / "out").glob("*.md"))) == 1
 
@@ -83,7 +83,12 @@ def test_hung_request_times_out_is_retried_then_fails_and_others_complete(tmp_pa
     names = _by_source(recs)
     failed = [x for x in recs if x["type"] == "task_failed"]
     assert [names[x["task_id"]] for x in failed] == ["sandbox-hang.mp4"]
-    assert failed[0]["error_class"] == "NetworkError", failed[0]
+    # Each hung call reached the model and may have been billed: never retried inside the attempt,
+    # counted as a lost call, charged one attempt; two attempts, two lost calls, then it fails.
+    assert failed[0]["error_class"] == "CallLost", failed[0]
     assert "gave up after 2 attempts" in failed[0]["message"]
+    hang = next(t for t, n in names.items() if n == "sandbox-hang.mp4")
+    assert sum(x.get("lost_calls", 0) for x in recs if x.get("task_id") == hang) == 2
+    assert sum(1 for e in server.requests if e["kind"] == "generate" and e.get("task_id") == hang) == 2
     assert any(x["type"] == "retry_scheduled" and names[x["task_id"]] == "sandbox-hang.mp4" for x in recs)
     assert {names[x["task_id"]] for x in recs if x["type"] == "task_completed"} == {"ok-1.mp4", "ok-2.mp4"}

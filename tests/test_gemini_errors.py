@@ -93,10 +93,35 @@ def test_403_on_one_file_is_a_task_error():
     assert "4pmc2fdo7ykb" in str(err)
 
 
-def test_404_is_rejected():
+def test_404_unknown_model_stops_the_batch_as_a_usage_error():
+    from gsvr_batch.errors import Disposition, ModelNotFound
+
     err = gemini.classify(api_error("404_model_not_found.json"))
-    assert isinstance(err, RequestRejected)
+    assert isinstance(err, ModelNotFound) and err.exit_code == 2 and err.disposition is Disposition.STOP_BATCH
     assert "gemini-9.9-flash is not found" in str(err)
+
+
+def test_token_overflow_and_lost_upload_answer_are_never_final():
+    from google.genai import errors as genai_errors
+
+    from gsvr_batch.errors import Disposition, TokenOverflow, UploadAmbiguous
+
+    body = {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                      "message": "The input token count (2161000) exceeds the maximum number of tokens allowed (1048576)."}}
+    err = gemini.classify(genai_errors.ClientError(400, body))
+    assert isinstance(err, TokenOverflow) and (err.tokens, err.limit) == (2161000, 1048576)
+    body = {"error": {"code": 400, "status": "FAILED_PRECONDITION",
+                      "message": "Upload session is already finalized or cancelled."}}
+    err = gemini.classify(genai_errors.ClientError(400, body))
+    assert isinstance(err, UploadAmbiguous) and err.disposition is Disposition.RETRY
+
+
+def test_transport_errors_say_whether_the_request_can_have_reached_the_server():
+    import httpx2
+
+    assert gemini.classify(httpx2.ConnectError("refused")).delivered is False  # nothing sent: a free retry
+    assert gemini.classify(httpx2.ReadTimeout("slow")).delivered is None  # maybe answered and billed
+    assert gemini.classify(httpx2.RemoteProtocolError("closed mid-answer")).delivered is None
 
 
 @pytest.mark.parametrize(

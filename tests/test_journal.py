@@ -19,7 +19,7 @@ def _batch(path, n=5, complete=True):
         bl.add_task(task_id=f"t{i}", source=f"v{i}.mp4")
     if complete:
         for i in range(n):
-            bl.start_task(f"t{i}")
+            bl.start_task(f"t{i}", attempt_id=f"a{i}", model="gemini-2.5-flash")
             bl.complete_task(f"t{i}", output=f"o{i}.md", sha256="ab" * 32, bytes_=10, usage={"total_tokens": 5},
                              cost_usd=0.25, model_version="m", video_duration=6.0, elapsed=1.0)
     bl.close()
@@ -80,7 +80,8 @@ def test_flipped_byte_mid_file_stops_replay_with_line_and_repair_command(tmp_pat
     with pytest.raises(JournalCorrupt) as ei:
         replay(p)
     assert ei.value.line == 5
-    assert "line 5" in str(ei.value) and f"gsvr-batch repair {p}" in str(ei.value)
+    # the hint is a command that works without a terminal (no prompt left to answer)
+    assert "line 5" in str(ei.value) and f"gsvr-batch repair {p} --yes" in str(ei.value)
     kept, backup, dropped = jr.repair(p)
     assert kept == 4 and backup.exists() and dropped > 0
     assert replay(p).state.last_seq == 4
@@ -92,7 +93,7 @@ def test_snapshot_is_used_and_agrees_with_full_replay(tmp_path):
     bl.create_batch(manifest="m", manifest_identity="i", manifest_hash="h", settings={}, version="t")
     for i in range(25):
         bl.add_task(task_id=f"t{i}", source="s")
-        bl.start_task(f"t{i}")
+        bl.start_task(f"t{i}", attempt_id=f"a{i}", model="gemini-2.5-flash")
         bl.complete_task(f"t{i}", output="o", sha256="x", bytes_=1, usage={}, cost_usd=0.0, model_version=None,
                          video_duration=None, elapsed=None)
         bl.maybe_snapshot()
@@ -107,7 +108,7 @@ def test_stale_or_damaged_snapshot_falls_back_to_the_journal(tmp_path):
     _batch(p, n=12)
     bl, _ = BatchLog.open(p)
     bl.maybe_snapshot(force=True) or jr.write_snapshot(p, bl.state.to_dict(), bl.state.last_seq, bl.writer.offset,
-                                                       bl.writer.last_crc)
+                                                       bl.writer.last_crc, bl.writer.prefix_crc)
     bl.close()
     snap = jr.snapshot_path(p)
     assert jr.load_snapshot(p) is not None
@@ -132,7 +133,9 @@ def test_records_are_json_lines_with_seq_ts_type_crc(tmp_path):
         assert rec["seq"] == i and rec["ts"].endswith("Z") and rec["type"] and len(rec["crc"]) == 8
 
 
-def test_verify_reads_past_the_snapshot_and_finds_damage_it_covers(tmp_path):
+def test_damage_the_snapshot_covers_is_never_hidden(tmp_path):
+    """A flipped byte anywhere, snapshot present: replay (so run, status and replay) stops at the
+    line, with the repair command — the snapshot's prefix digest no longer matches."""
     from gsvr_batch.summary import batch_document
 
     p = tmp_path / "j.jsonl"
@@ -143,8 +146,39 @@ def test_verify_reads_past_the_snapshot_and_finds_damage_it_covers(tmp_path):
     bl.maybe_snapshot(force=True)
     bl.close()
     data = bytearray(p.read_bytes())
-    data[60] ^= 0x04  # inside record 2, which the snapshot covers
+    data[data.index(b"\n") + 30] ^= 0x04  # inside record 2, which the snapshot covers
     p.write_bytes(bytes(data))
-    assert replay(p).used_snapshot  # the fast path does not read it ...
+    assert jr.load_snapshot(p) is None  # the digest of the prefix it covers no longer matches
+    with pytest.raises(JournalCorrupt) as ei:
+        replay(p)
+    assert ei.value.line == 2 and "repair" in str(ei.value)
     with pytest.raises(JournalCorrupt):
-        batch_document(p, verify=True)  # ... --verify does
+        batch_document(p, verify=True)
+    with pytest.raises(JournalCorrupt):
+        BatchLog.open(p)  # a run refuses it too, and appends nothing after the damage
+
+
+def test_a_failed_append_leaves_memory_and_disk_in_step(tmp_path, monkeypatch):
+    from gsvr_batch.errors import JournalWriteFailed
+    import os as _os
+
+    p = _batch(tmp_path / "j.jsonl", n=2, complete=False)
+    bl, _ = BatchLog.open(p)
+    before = p.read_bytes()
+    real_write = _os.write
+
+    def full(fd, data):
+        if fd == bl.writer._fd:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(_os, "write", full)
+    with pytest.raises(JournalWriteFailed) as ei:
+        bl.start_task("t0", attempt_id="n", model="m")
+    assert ei.value.exit_code == 75 and "No space left" in str(ei.value)
+    assert bl.state.tasks["t0"].status.value == "pending"  # rebuilt from the file, not ahead of it
+    with pytest.raises(JournalWriteFailed):  # nothing more is attempted after a failed append
+        bl.add_task(task_id="t9", source="x")
+    monkeypatch.setattr(_os, "write", real_write)
+    bl.close()
+    assert p.read_bytes() == before

@@ -444,7 +444,7 @@ def test_settings_parsed_and_cli_overrides_win(tmp_path):
                                "  - source: a.mp4\n    template: summary_report\n")
     m = load_manifest(tmp_path / "m.yaml")
     assert (m.settings.workers, m.settings.sandbox, m.settings.max_duration, m.settings.tier) == (3, True, 5400.0,
-                                                                                                   "tier1")
+                                                                                                   "1")  # tier1 in a manifest is tier 1, spelled as on the command line
     assert m.settings.journal == str(tmp_path / "state" / "j.jsonl")
     assert m.jobs[0].model == "gemini-2.5-pro" and m.jobs[0].max_duration == 5400.0
     out = tmp_path / "elsewhere"

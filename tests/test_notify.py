@@ -65,7 +65,8 @@ def test_generic_webhook_posts_the_facts(http_server, monkeypatch):
               "headers_env": {"Authorization": "GSVR_TEST_HOOK_AUTH"}}
     [r] = notify.send("batch_finished", PAYLOAD, [target], sleep=no_sleep)
     assert r.ok and r.attempts == 1 and r.error is None and r.event == "batch_finished"
-    assert r.target == f"webhook {base}" and "token" not in r.target
+    # host, a redacted path and the target's place in the list; no token
+    assert r.target == f"webhook {base}/***?*** (target 1)" and "token" not in r.target
     path, headers, body = got[0]
     assert path == "/hook?token=qs-token-not-real"
     assert headers["Content-Type"] == "application/json" and headers["User-Agent"].startswith("gsvr-batch/")
@@ -80,6 +81,7 @@ def test_slack_format(http_server):
     [r] = notify.send("batch_aborted", PAYLOAD, [{"type": "slack", "url": base + "/services/T0/B0/XXXX"}],
                       sleep=no_sleep)
     assert r.ok and r.target.startswith("slack http://127.0.0.1") and "XXXX" not in r.target
+    assert r.target.endswith("/services/T0…/B0…/*** (target 1)")
     body = got[0][2]
     assert body["text"].startswith("gsvr-batch batch aborted: 1 task(s) failed")
     header, section = body["blocks"]
@@ -99,11 +101,11 @@ def test_target_kinds_are_inferred():
 
 
 def test_public_view_hides_every_secret():
-    v = notify.public_view({"url": "https://hooks.slack.com/services/T0/B0/XXXX-not-real"})
-    assert v == {"url": "https://hooks.slack.com", "kind": "slack"}
+    v = notify.public_view({"url": "https://hooks.slack.com/services/T0123ABCD/B0456EFGH/XXXX-not-real"})
+    assert v == {"url": "https://hooks.slack.com/services/T0…/B0…/***", "kind": "slack"}
     v = notify.public_view({"url": "https://h.example.org:8443/x?token=abc", "headers": {"Authorization": "Bearer t"},
                             "headers_env": {"X-Key": "HOOK_KEY"}})
-    assert v["url"] == "https://h.example.org:8443" and v["headers"] == {"Authorization": "***"}
+    assert v["url"] == "https://h.example.org:8443/***?***" and v["headers"] == {"Authorization": "***"}
     assert v["headers_env"] == {"X-Key": "HOOK_KEY"}  # the variable's name, not its value
     v = notify.public_view({"type": "email", "host": "smtp.x", "password": "hunter2-not-real", "password_env": "P"})
     assert "password" not in v and v["password_env"] == "P" and v["kind"] == "email"
@@ -129,6 +131,7 @@ def test_dead_target_fails_without_raising_and_others_still_get_it(http_server):
     dead = f"http://127.0.0.1:{free_port()}/x"
     r1, r2 = notify.send("batch_finished", PAYLOAD, [dead, base], sleep=no_sleep)
     assert not r1.ok and r1.attempts == 3 and "Connection refused" in r1.error and "/x" not in r1.target
+    assert r1.target == f"webhook {dead.rsplit('/', 1)[0]}/*** (target 1)"
     assert r2.ok and len(got) == 1
 
 
@@ -141,7 +144,8 @@ def test_event_filters_and_the_cost_limit_alias(http_server):
     assert r.ok and [g[0] for g in got] == ["/b"]
 
 
-def test_validation_reports_every_problem_without_echoing_secrets():
+def test_validation_reports_every_problem_without_echoing_secrets(monkeypatch):
+    monkeypatch.setenv("P", "smtp-password-not-real")
     problems = notify.validate_targets([
         {"type": "pager", "url": "http://x"}, {"url": "ftp://x.example.org/hook"}, "not-a-url",
         {"type": "email", "host": "smtp.x", "to": ["a@b"], "password": "hunter2-literal-not-real"},
@@ -221,7 +225,7 @@ def test_email_through_a_real_smtp_server_with_auth(smtp_server, monkeypatch):
     target = email_target(port, starttls=False, subject_prefix="[lessons]")
     [r] = notify.send("batch_finished", PAYLOAD, [target], sleep=no_sleep)
     assert r.ok, r.error
-    assert r.target == f"email to teacher@example.org, head@example.org via 127.0.0.1:{port}"
+    assert r.target == f"email to teacher@example.org, head@example.org via 127.0.0.1:{port} (target 1)"
     assert rec.logins == [(b"lessons", SECRET.encode())]
     mail_from, to, content = rec.messages[0]
     assert mail_from == "lessons@example.org" and to == ["teacher@example.org", "head@example.org"]
@@ -290,3 +294,116 @@ def test_email_with_starttls_and_auth_over_tls(smtp_server, monkeypatch, tmp_pat
     # without the CA file the certificate is refused (verification is on), and nothing is sent
     [r] = notify.send("quota_exhausted", PAYLOAD, [email_target(port)], attempts=2, sleep=no_sleep)
     assert not r.ok and r.attempts == 2 and "CERTIFICATE_VERIFY_FAILED" in r.error and len(rec.messages) == 1
+
+
+# -- report path, ${VAR} references, telling targets apart, derived manifests ---------------------
+
+def test_report_path_reaches_every_body(http_server, smtp_server, monkeypatch, tmp_path):
+    """The runner passes ``report`` (maybe a pathlib.Path); every body carries it."""
+    base, got, _ = http_server
+    report = tmp_path / "report.html"
+    # a Path (JSON cannot encode it) and a payload that also has report_path: None
+    payload = {**PAYLOAD, "report": report, "report_path": None}
+    r1, r2 = notify.send("batch_finished", payload, [base + "/hook", {"type": "slack", "url": base + "/s/T/B/X"}],
+                         sleep=no_sleep)
+    assert r1.ok and r2.ok, (r1.error, r2.error)
+    assert got[0][2]["report_path"] == str(report) and f"report: {report}" in got[0][2]["text"]
+    fields = [f["text"] for f in got[1][2]["blocks"][1]["fields"]]
+    assert f"*Report*\n{report}" in fields
+    rec, port = smtp_server(auth_require_tls=False)
+    monkeypatch.setenv("GSVR_TEST_SMTP_PASSWORD", SECRET)
+    [r] = notify.send("batch_finished", payload, [email_target(port, starttls=False)], sleep=no_sleep)
+    assert r.ok, r.error
+    body = message_from_string(rec.messages[0][2]).get_payload(decode=True).decode()
+    assert f"report: {report}" in body
+    # no report: null / no line, not the text "None"
+    notify.send("batch_finished", {**PAYLOAD, "report": None}, [base + "/hook"], sleep=no_sleep)
+    assert got[-1][2]["report_path"] is None and "report:" not in got[-1][2]["text"]
+
+
+def test_two_targets_on_one_host_are_told_apart_without_their_secrets():
+    dead = f"http://127.0.0.1:{free_port()}"
+    tokens = ["tok-first-FAKE-0a1b2c3d4e", "tok-second-FAKE-9z8y7x6w"]
+    results = notify.send("batch_finished", PAYLOAD, [f"{dead}/services/T0FAKE1/B0AAA/{tokens[0]}",
+                                                      f"{dead}/services/T0FAKE1/B0BBB/{tokens[1]}"],
+                          attempts=1, sleep=no_sleep)
+    assert len({r.target for r in results}) == 2
+    for r in results:
+        assert not r.ok and "/services/T0…/B0…/***" in r.target and dead in r.target
+        assert not any(t in repr(r) for t in tokens)
+    assert [r.target.rsplit(" ", 2)[-2:] for r in results] == [["(target", "1)"], ["(target", "2)"]]
+
+
+def test_env_references_in_url_and_headers_are_expanded_when_sent(http_server, monkeypatch):
+    base, got, _ = http_server
+    monkeypatch.setenv("GSVR_TEST_HOOK_URL", base + "/hook/tok-FAKE-from-env-31337")
+    monkeypatch.setenv("GSVR_TEST_HOOK_TOKEN", "bearer-FAKE-token-4242")
+    target = {"url": "${GSVR_TEST_HOOK_URL}", "headers": {"Authorization": "Bearer ${GSVR_TEST_HOOK_TOKEN}"}}
+    assert notify.validate_targets([target]) == []
+    [r] = notify.send("batch_finished", PAYLOAD, [target], sleep=no_sleep)
+    assert r.ok, r.error
+    assert got[0][0] == "/hook/tok-FAKE-from-env-31337"
+    assert got[0][1]["Authorization"] == "Bearer bearer-FAKE-token-4242"
+    # what may be shown or written keeps the reference, not the value
+    assert r.target == "webhook ${GSVR_TEST_HOOK_URL} (target 1)"
+    assert notify.public_view(target)["url"] == "${GSVR_TEST_HOOK_URL}"
+    assert notify.storable(target) == target
+    # a reference to a Slack URL is sent in Slack's format
+    monkeypatch.setenv("GSVR_TEST_SLACK_URL", "https://hooks.slack.com/services/T/B/X")
+    assert notify.normalise({"url": "${GSVR_TEST_SLACK_URL}"})["kind"] == "slack"
+
+
+def test_unset_variables_are_found_before_any_work_and_named(monkeypatch):
+    for name in ("GSVR_TEST_UNSET_URL", "GSVR_TEST_UNSET_TOKEN", "GSVR_TEST_UNSET_SMTP", "GSVR_TEST_UNSET_HDR"):
+        monkeypatch.delenv(name, raising=False)
+    problems = notify.validate_targets([
+        {"url": "https://hooks.example.org/${GSVR_TEST_UNSET_URL}"},
+        {"url": "https://hooks.example.org/x", "headers": {"Authorization": "Bearer ${GSVR_TEST_UNSET_TOKEN}"},
+         "headers_env": {"X-Key": "GSVR_TEST_UNSET_HDR"}},
+        # the README's own e-mail example, with its password variable not exported
+        {"type": "email", "host": "smtp.example.org", "port": 587, "user": "lessons@example.org",
+         "password_env": "GSVR_TEST_UNSET_SMTP", "from": "lessons@example.org", "to": ["teacher@example.org"]},
+        {"url": "https://hooks.example.org/${not a name}"},
+    ])
+    text = "\n".join(problems)
+    assert "notify target 1 (webhook): url refers to ${GSVR_TEST_UNSET_URL}" in text and "not set" in text
+    assert "notify target 2 (webhook): header Authorization refers to ${GSVR_TEST_UNSET_TOKEN}" in text
+    assert "headers_env names GSVR_TEST_UNSET_HDR for header X-Key, but GSVR_TEST_UNSET_HDR is not set" in text
+    assert "notify target 3 (email): password_env names GSVR_TEST_UNSET_SMTP, but GSVR_TEST_UNSET_SMTP is not set" \
+        in text
+    assert "notify target 4 (webhook): url has a malformed reference" in text
+    monkeypatch.setenv("GSVR_TEST_UNSET_SMTP", "set-now-not-real")
+    assert not [p for p in notify.validate_targets([
+        {"type": "email", "host": "smtp.example.org", "user": "u", "password_env": "GSVR_TEST_UNSET_SMTP",
+         "from": "a@b", "to": "c@d"}])]
+
+
+def test_bad_url_from_a_variable_is_named_not_shown(monkeypatch):
+    monkeypatch.setenv("GSVR_TEST_BAD_URL", "ftp-not-a-url-secret-FAKE-777")
+    [p] = notify.validate_targets([{"url": "${GSVR_TEST_BAD_URL}"}])
+    assert "GSVR_TEST_BAD_URL" in p and "secret-FAKE-777" not in p and "ftp-not" not in p
+    [p] = notify.validate_targets([{"url": "ftp://files.example.org/tok-FAKE-abcdef123"}])
+    assert "ftp://files.example.org" in p and "tok-FAKE" not in p
+
+
+def test_storable_keeps_references_and_redacts_literal_secrets_which_validation_refuses():
+    secret = "FAKEsecretTOKENnotreal0123"
+    literal = {"type": "webhook", "url": f"https://hooks.slack.com/services/T0FAKE/B0FAKE/{secret}"}
+    stored = notify.storable(literal)
+    assert secret not in repr(stored) and stored["url"] == "https://hooks.slack.com/services/T0…/B0…/***"
+    [p] = notify.validate_targets([stored])
+    assert "redacted copy" in p and "${VAR}" in p and secret not in p
+    # the redacted copy is never posted anywhere
+    [r] = notify.send("batch_finished", PAYLOAD, [stored], sleep=no_sleep)
+    assert not r.ok and r.attempts == 1 and "redacted" in r.error
+    # a URL with no secret part and a reference are written as they are
+    assert notify.storable({"url": "https://hooks.example.org/"}) == {"url": "https://hooks.example.org/"}
+    assert notify.storable({"url": "https://hooks.slack.com/services/${SLACK_PATH}"})["url"].endswith("${SLACK_PATH}")
+    # user-info: marked, not silently dropped (that would be another, valid URL)
+    assert notify.storable({"url": "https://me:pw-FAKE-123@h.example.org"})["url"] == "https://***@h.example.org"
+    # literal header values and passwords never reach the file
+    stored = notify.storable({"url": "https://h.example.org", "headers": {"Authorization": "Bearer FAKE-abc-123",
+                                                                          "X-Ref": "${HOOK_REF}"},
+                              "password": "FAKE-pw"})
+    assert stored == {"url": "https://h.example.org", "headers": {"Authorization": "***", "X-Ref": "${HOOK_REF}"}}
+    assert any("header Authorization is a redacted copy" in p for p in notify.validate_targets([stored]))

@@ -99,3 +99,79 @@ def test_cost_limit_stop_sends_cost_limit_event(tmp_path, sandbox, webhook):
     r = run_cli(["run", m, "--cost-limit", "0", "--notify", url, "--progress", "log"], env=env_for(server))
     assert r.returncode == 75, r.stdout + r.stderr
     assert len(received) == 1 and "cost_limit" in json.dumps(received[0][1])
+
+
+# -- secrets and "checked before any work" -----------------------------------------------------------
+
+README_EMAIL = """notify:
+  - url: https://hooks.example.org/lessons
+  - type: email
+    host: smtp.example.org
+    port: 587
+    user: lessons@example.org
+    password_env: GSVR_TEST_README_SMTP_PASSWORD
+    from: lessons@example.org
+    to: [teacher@example.org]
+"""
+
+
+def test_readme_email_example_gives_no_literal_secret_warning(tmp_path):
+    m = make_batch(tmp_path, 1, extra_settings=README_EMAIL)
+    r = run_cli(["validate", m], env=env_for(None, GSVR_TEST_README_SMTP_PASSWORD="x-not-real"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "literal secret" not in r.stdout + r.stderr and "warning" not in (r.stdout + r.stderr).lower()
+
+
+def test_unset_smtp_password_variable_is_a_usage_error_before_any_work(tmp_path, sandbox):
+    server = sandbox()
+    m = make_batch(tmp_path, 1, extra_settings=README_EMAIL)
+    env = env_for(server)
+    env.pop("GSVR_TEST_README_SMTP_PASSWORD", None)
+    r = run_cli(["run", m, "--progress", "log"], env=env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "GSVR_TEST_README_SMTP_PASSWORD" in r.stderr and "not set" in r.stderr
+    assert not (tmp_path / "out" / ".gsvr" / "journal.jsonl").exists()
+    assert not [q for q in server.requests if q.get("kind") == "generate"]
+
+
+def test_unset_url_variable_is_a_usage_error_naming_it(tmp_path, sandbox):
+    server = sandbox()
+    m = make_batch(tmp_path, 1, extra_settings="notify:\n  - url: ${GSVR_TEST_UNSET_HOOK}\n")
+    r = run_cli(["run", m, "--progress", "log"], env=env_for(server))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "${GSVR_TEST_UNSET_HOOK}" in r.stderr and "not set" in r.stderr
+    assert not (tmp_path / "out" / ".gsvr" / "journal.jsonl").exists()
+
+
+def test_secret_notify_url_never_reaches_the_derived_manifest_and_retry_says_what_to_do(tmp_path, sandbox, webhook):
+    server = sandbox()
+    url, received = webhook
+    secret_url = url + "/T0FAKE/B0FAKE/tok-FAKE-derived-31337"
+    make_batch(tmp_path, 1, names=["lecture-sandbox-block.mp4"])
+    r = run_cli(["run", tmp_path / "videos", "--template", "summary_report", "--output", tmp_path / "out",
+                 "--notify", secret_url, "--progress", "log"], env=env_for(server))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert [p for p, _ in received] == ["/hook/T0FAKE/B0FAKE/tok-FAKE-derived-31337"]
+    derived = (tmp_path / "out" / ".gsvr" / "manifest.derived.yaml").read_text()
+    assert "tok-FAKE-derived" not in derived and "/hook/T0…/B0…/***" in derived
+    # a retry of the folder batch reads the derived manifest: refused (exit 2) with the way out
+    r = run_cli(["retry", tmp_path / "out" / ".gsvr" / "journal.jsonl", "--failed", "--progress", "log"],
+                env=env_for(server))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "redacted copy" in r.stderr and "${VAR}" in r.stderr and "tok-FAKE-derived" not in r.stderr
+    assert len(received) == 1
+
+
+def test_failure_warnings_tell_two_targets_on_one_host_apart_without_their_tokens(tmp_path, sandbox):
+    server = sandbox()
+    m = make_batch(tmp_path, 1)
+    dead = dead_url().rsplit("/", 1)[0]
+    r = run_cli(["run", m, "--notify", f"{dead}/in/tok-FAKE-first-1111", "--notify", f"{dead}/in/tok-FAKE-second-2222",
+                 "--progress", "log"], env=env_for(server))
+    assert r.returncode == 0, r.stdout + r.stderr
+    warnings = [line for line in r.stdout.splitlines() if "notification" in line and "failed" in line]
+    assert len(warnings) == 2 and warnings[0] != warnings[1], warnings
+    assert f"{dead}/in/*** (target 1)" in warnings[0] and f"{dead}/in/*** (target 2)" in warnings[1]
+    assert "tok-FAKE" not in r.stdout + r.stderr
+    journal = (tmp_path / "out" / ".gsvr" / "journal.jsonl").read_text()
+    assert "tok-FAKE" not in journal and "(target 2)" in journal

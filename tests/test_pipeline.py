@@ -1,7 +1,7 @@
 """pipeline.run_task end to end: the real google-genai SDK over real HTTP against the sandbox.
 
-init_worker + run_task are called in-process (a queue.Queue stands in for the manager's
-multiprocessing queue); no fake client anywhere.
+init_worker + run_task are called in-process (a queue.Queue stands in for the manager's event
+channel); no fake client anywhere.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 
 from gsvr_batch import fsutil, pipeline
 from gsvr_batch.sandbox import SandboxConfig, SandboxServer
-from gsvr_batch.tasks import EVENT_STEP, EVENT_UPLOAD, EVENT_USAGE, TaskSpec
+from gsvr_batch.tasks import EVENT_PLAN, EVENT_REQUEST, EVENT_RESULT, EVENT_STARTED, EVENT_STEP, EVENT_UPLOAD, TaskSpec
 
-VIDEO = Path("/work/main/jobs/videos/lecture-01-introduction.mp4")
+VIDEO = Path(__file__).resolve().parent.parent / "jobs" / "videos" / "lecture-01-introduction.mp4"
 KEY = "test-key-not-real-pipeline-7f3a"
 MODEL = "gemini-2.5-flash"
 
@@ -74,6 +74,7 @@ def make_spec(tmp_path: Path, source: Path | str, *, kind: str = "local", task_i
         output_path=str(root / f"{task_id}.md"),
         output_root=str(root),
         backend="sandbox",
+        attempt_id="nonce-" + task_id,
     )
     fields.update(kw)
     return TaskSpec(**fields)
@@ -115,13 +116,19 @@ def test_local_video_end_to_end(tmp_path, sandbox, worker):
     assert result.video_duration == pytest.approx(6.0, abs=0.5)
     assert result.usage["total_tokens"] > 0 and result.model_version
     assert result.upload is not None and result.upload.source_sha256 == fsutil.sha256_file(VIDEO)
-    assert result.upload_deleted and log_of(sandbox, "files_delete", "t1")
+    assert result.upload.source == str(VIDEO) and result.upload.source_size == VIDEO.stat().st_size
+    # The worker never deletes: between the answer and the journal there is no blocking step.
+    assert not log_of(sandbox, "files_delete")
     assert result.api_calls["upload"] == 1 and result.api_calls["generate"] == 1
+    assert "attempt_id: nonce-t1" in text and "task_id: t1" in text  # what a crashed run adopts
 
     events = drain(q)
     kinds = [e[0] for e in events]
-    assert kinds.index(EVENT_UPLOAD) < kinds.index(EVENT_USAGE)
-    assert [e[2] for e in events if e[0] == EVENT_USAGE] == [{"model": MODEL, "requests": 1}]
+    assert kinds[0] == EVENT_STARTED and kinds[-1] == EVENT_RESULT
+    assert kinds.index(EVENT_UPLOAD) < kinds.index(EVENT_PLAN) < kinds.index(EVENT_REQUEST)
+    assert [e[2] for e in events if e[0] == EVENT_REQUEST] == [{"model": MODEL, "attempt_id": "nonce-t1"}]
+    assert all(e[2]["attempt_id"] == "nonce-t1" for e in events)
+    assert events[-1][2]["ok"] is True and events[-1][2]["sha256"] == result.sha256
     steps = [e[2]["step"] for e in events if e[0] == EVENT_STEP]
     assert steps == ["resolving", "uploading", "processing", "generating", "writing"]
     # Every API request carried the task id header, except the upload ones: the SDK's
@@ -138,7 +145,8 @@ def test_youtube_url_is_passed_without_upload(tmp_path, sandbox, worker):
     result = pipeline.run_task(make_spec(tmp_path, url, kind="youtube"))
     assert result.ok, result.error
     assert not log_of(sandbox, "upload_start")
-    assert result.upload is None and result.video_duration is None
+    # Nothing to probe before the call: the length is learnt from the API's own token count.
+    assert result.upload is None and result.video_duration == pytest.approx(600, rel=0.05)
     assert url in Path(result.output_path).read_text()
 
 
@@ -178,23 +186,23 @@ def test_http_url_is_downloaded_and_cleaned_up(tmp_path, sandbox, worker):
     downloads.mkdir()
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/talk.mp4"
-        result = pipeline.run_task(make_spec(tmp_path, url, kind="url", extra={"download_dir": str(downloads)}))
+        result = pipeline.run_task(make_spec(tmp_path, url, kind="url", download_dir=str(downloads)))
         missing = pipeline.run_task(
-            make_spec(tmp_path, url.replace("talk", "nope"), kind="url", task_id="t2", extra={"download_dir": str(downloads)})
+            make_spec(tmp_path, url.replace("talk", "nope"), kind="url", task_id="t2", download_dir=str(downloads))
         )
     finally:
         httpd.shutdown()
         httpd.server_close()
     assert result.ok, result.error
     assert log_of(sandbox, "upload_start")[0]["display_name"] == "talk.mp4"
-    assert missing.error["kind"] == "task" and "HTTP 404" in missing.error["message"]
+    assert missing.error["disposition"] == "fail_task" and "HTTP 404" in missing.error["message"]
     assert list(downloads.iterdir()) == []  # temp folders removed, success or not
 
 
 def test_reuses_existing_upload(tmp_path, sandbox, worker):
     worker()
-    first = pipeline.run_task(make_spec(tmp_path, VIDEO, task_id="a", keep_uploads=True))
-    assert first.ok and not first.upload_deleted
+    first = pipeline.run_task(make_spec(tmp_path, VIDEO, task_id="a"))
+    assert first.ok
     second = pipeline.run_task(make_spec(tmp_path, VIDEO, task_id="b", reuse_upload=first.upload))
     assert second.ok, second.error
     assert len(log_of(sandbox, "upload_start")) == 1  # only the first run uploaded
@@ -217,7 +225,7 @@ def test_too_long_video_is_skipped_before_any_call(tmp_path, sandbox, worker):
 def test_processing_failed(tmp_path, sandbox, worker):
     worker()
     result = pipeline.run_task(make_spec(tmp_path, video_named(tmp_path, "sandbox-fail-processing.mp4")))
-    assert result.error["error_class"] == "FileProcessingFailed" and result.error["kind"] == "task"
+    assert result.error["error_class"] == "FileProcessingFailed" and result.error["disposition"] == "fail_task"
     assert not log_of(sandbox, "generate")
 
 
@@ -231,7 +239,7 @@ def test_never_active(tmp_path, sandbox, worker):
 def test_safety_block(tmp_path, sandbox, worker):
     worker()
     result = pipeline.run_task(make_spec(tmp_path, video_named(tmp_path, "sandbox-block.mp4")))
-    assert result.error["error_class"] == "ContentBlocked" and result.error["kind"] == "task"
+    assert result.error["error_class"] == "ContentBlocked" and result.error["disposition"] == "fail_task"
     assert "finishReason SAFETY" in result.error["message"]
     assert not Path(make_spec(tmp_path, VIDEO).output_path).exists()
 
@@ -264,7 +272,7 @@ def test_unwritable_output_folder(tmp_path, sandbox, worker):
     root.mkdir()
     (root / "blocker").write_text("a file, not a folder")
     result = pipeline.run_task(make_spec(tmp_path, VIDEO, output_path=str(root / "blocker" / "t1.md")))
-    assert result.error["error_class"] == "OutputError" and result.error["kind"] == "task"
+    assert result.error["error_class"] == "OutputError" and result.error["disposition"] == "fail_task"
     assert "Not a directory" in result.error["message"] or "File exists" in result.error["message"]
 
 
@@ -272,7 +280,7 @@ def test_disk_full_before_write(tmp_path, sandbox, worker, monkeypatch):
     worker()
     monkeypatch.setattr(fsutil, "free_bytes", lambda path: 1024)
     result = pipeline.run_task(make_spec(tmp_path, VIDEO))
-    assert result.error["kind"] == "disk_full" and result.error["error_class"] == "DiskFull"
+    assert result.error["disposition"] == "pause" and result.error["error_class"] == "DiskFull"
     assert not Path(make_spec(tmp_path, VIDEO).output_path).exists()
 
 
@@ -288,14 +296,14 @@ def test_429_retry_delay_is_honoured(tmp_path, sandbox, worker):
     assert [e["status"] for e in gen] == [429, 200]
     assert gen[1]["ts"] - gen[0]["ts"] >= 2.0  # behaviour: the retry came after retryDelay
     assert result.api_calls["generate"] == 2
-    assert len([e for e in drain(q) if e[0] == EVENT_USAGE]) == 2  # both requests count for RPD
+    assert len([e for e in drain(q) if e[0] == EVENT_REQUEST]) == 2  # both requests count for RPD
 
 
 def test_daily_quota_ends_task_with_quota_day(tmp_path, sandbox, worker):
     worker()
     sandbox.inject_429(1, retry_delay=1.0, per="day")
     result = pipeline.run_task(make_spec(tmp_path, VIDEO))
-    assert result.error["kind"] == "quota_day" and result.error["resets_at"].endswith("Z")
+    assert result.error["disposition"] == "pause_until" and result.error["resets_at"].endswith("Z")
     assert len(log_of(sandbox, "generate")) == 1  # no retry burnt on a spent daily quota
 
 
@@ -311,8 +319,7 @@ def test_transient_after_retries_exhausted(tmp_path, sandbox, worker):
     worker(max_call_retries=1)
     sandbox.inject_errors(2, 500)
     result = pipeline.run_task(make_spec(tmp_path, VIDEO))
-    assert result.error["kind"] == "transient" and result.error["error_class"] == "ServerError"
-    assert result.error["retryable"] is True
+    assert result.error["disposition"] == "retry" and result.error["error_class"] == "ServerError"
     assert "Gemini answered 500 INTERNAL" in result.error["message"]
 
 
@@ -320,16 +327,20 @@ def test_invalid_key_is_fatal(tmp_path, sandbox, worker):
     worker()
     sandbox.update_config(api_key="another-test-key-not-real")
     result = pipeline.run_task(make_spec(tmp_path, VIDEO))
-    assert result.error["kind"] == "fatal" and result.error["error_class"] == "FatalAPIError"
+    assert result.error["disposition"] == "stop_batch" and result.error["error_class"] == "FatalAPIError"
     assert "API key not valid" in result.error["message"]
     assert KEY not in repr(result)
 
 
-def test_hung_request_times_out_as_transient(tmp_path, sandbox, worker):
-    worker(request_timeout=1, max_call_retries=0)
+def test_hung_request_is_a_lost_call_not_a_free_retry(tmp_path, sandbox, worker):
+    # The request reached the model; its answer never came back. It may have been billed, so it
+    # is not retried inside the task (call retries would multiply the bill): the attempt ends,
+    # the lost call is counted, and the task-level policy decides.
+    worker(request_timeout=1, max_call_retries=3)
     result = pipeline.run_task(make_spec(tmp_path, video_named(tmp_path, "sandbox-hang.mp4")))
-    assert result.error["kind"] == "transient" and result.error["error_class"] == "NetworkError"
-    assert "timed out" in result.error["message"]
+    assert result.error["disposition"] == "retry" and result.error["error_class"] == "CallLost"
+    assert "timed out" in result.error["message"] and "may have been billed" in result.error["message"]
+    assert result.lost_calls == 1 and len(log_of(sandbox, "generate")) == 1
 
 
 def test_worker_refuses_to_write_after_manager_died(tmp_path, sandbox, worker, monkeypatch):
@@ -337,7 +348,7 @@ def test_worker_refuses_to_write_after_manager_died(tmp_path, sandbox, worker, m
     # Simulate re-parenting (the manager was kill -9'd and init adopted the worker).
     monkeypatch.setattr(pipeline._STATE, "parent_pid", os.getppid() + 1)
     result = pipeline.run_task(make_spec(tmp_path, VIDEO))
-    assert result.error["kind"] == "cancelled"
+    assert result.error["disposition"] == "requeue"
     out_dir = tmp_path / "out"
     assert not Path(make_spec(tmp_path, VIDEO).output_path).exists()
     assert not [p for p in out_dir.iterdir() if p.name.startswith(fsutil.TMP_PREFIX)]
@@ -358,9 +369,32 @@ def test_shared_limiter_learns_from_429_and_daily_quota(tmp_path, sandbox, worke
 
     sandbox.inject_429(1, retry_delay=1.0, per="day")
     spent = pipeline.run_task(make_spec(tmp_path, VIDEO, task_id="r2"))
-    assert spent.error["kind"] == "quota_day"
+    assert spent.error["disposition"] == "pause_until"
     # Every worker now stops before sending: the next task ends without a generate request.
     before = len(log_of(sandbox, "generate"))
     third = pipeline.run_task(make_spec(tmp_path, VIDEO, task_id="r3"))
-    assert third.error["kind"] == "quota_day"
+    assert third.error["disposition"] == "pause_until"
     assert len(log_of(sandbox, "generate")) == before
+
+
+def test_an_answer_cut_at_max_tokens_is_asked_once_more_then_kept_as_truncated(tmp_path, sandbox, worker):
+    worker()
+    tdir = tmp_path / "tpl"
+    tdir.mkdir()
+    (tdir / "tiny.yaml").write_text("""templates:
+  tiny:
+    name: Tiny
+    version: "1"
+    model_config: {max_tokens: 8}
+    prompt: |
+      ## Overview
+      ## Summary
+      Write a lesson.
+""")
+    spec = make_spec(tmp_path, VIDEO, template="tiny", templates_dirs=(str(tdir),), output_limit=16)
+    result = pipeline.run_task(spec)
+    assert result.ok, result.error
+    gen = log_of(sandbox, "generate")
+    assert len(gen) == 2  # once at 8, once at 16 (the model's cap here): never a third time
+    assert result.truncated and len(result.billed) == 1  # the first, cut answer was paid too
+    assert "truncated: true" in Path(result.output_path).read_text()

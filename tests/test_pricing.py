@@ -8,17 +8,8 @@ import pytest
 from google.genai import types
 
 from gsvr_batch.errors import UsageError
-from gsvr_batch.pricing import (
-    DEFAULT_OUTPUT_TOKENS,
-    DryRunRow,
-    estimate_audio_tokens,
-    estimate_cost,
-    estimate_output_tokens,
-    estimate_table,
-    estimate_tokens,
-    load_pricing,
-    usage_from_metadata,
-)
+from gsvr_batch.costs import DEFAULT_OUTPUT_TOKENS, estimate_output, plan_for, plan_tokens
+from gsvr_batch.pricing import estimate_cost, load_pricing, usage_from_metadata
 
 REQUIRED = ("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.0-flash",
             "gemini-2.0-flash-lite", "gemini-3-pro-preview")
@@ -146,52 +137,31 @@ def test_unknown_models_are_listed_with_the_known_ones_at_validation():
     assert "gemini-2.5-flash" in text and "--pricing FILE" in text
 
 
-def test_token_estimates_follow_the_video_tokenizer():
-    assert estimate_tokens(600, 1_000, None) == 600 * 300 + 1_000
-    assert estimate_tokens(600, 1_000, "low") == 600 * 100 + 1_000
-    assert estimate_tokens(600, 0, "MEDIA_RESOLUTION_LOW") == 60_000
-    assert estimate_tokens(600, 0, "MEDIA_RESOLUTION_HIGH") == 180_000
-    assert estimate_tokens(None, 500, None) == 3600 * 300 + 500  # YouTube: priced as one hour
-    assert estimate_audio_tokens(600) == 600 * 32
+def test_output_estimates_median_of_the_past_else_a_lesson_never_more_than_the_cap():
+    assert estimate_output(8192, [1_000, 3_000, 2_000, 9_000]) == 2_500  # median of the template's past
+    assert estimate_output(8192, [1_000]) == 1_000  # one finished lesson beats any default
+    # no history: a long lesson's 2,048, not half the cap (65,536 / 2 made estimates ~8x too high)
+    assert estimate_output(65_536, []) == DEFAULT_OUTPUT_TOKENS
+    assert estimate_output(600, []) == 600 and estimate_output(None, []) == DEFAULT_OUTPUT_TOKENS
 
 
-def test_output_estimates_median_then_half_the_cap_then_default():
-    assert estimate_output_tokens(8192, [1_000, 3_000, 2_000, 9_000]) == 2_500  # median of >= 3 past runs
-    assert estimate_output_tokens(8192, [1_000, 3_000]) == 4_096  # too few runs: half the cap
-    assert estimate_output_tokens(None, [1_000]) == DEFAULT_OUTPUT_TOKENS
-    assert estimate_output_tokens(0, []) == DEFAULT_OUTPUT_TOKENS
+def test_a_plan_prices_every_request_it_makes():
+    one = plan_for(600, 4_000, model="gemini-2.5-flash", media_resolution=None, tpm=None)
+    tin, tout, audio = plan_tokens(one, 600, 4_000, 2_048)
+    assert one.label() == "1 call" and one.requests == 1 and tout == 2_048 and audio == 600 * 32
+    long = plan_for(4 * 3600, 4_000, model="gemini-2.5-flash", media_resolution=None, tpm=250_000)
+    tin4, tout4, _ = plan_tokens(long, 4 * 3600, 4_000, 2_048)
+    n = len(long.clips)
+    assert long.strategy == "clips" and long.requests == n + 1 and n >= 2
+    assert tout4 == (n + 1) * 2_048  # a partial per clip, then the merged lesson
+    assert tin4 > tin * 4  # every clip pays its prompt, and the merge reads every partial
 
 
 def test_estimate_cost_prices_the_audio_share():
-    tin, audio, tout = estimate_tokens(600, 1_000, None), estimate_audio_tokens(600), 4_096
+    tin, audio, tout = 600 * 300 + 1_000, 600 * 32, 4_096
     expected = ((tin - audio) * 0.30 + audio * 1.00 + tout * 2.50) / 1e6
     assert estimate_cost("gemini-2.5-flash", tin, tout, "online", audio_tokens=audio) == pytest.approx(expected)
     assert estimate_cost("gemini-2.5-flash", tin, tout, "batch", audio_tokens=audio) == pytest.approx(expected / 2)
     assert estimate_cost("gemini-2.5-flash", tin, tout) == pytest.approx((tin * 0.30 + tout * 2.50) / 1e6)
 
 
-def test_dry_run_table_has_columns_rows_totals_and_a_footnote():
-    rows = [DryRunRow("Lecture 1: Sets", 600.0, 181_000, 4_096, 0.0645),
-            DryRunRow("https://www.youtube.com/watch?v=aircAruvnKk", None, 1_080_500, 2_048, 0.3293),
-            DryRunRow("Lecture 2: done already", 3_725.0, 1_118_000, 4_096, 0.5, note="already completed",
-                      counted=False)]
-    out = estimate_table(rows)
-    lines = out.splitlines()
-    for col in ("Job", "Duration", "Est. input tokens", "Est. output tokens", "Est. cost"):
-        assert col in lines[0]
-    assert lines[2].startswith("Lecture 1: Sets") and "10:00" in lines[2] and "181,000" in lines[2]
-    assert "unknown*" in lines[3] and "$0.3293" in lines[3]
-    assert "1:02:05" in lines[4] and "already completed" in lines[4]
-    total = next(line for line in lines if line.startswith("Total"))
-    assert "2 of 3 jobs" in total and "10:00 + 1 unknown*" in total
-    assert "1,261,500" in total and "6,144" in total and "$0.3938" in total
-    assert lines[-1].startswith("* unknown: a YouTube link's length is known only after the model answers")
-    # numbers are right-aligned: the cost column ends at the same place on every data row
-    col_end = lines[0].index("Est. cost") + len("Est. cost")
-    assert all(line[col_end - 1] in "t0123456789" for line in lines[2:5])
-
-
-def test_dry_run_table_without_a_price_shows_question_marks():
-    out = estimate_table([DryRunRow("a", 60.0, 18_000, 100, None), DryRunRow("b", 60.0, 18_000, 100, 0.01)])
-    total = next(line for line in out.splitlines() if line.startswith("Total"))
-    assert "?" in total and "some models have no price" in total and "unknown" not in out

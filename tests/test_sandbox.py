@@ -53,7 +53,9 @@ def wait_batch(client: genai.Client, name: str, timeout: float = 10.0) -> types.
 
 
 def timestamps(text: str) -> list[int]:
-    return [int(m) * 60 + int(s) for m, s in re.findall(r"\b(\d{2}):(\d{2})\b", text)]
+    """Seconds of the ``MM:SS`` / ``H:MM:SS`` timestamps in a text."""
+    found = re.findall(r"(?<![\d:])(?:(\d{1,2}):(\d{2}):(\d{2})|(\d{2,3}):(\d{2}))(?![\d:])", text)
+    return [int(h) * 3600 + int(m) * 60 + int(s) if h else int(mm) * 60 + int(ss) for h, m, s, mm, ss in found]
 
 
 @pytest.fixture()
@@ -112,7 +114,10 @@ def test_generate_content_follows_prompt_and_real_duration(client, video, srv):
     assert ts and all(0 <= t <= 6 for t in ts)
     assert r.candidates[0].finish_reason == types.FinishReason.STOP
     u = r.usage_metadata
-    assert u.prompt_token_count == 300 * 6 + math.ceil(len(prompt) / 4)
+    # 6 s with sound: 6 frames x 258 + 6 s x 32 audio tokens + the prompt at 4 chars a token.
+    assert u.prompt_token_count == 6 * 258 + 6 * 32 + math.ceil(len(prompt) / 4)
+    details = {d.modality.name: d.token_count for d in u.prompt_tokens_details}
+    assert details == {"TEXT": math.ceil(len(prompt) / 4), "VIDEO": 6 * 258, "AUDIO": 6 * 32}
     assert u.candidates_token_count == math.ceil(len(text) / 4)
     assert u.total_token_count == u.prompt_token_count + u.candidates_token_count
     assert r.model_version == f"{MODEL}-sandbox-001" and r.response_id
@@ -132,13 +137,13 @@ def test_generate_youtube_chinese_low_resolution(client):
         config=types.GenerateContentConfig(media_resolution=types.MediaResolution.MEDIA_RESOLUTION_LOW))
     assert "## 学习目标" in r.text and "600" in r.text
     assert all(t < 600 for t in timestamps(r.text)) and max(timestamps(r.text)) > 300
-    assert r.usage_metadata.prompt_token_count == 100 * 600 + math.ceil(len(prompt) / 4)
+    assert r.usage_metadata.prompt_token_count == (66 + 32) * 600 + math.ceil(len(prompt) / 4)
 
 
 def test_count_tokens_and_max_output_tokens(client, video):
     part = types.Part.from_uri(file_uri=video.uri, mime_type=video.mime_type)
     ct = client.models.count_tokens(model=MODEL, contents=[part, "abcdefgh"])
-    assert ct.total_tokens == 1800 + 2
+    assert ct.total_tokens == 6 * 258 + 6 * 32 + 2
     r = client.models.generate_content(model=MODEL, contents=[part, "plan"],
                                        config=types.GenerateContentConfig(max_output_tokens=10))
     assert r.candidates[0].finish_reason == types.FinishReason.MAX_TOKENS
@@ -299,7 +304,7 @@ def test_batch_file_input_and_download(client, video, tmp_path):
     assert [r["key"] for r in results] == ["a", "b"]
     text = results[0]["response"]["candidates"][0]["content"]["parts"][0]["text"]
     assert "## One" in text and all(t <= 6 for t in timestamps(text))
-    assert results[0]["response"]["usageMetadata"]["promptTokenCount"] >= 1800
+    assert results[0]["response"]["usageMetadata"]["promptTokenCount"] >= 6 * 290
 
 
 def test_batch_failure_injection_and_cancel(client):
@@ -330,7 +335,10 @@ def test_cli_sandbox_help_and_run(tmp_path):
     out = subprocess.run([*exe, "sandbox", "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "--fail-rate" in out.stdout
     log = tmp_path / "cli.jsonl"
-    p = subprocess.Popen([*exe, "sandbox", "--rpm", "5", "--log", str(log)], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([*exe, "sandbox", "--rpm", "5", "--log", str(log), "--youtube-duration", "abcdefghijk=10800",
+                          "--youtube-duration", "x=1.5", "--extra-model", "my-model=5000", "--input-token-limit",
+                          "4000", "--cache-ttl", "10", "--upload-lost-answer-rate", "0.25",
+                          "--youtube-seconds-per-day", "28800"], stdout=subprocess.PIPE, text=True)
     try:
         first = p.stdout.readline()
         hint = "".join(p.stdout.readline() for _ in range(2))
@@ -338,6 +346,11 @@ def test_cli_sandbox_help_and_run(tmp_path):
         assert url.startswith("http://127.0.0.1:")
         stats = httpx.get(f"{url}/_sandbox/stats").json()
         assert stats["config"]["rpm"] == 5
+        assert {k: stats["config"][k] for k in ("youtube_durations", "models", "input_token_limit", "cache_ttl",
+                                                "upload_lost_answer_rate", "youtube_seconds_per_day")} == {
+            "youtube_durations": {"abcdefghijk": 10800.0, "x": 1.5}, "models": {"my-model": 5000},
+            "input_token_limit": 4000, "cache_ttl": 10.0, "upload_lost_answer_rate": 0.25,
+            "youtube_seconds_per_day": 28800.0}
     finally:
         p.send_signal(signal.SIGTERM)
         rest, _ = p.communicate(timeout=10)

@@ -40,8 +40,9 @@ def test_happy_life_cycle():
         s("task_failed", task_id="b", attempt=2, error_class="ContentBlocked", message="safety"),
         s("run_finished", exit_code=1),
     ])
-    assert st.tasks["a"].status is TaskStatus.COMPLETED and st.tasks["a"].upload["name"] == "files/x"
+    assert st.tasks["a"].status is TaskStatus.COMPLETED and set(st.uploads) == {"files/x"}
     assert st.tasks["b"].status is TaskStatus.FAILED and st.tasks["b"].attempts == 2
+    assert st.tasks["b"].failures == 2  # journals of 0.1 (no "charge") charge every failed attempt
     assert st.tasks["b"].last_error["error_class"] == "ContentBlocked"
     assert st.counts() == {"pending": 0, "running": 0, "completed": 1, "failed": 1, "skipped": 0, "total": 2}
     assert st.total_cost_usd == 0.5 and st.is_complete()
@@ -57,7 +58,72 @@ def test_crash_requeue_and_retry_command_keep_history():
         s("task_requeued", task_id="a", reason="retry", in_flight=False, reset_attempts=True),
     ])
     t = st.tasks["a"]
-    assert t.status is TaskStatus.PENDING and t.attempts == 0 and t.requeues_in_flight == 1
+    # 0.1 journals: in_flight / reset_attempts; the crash charged nobody, the retry reset the charges
+    assert t.status is TaskStatus.PENDING and t.attempts == 2 and t.failures == 0 and t.interruptions == 1
+
+
+def test_charges_go_to_the_budget_named_and_crashes_charge_nobody():
+    s = Seq()
+    st = fold(base(s, "a") + [
+        s("task_started", task_id="a", attempt=1, attempt_id="n1", model="gemini-2.5-pro"),
+        s("retry_scheduled", task_id="a", attempt=2, error_class="ServerError", message="503", charge="attempt",
+          cost_usd=0.25, calls=1, lost_calls=1),
+        s("task_started", task_id="a", attempt=2, attempt_id="n2"),
+        s("retry_scheduled", task_id="a", attempt=3, error_class="WorkerDied", message="died", charge="crash"),
+        s("task_started", task_id="a", attempt=3, attempt_id="n3"),
+        s("task_requeued", task_id="a", reason="manager died", interrupted=True),
+        s("task_started", task_id="a", attempt=4, attempt_id="n4"),
+        s("task_requeued", task_id="a", reason="pool rebuilt", interrupted=True),
+    ])
+    t = st.tasks["a"]
+    assert (t.failures, t.crashes, t.interruptions, t.attempts) == (1, 1, 2, 4)
+    assert t.model == "gemini-2.5-pro" and t.attempt_id == "n4"  # the model actually called, priced from there
+    assert t.cost_usd == 0.25 and t.calls == 1 and t.lost_calls == 1 and st.total_cost_usd == 0.25
+
+
+def test_an_output_found_after_a_signal_is_adopted_from_pending():
+    s = Seq()
+    st = fold(base(s, "a") + [
+        s("task_started", task_id="a", attempt=1, attempt_id="n1"),
+        s("task_requeued", task_id="a", reason="second Ctrl-C", interrupted=True),
+    ])
+    with pytest.raises(IllegalTransition):  # only an adoption may complete a pending task
+        apply(st, s("task_completed", task_id="a", sha256="x"))
+    s.n -= 1
+    apply(st, s("task_completed", task_id="a", sha256="x", adopted=True, cost_usd=0.1, calls=1))
+    assert st.tasks["a"].status is TaskStatus.COMPLETED and st.tasks["a"].adopted and st.tasks["a"].calls == 1
+
+
+def test_clip_partials_are_paid_once_and_a_new_plan_forgets_other_boundaries():
+    s = Seq()
+    plan = {"strategy": "clips", "clips": [{"index": 0, "start": 0, "end": 60}, {"index": 1, "start": 60, "end": 90}]}
+    st = fold(base(s, "a") + [
+        s("task_started", task_id="a", attempt=1, attempt_id="n1"),
+        s("task_plan", task_id="a", plan=plan),
+        s("clip_completed", task_id="a", clip=0, start=0, end=60, path="p0", sha256="s0", usage={}, cost_usd=0.5,
+          calls=1),
+    ])
+    assert set(st.tasks["a"].partials) == {"0"} and st.total_cost_usd == 0.5
+    with pytest.raises(IllegalTransition):  # the same clip twice would be paid twice
+        apply(st, s("clip_completed", task_id="a", clip=0, start=0, end=60, path="p0", sha256="s0", usage={}))
+    s.n -= 1
+    apply(st, s("task_plan", task_id="a", plan=dict(plan)))  # same boundaries: partials kept
+    assert set(st.tasks["a"].partials) == {"0"}
+    apply(st, s("task_plan", task_id="a", plan={"strategy": "clips", "clips": [{"index": 0, "start": 0, "end": 45}]}))
+    assert st.tasks["a"].partials == {} and st.total_cost_usd == 0.5  # money already spent stays counted
+
+
+def test_a_spent_daily_quota_outlives_the_run_that_met_it():
+    s = Seq()
+    st = fold(base(s, "a") + [
+        s("run_started"),
+        s("batch_stopped", kind="quota_day", reason="spent", resets_at="2026-11-29T08:00:00Z", model="m"),
+        s("run_finished", exit_code=75),
+        s("run_started"),
+    ])
+    assert st.stopped is None and st.quota_blocks == {"m": "2026-11-29T08:00:00Z"}
+    apply(st, s("quota_cleared", models=["m"], reason="new day"))
+    assert st.quota_blocks == {}
 
 
 def test_dropped_task_is_hidden_and_can_come_back():
@@ -94,7 +160,7 @@ ILLEGAL = [
         s("task_started", task_id="a", attempt=1), s("task_completed", task_id="a")]),
     ("attempt number skips", lambda s: base(s, "a") + [s("task_started", task_id="a", attempt=3)]),
     ("step of a pending task", lambda s: base(s, "a") + [s("task_step", task_id="a", step="x")]),
-    ("upload of a pending task", lambda s: base(s, "a") + [s("upload_finished", task_id="a", upload={})]),
+    ("upload without a name", lambda s: base(s, "a") + [s("upload_finished", task_id="a", upload={})]),
     ("retry of a pending task", lambda s: base(s, "a") + [s("retry_scheduled", task_id="a")]),
     ("requeue a pending task", lambda s: base(s, "a") + [s("task_requeued", task_id="a", reason="r")]),
     ("skip a failed task", lambda s: base(s, "a") + [

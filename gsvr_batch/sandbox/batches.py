@@ -13,7 +13,8 @@ import json
 import secrets
 from dataclasses import dataclass, field
 
-from . import generate, rpc
+from . import generate, models, rpc
+from .config import SandboxConfig
 from .store import FileStore, rfc3339
 
 BATCH_FAIL = "sandbox-batch-fail"
@@ -107,26 +108,32 @@ def state(job: BatchJob, now: float, duration: float) -> str:
     return "DONE"
 
 
-def refresh(job: BatchJob, now: float, duration: float, store: FileStore, processing_delay: float) -> str:
+def refresh(job: BatchJob, now: float, config: SandboxConfig, store: FileStore) -> str:
     """Current state; finishing the job (computing results) the first time it is due."""
-    st = state(job, now, duration)
+    st = state(job, now, config.batch_duration)
     if st != "DONE":
         return st
     job.end_state = job.planned_end()
-    job.end_time = job.create_time + duration
+    job.end_time = job.create_time + config.batch_duration
     if job.end_state == "SUCCEEDED":
-        _run(job, now, store, processing_delay)
+        _run(job, now, store, config)
     return job.end_state
 
 
-def _run(job: BatchJob, now: float, store: FileStore, processing_delay: float) -> None:
+def _run(job: BatchJob, now: float, store: FileStore, config: SandboxConfig) -> None:
+    """Each request answered as generateContent would (model, input window, files, triggers)."""
     results: list[tuple[BatchItem, dict]] = []
     ok = failed = 0
     for item in job.items:
-        model = str(item.request.get("model") or job.model).split("models/", 1)[-1]
+        model = models.bare(str(item.request.get("model") or job.model))
         entry: dict = {}
         try:
-            prep = generate.prepare(model, item.request, store, now, processing_delay)
+            info = models.resolve(model, config.models, config.input_token_limit)
+            if info is None:
+                raise models.not_found(model, "generateContent")
+            prep = generate.prepare(model, item.request, store, now, config.processing_delay,
+                                    youtube_durations=config.youtube_durations)
+            generate.check_input_limit(prep, info)
             if generate.BLOCK in prep.trigger_text:
                 raise rpc.ApiError(400, "INVALID_ARGUMENT",
                                    "The request was blocked by the sandbox safety trigger (sandbox-block).")
@@ -160,8 +167,8 @@ def new_job(model: str, display_name: str | None, items: list[BatchItem], input_
     return BatchJob(secrets.token_hex(8), model, display_name, now, items, input_file)
 
 
-def to_json(job: BatchJob, now: float, duration: float, store: FileStore, processing_delay: float) -> dict:
-    st = refresh(job, now, duration, store, processing_delay)
+def to_json(job: BatchJob, now: float, config: SandboxConfig, store: FileStore) -> dict:
+    st = refresh(job, now, config, store)
     shown = "RUNNING" if st == "DONE" else st
     meta: dict = {
         "@type": _META_TYPE,

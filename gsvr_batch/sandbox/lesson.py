@@ -1,7 +1,8 @@
 """The answer the sandbox "generates": a lesson skeleton that follows the prompt's headings.
 
-There is no model here, so the text is built from the prompt's structure and the video's
-real duration. It says plainly that it was produced offline without watching the video,
+There is no model here, so the text is built from the prompt's structure and the stretch of
+video the request covers (the whole video, a ``videoMetadata`` clip, or — for a text-only
+merge request — the range of the timestamps in the prompt). It says plainly that it was produced offline without watching the video,
 so nobody mistakes sandbox output for a real lesson plan. Same input, same text.
 """
 
@@ -13,8 +14,11 @@ import re
 from dataclasses import dataclass
 
 ASSUMED_DURATION = 600.0  # seconds, for YouTube links and anything PyAV cannot open
-TOKENS_PER_SECOND = 300  # Gemini's default media resolution
-TOKENS_PER_SECOND_LOW = 100  # mediaResolution MEDIA_RESOLUTION_LOW
+# Google's video tokenizer (ai.google.dev/gemini-api/docs/video-understanding, media-resolution):
+TOKENS_PER_FRAME = 258  # default (and MEDIUM / HIGH) media resolution
+TOKENS_PER_FRAME_LOW = 66  # mediaResolution MEDIA_RESOLUTION_LOW
+AUDIO_TOKENS_PER_SECOND = 32  # the sound track, at every resolution
+DEFAULT_FPS = 1.0  # frames sampled per second unless videoMetadata.fps says otherwise
 OFFLINE_NOTE = "Produced offline by the gsvr-batch sandbox without watching the video."
 
 DEFAULT_SECTIONS_EN = ["Overview", "Learning Objectives", "Key Concepts", "Timeline",
@@ -76,59 +80,159 @@ def parse_headings(prompt: str) -> list[str]:
     return []
 
 
-def format_ts(seconds: float) -> str:
-    """``MM:SS`` (minutes may exceed 59 for long videos, so the format stays one shape)."""
+def format_ts(seconds: float, *, hours: bool = False) -> str:
+    """``MM:SS``, or ``H:MM:SS`` when ``hours`` (a lesson reaching past the first hour)."""
     s = max(0, int(seconds))
+    if hours:
+        return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
     return f"{s // 60:02d}:{s % 60:02d}"
 
 
-def build_lesson(prompt: str, duration: float | None, *, model: str, source: str = "") -> str:
-    """The lesson text for a prompt and a video of ``duration`` seconds (None: assumed)."""
+# Timestamps in a merge prompt: ``H:MM:SS`` or ``MM:SS`` (minutes may pass 59), not glued to
+# other digits, colons or letters — the shapes this module and real lessons write.
+_TIMESTAMP = re.compile(r"(?<![\w:])(?:(\d{1,2}):([0-5]\d):([0-5]\d)|(\d{1,3}):([0-5]\d))(?![\w:])")
+
+
+def find_timestamps(text: str) -> list[int]:
+    """Seconds of every timestamp written in ``text`` (in order of appearance)."""
+    out = []
+    for m in _TIMESTAMP.finditer(text):
+        if m.group(1) is not None:
+            out.append(int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3)))
+        else:
+            out.append(int(m.group(4)) * 60 + int(m.group(5)))
+    return out
+
+
+@dataclass(frozen=True)
+class Span:
+    """The stretch of video an answer talks about, in absolute seconds of the video.
+
+    ``kind``: ``measured`` (probed file), ``declared`` (YouTube length from the config),
+    ``assumed`` (unknown length: ``ASSUMED_DURATION``), ``merge`` (a text-only request: the
+    range of the timestamps found in the prompt). ``total`` is the whole video's length;
+    ``start``/``end`` differ from 0/total for a clipped request (``videoMetadata``).
+    """
+
+    start: float
+    end: float
+    total: float
+    kind: str = "measured"
+
+    @property
+    def clipped(self) -> bool:
+        return self.kind != "merge" and (self.start > 0 or self.end < self.total)
+
+
+def merge_span(prompt: str) -> Span | None:
+    """What a text-only (merge) request covers: from its first to its last timestamp, or None."""
+    found = find_timestamps(prompt)
+    if not found:
+        return None
+    # +1: the skeleton keeps its timestamps strictly before ``end``, so the latest one is written.
+    return Span(float(min(found)), float(max(found)) + 1, float(max(found)) + 1, "merge")
+
+
+def _how_long(span: Span, chinese: bool) -> str:
+    long = span.end >= 3600
+    a, b, total = (format_ts(span.start, hours=long), format_ts(span.end, hours=long),
+                   format_ts(span.total, hours=span.total >= 3600))
+    if chinese:
+        if span.kind == "merge":
+            return f"由覆盖 {a}–{format_ts(span.end - 1, hours=long)} 的分段教案合并而成"
+        what = {"measured": f"视频实测时长 {span.total:.1f} 秒",
+                "declared": f"视频时长 {span.total:.0f} 秒（沙盒配置中声明）",
+                "assumed": f"视频时长按 {span.total:.0f} 秒估计（无法测量）"}[span.kind]
+        return what + (f"；本段覆盖 {a}–{b}（共 {total}）" if span.clipped else "")
+    if span.kind == "merge":
+        return f"Merged from partial lessons covering {a}–{format_ts(span.end - 1, hours=long)}"
+    what = {"measured": f"The video is {span.total:.1f} s long (measured)",
+            "declared": f"The video is {span.total:.0f} s long (declared in the sandbox config)",
+            "assumed": f"The video duration is assumed to be {span.total:.0f} s (it could not be measured)"}[span.kind]
+    return what + (f"; this part covers {a}–{b} of {total}" if span.clipped else "")
+
+
+def build_lesson(prompt: str, span: Span | float | None, *, model: str, source: str = "") -> str:
+    """The lesson text for a prompt and the video stretch ``span`` talks about.
+
+    A number (or None: assumed length) is a whole video of that many seconds, as before.
+    Timestamps are absolute (a clip of 20:00–40:00 writes 20:00…39:59) and take the
+    ``H:MM:SS`` shape when the stretch reaches past the first hour.
+    """
+    if not isinstance(span, Span):
+        if span is None or span <= 0:
+            span = Span(0.0, ASSUMED_DURATION, ASSUMED_DURATION, "assumed")
+        else:
+            span = Span(0.0, float(span), float(span), "measured")
     chinese = wants_chinese(prompt)
-    assumed = duration is None or duration <= 0
-    seconds = ASSUMED_DURATION if assumed else float(duration)
     sections = parse_headings(prompt) or (DEFAULT_SECTIONS_ZH if chinese else DEFAULT_SECTIONS_EN)
-    digest = hashlib.sha256(f"{prompt}\0{source}\0{seconds}".encode()).digest()
+    digest = hashlib.sha256(f"{prompt}\0{source}\0{span.start}\0{span.end}".encode()).digest()
     phrases = _PHRASES_ZH if chinese else _PHRASES_EN
+    how_long = _how_long(span, chinese)
 
     if chinese:
-        how_long = (f"视频时长按 {seconds:.0f} 秒估计（无法测量）" if assumed
-                    else f"视频实测时长 {seconds:.1f} 秒")
         out = ["# 课程教案（沙盒）", "",
                f"> 本文由 gsvr-batch 沙盒离线生成，未观看视频。{OFFLINE_NOTE}",
                f"> {how_long}；模型 {model}。", ""]
     else:
-        how_long = (f"The video duration is assumed to be {seconds:.0f} s (it could not be measured)"
-                    if assumed else f"The video is {seconds:.1f} s long (measured)")
         out = ["# Lesson plan (sandbox)", "", f"> {OFFLINE_NOTE}", f"> {how_long}; model {model}.", ""]
 
     n = len(sections)
+    first, last = span.start, span.end
+    long = last >= 3600
     for i, name in enumerate(sections):
-        start = seconds * i / n
-        end = seconds * (i + 1) / n
-        # Keep every timestamp strictly inside the video, even for very short clips.
-        ts_end = min(end, max(0.0, seconds - 1))
+        start = first + (last - first) * i / n
+        end = first + (last - first) * (i + 1) / n
+        # Keep every timestamp strictly inside the stretch, even for very short clips.
+        ts_end = min(end, max(first, last - 1))
         phrase = phrases[digest[i % len(digest)] % len(phrases)]
         out.append(f"## {name}")
         out.append("")
-        out.append(f"- [{format_ts(start)}–{format_ts(ts_end)}] {phrase}")
+        out.append(f"- [{format_ts(start, hours=long)}–{format_ts(ts_end, hours=long)}] {phrase}")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 
 @dataclass(frozen=True)
 class Usage:
-    prompt_tokens: int
+    """Prompt tokens by modality (``cached`` is the part served from the implicit cache)."""
+
     text_tokens: int
-    media_tokens: int
+    video_tokens: int = 0
+    audio_tokens: int = 0
+    cached_video: int = 0
+    cached_audio: int = 0
+
+    @property
+    def media_tokens(self) -> int:
+        return self.video_tokens + self.audio_tokens
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.text_tokens + self.media_tokens
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.cached_video + self.cached_audio
 
 
-def prompt_usage(text: str, media_seconds: float, *, low_resolution: bool = False) -> Usage:
-    """Prompt tokens: 300 per video second (100 at low resolution) + one per 4 text chars."""
-    rate = TOKENS_PER_SECOND_LOW if low_resolution else TOKENS_PER_SECOND
-    media = round(rate * media_seconds)
-    text_tokens = math.ceil(len(text) / 4)
-    return Usage(media + text_tokens, text_tokens, media)
+def text_tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)
+
+
+def video_tokens(seconds: float, *, fps: float = DEFAULT_FPS, low_resolution: bool = False,
+                 audio: bool = True) -> tuple[int, int]:
+    """(frame tokens, audio tokens) for ``seconds`` of video: Google's documented tokenizer.
+
+    ``ceil(seconds × fps)`` frames at 258 tokens (66 at MEDIA_RESOLUTION_LOW) + 32 tokens per
+    second of sound (any resolution; none for a file without an audio track).
+    """
+    if seconds <= 0:
+        return 0, 0
+    frames = max(1, math.ceil(seconds * fps - 1e-9))  # 1e-9: 6.000000001 s is still 6 frames
+    per_frame = TOKENS_PER_FRAME_LOW if low_resolution else TOKENS_PER_FRAME
+    sound = math.ceil(seconds * AUDIO_TOKENS_PER_SECOND - 1e-9) if audio else 0
+    return frames * per_frame, sound
 
 
 def answer_tokens(answer: str) -> int:

@@ -22,6 +22,11 @@ RPM_ID = "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
 RPD_ID = "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
 TPM_ID = "GenerateContentInputTokensPerModelPerMinute-FreeTier"
 FILE_RPM_ID = "FileRequestsPerMinutePerProject"
+# Google documents the free tier's "8 hours of YouTube video per day" but not the quota's id or
+# metric in a 429; these two are our assumption, shaped like the real ids (``PerDay`` in the id,
+# which is what a client keys on to treat it as a daily quota).
+YOUTUBE_METRIC = "generativelanguage.googleapis.com/generate_content_free_tier_youtube_video_seconds"
+YOUTUBE_ID = "GenerateContentYouTubeVideoSecondsPerDayPerProject-FreeTier"
 
 
 def day_key(now: float, day_reset: float | None, epoch: float) -> str:
@@ -55,16 +60,35 @@ class Quotas:
         self.file_calls: deque[float] = deque()
         self.day = ""
         self.day_counts: dict[str, int] = defaultdict(int)
+        self.youtube_seconds = 0.0  # YouTube video seconds admitted today (per project)
 
     def _roll_day(self, now: float, day_reset: float | None) -> None:
         key = day_key(now, day_reset, self.epoch)
         if key != self.day:
             self.day = key
             self.day_counts.clear()
+            self.youtube_seconds = 0.0
 
     def reset_day(self) -> None:
         """Start a fresh quota day now (as if midnight Pacific had just passed)."""
         self.day_counts.clear()
+        self.youtube_seconds = 0.0
+
+    def check_youtube(self, seconds: float, now: float, *, limit: float | None, day_reset: float | None,
+                      retry_delay: float | None) -> None:
+        """Raise a per-day 429 if ``seconds`` more of YouTube video would pass today's limit.
+
+        Nothing is counted here: call :meth:`add_youtube` once the request is admitted.
+        """
+        self._roll_day(now, day_reset)
+        if limit is None or seconds <= 0 or self.youtube_seconds + seconds <= limit:
+            return
+        delay = retry_delay if retry_delay is not None else seconds_to_day_end(now, day_reset, self.epoch)
+        raise rpc.quota_exceeded(metric=YOUTUBE_METRIC, quota_id=YOUTUBE_ID, model=None, limit=limit,
+                                 retry_delay=delay)
+
+    def add_youtube(self, seconds: float) -> None:
+        self.youtube_seconds += seconds
 
     @staticmethod
     def _trim(q: deque, now: float) -> None:
@@ -121,4 +145,5 @@ class Quotas:
             "day": self.day,
             "requests_today": dict(self.day_counts),
             "requests_last_minute": {m: sum(1 for t in q if t > now - WINDOW) for m, q in self.requests.items()},
+            "youtube_seconds_today": self.youtube_seconds,
         }

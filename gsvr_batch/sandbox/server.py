@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from . import batches, generate, limits, rpc
+from . import batches, generate, lesson, limits, models, rpc
 from .config import SandboxConfig
 from .limits import Quotas
 from .store import FileStore
@@ -26,6 +26,8 @@ from .store import FileStore
 API_VERSIONS = ("v1", "v1beta", "v1alpha")
 _IO_CHUNK = 1024 * 1024
 _MAX_JSON_BODY = 64 * 1024 * 1024
+UPLOAD_LOST = "sandbox-upload-lost"  # display-name trigger: the first finalize's answer is lost (503)
+UPLOAD_LOST_DROP = "sandbox-upload-lost-drop"  # the same, but the connection drops instead
 
 
 class _Drop(Exception):
@@ -68,6 +70,9 @@ class SandboxServer:
         self.quotas = Quotas(epoch=self.clock())
         self.batches: dict[str, batches.BatchJob] = {}
         self._forced: list[dict] = []  # queued injections for the next generate calls
+        # Implicit cache: (model, first media part's cache key) -> when it was last sent.
+        self._cache_seen: dict[tuple, float] = {}
+        self._lost_fired: set[str] = set()  # display names whose lost-answer trigger has fired
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._log_file = None
@@ -128,9 +133,7 @@ class SandboxServer:
             for key, value in changes.items():
                 if key not in SandboxConfig.RUNTIME_FIELDS:
                     raise ValueError(f"unknown or fixed sandbox setting: {key}")
-                if value is not None and key not in ("api_key",):
-                    value = int(value) if key == "rpd" else float(value)
-                setattr(self.config, key, value)
+                setattr(self.config, key, SandboxConfig.coerce(key, value))
             return self.config.public_dict()
 
     def inject_429(self, count: int, retry_delay: float | None = 1.0, per: str = "minute",
@@ -154,6 +157,7 @@ class SandboxServer:
             by_kind: dict[str, dict[str, int]] = {}
             ok_by_model: dict[str, int] = {}
             ok_by_task: dict[str, int] = {}
+            tokens = {"prompt": 0, "cached": 0, "candidates": 0}
             for e in self.requests:
                 k = by_kind.setdefault(e["kind"], {})
                 k[str(e["status"])] = k.get(str(e["status"]), 0) + 1
@@ -161,11 +165,14 @@ class SandboxServer:
                     ok_by_model[e["model"]] = ok_by_model.get(e["model"], 0) + 1
                     if e.get("task_id"):
                         ok_by_task[e["task_id"]] = ok_by_task.get(e["task_id"], 0) + 1
+                    for name in tokens:
+                        tokens[name] += int((e.get("tokens") or {}).get(name) or 0)
             return {
                 "requests": len(self.requests),
                 "by_kind": by_kind,
                 "generate_ok_by_model": ok_by_model,
                 "generate_ok_by_task": ok_by_task,
+                "generate_ok_tokens": tokens,
                 "files": len(self.store.files) if self.store else 0,
                 "batches": len(self.batches),
                 "quotas": self.quotas.snapshot(self.clock()),
@@ -246,28 +253,48 @@ class SandboxServer:
             raise rpc.not_found(f"The requested URL {path} was not found on this server.")
         body = handler.read_json()
         self._check_key(handler, query)
-        rest = parts[1:]
+        version, rest = parts[0], parts[1:]
         resource = rest[0] if rest else ""
         if resource == "files":
             return self._files(method, rest, query, entry)
+        if resource == "models" and len(rest) == 1 and method == "GET":
+            return self._list_models(query, entry)
         if resource == "models" and len(rest) == 2:
             model, _, action = rest[1].partition(":")
             entry["model"] = model
-            if method == "POST" and action == "generateContent":
-                return self._generate(model, body, entry)
-            if method == "POST" and action == "countTokens":
-                return self._count_tokens(model, body, entry)
-            if method == "POST" and action == "batchGenerateContent":
-                return self._batch_create(model, body, entry)
-            if method == "GET" and not action:
-                entry["kind"] = "model_get"
-                return _Reply({"name": f"models/{model}", "version": "sandbox-001", "displayName": model,
-                               "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
-                               "supportedGenerationMethods": ["generateContent", "countTokens",
-                                                              "batchGenerateContent"]})
+            kinds = {("POST", "generateContent"): "generate", ("POST", "countTokens"): "count_tokens",
+                     ("POST", "batchGenerateContent"): "batch_create", ("GET", ""): "model_get"}
+            kind = kinds.get((method, action))
+            if kind is not None:
+                entry["kind"] = kind
+                if kind in ("generate", "count_tokens"):
+                    # Present even when the request is refused before its media are looked at.
+                    entry.update(media_resolution=None, clip=None, fps=None, youtube=False, merge=False)
+                with self._lock:
+                    info = models.resolve(model, self.config.models, self.config.input_token_limit)
+                if info is None:
+                    raise models.not_found(model, action or "get", version)
+                if kind == "generate":
+                    return self._generate(info, body, entry)
+                if kind == "count_tokens":
+                    return self._count_tokens(model, body, entry)
+                if kind == "batch_create":
+                    return self._batch_create(model, body, entry)
+                return _Reply(info.to_json())
         if resource == "batches":
             return self._batches(method, rest, query, entry)
         raise rpc.not_found(f"Method not found: {method} {path}")
+
+    def _list_models(self, query: dict, entry: dict) -> _Reply:
+        entry["kind"] = "model_list"
+        size = max(1, min(1000, int((query.get("pageSize") or ["50"])[0])))
+        start = int((query.get("pageToken") or ["0"])[0] or 0)
+        with self._lock:
+            table = models.all_models(self.config.models, self.config.input_token_limit)
+        out: dict = {"models": [m.to_json() for m in table[start:start + size]]}
+        if start + size < len(table):
+            out["nextPageToken"] = str(start + size)
+        return _Reply(out)
 
     # ----- Files API -------------------------------------------------------------------
     def _upload_start(self, handler: _Handler, version: str, entry: dict) -> _Reply:
@@ -312,6 +339,14 @@ class SandboxServer:
             ok = s is not None and not s.busy
             if ok:
                 s.busy = True
+            done_file = None if s is not None else self.store.finalized.get(upload_id)
+        if done_file is not None:
+            # As Google answers a chunk sent to a finished session (e.g. the SDK retrying a
+            # finalize whose answer was lost): the file exists, the session takes no more bytes.
+            handler.read_body()
+            entry["file"] = f"files/{done_file}"
+            err = rpc.ApiError(400, "FAILED_PRECONDITION", "Upload session is already finalized or cancelled.")
+            return _Reply(err.body(), err.code, final)
         if not ok:
             handler.read_body()
             err = rpc.not_found("No such upload session, or a chunk of it is already being sent.")
@@ -349,10 +384,33 @@ class SandboxServer:
                 rec = self.store.finish_upload(s, self.clock())
                 now = self.clock()
                 body = {"file": rec.to_json(self.base_url, now, self.config.processing_delay)}
+                lost = self._lost_answer(s.display_name)
             entry["kind"] = "upload_finalize"
+            if lost == "drop":
+                raise _Drop("upload_lost_answer:drop")
+            if lost:
+                # The file is stored and will turn ACTIVE, but the client never learns it: a 503
+                # without x-goog-upload-status, which the SDK answers by re-sending the chunk.
+                entry["injected"] = "upload_lost_answer"
+                err = rpc.ApiError(503, "UNAVAILABLE", "The service is currently unavailable.")
+                return _Reply(err.body(), err.code)
             return _Reply(body, headers=final)
         finally:
             s.busy = False
+
+    def _lost_answer(self, display_name: str | None) -> str | None:
+        """Whether this finalize's answer is lost: "drop", "503" or None (caller holds the lock)."""
+        name = display_name or ""
+        for trigger, how in ((UPLOAD_LOST_DROP, "drop"), (UPLOAD_LOST, "503")):
+            if trigger in name:
+                if name in self._lost_fired:
+                    return None  # the trigger fires on the first finalize only: a re-upload goes through
+                self._lost_fired.add(name)
+                return how
+        p = self.config.upload_lost_answer_rate or 0.0
+        if p > 0 and self._rng.random() < p:
+            return "503"
+        return None
 
     def _files(self, method: str, rest: list[str], query: dict, entry: dict) -> _Reply:
         assert self.store is not None
@@ -410,21 +468,50 @@ class SandboxServer:
     def _prepare(self, model: str, body: Any, entry: dict) -> generate.Prepared:
         with self._lock:
             assert self.store is not None
-            prep = generate.prepare(model, body, self.store, self.clock(), self.config.processing_delay)
+            prep = generate.prepare(model, body, self.store, self.clock(), self.config.processing_delay,
+                                    youtube_durations=self.config.youtube_durations)
         entry["file"] = ",".join(prep.file_names) or None
         entry["display_name"] = ",".join(prep.display_names) or None
+        entry.update(prep.log_fields())
         return prep
 
-    def _generate(self, model: str, body: Any, entry: dict) -> _Reply:
-        entry["kind"] = "generate"
+    def _implicit_cache(self, info: models.ModelInfo, prep: generate.Prepared, now: float) -> lesson.Usage:
+        """The usage with the implicitly cached share filled in (caller holds the lock).
+
+        The first media part is cached when the same one (same media, resolution, clip and fps)
+        went to the same model within ``cache_ttl`` seconds and is big enough to be cached.
+        """
+        usage = prep.usage
+        assert usage is not None
+        ttl = self.config.cache_ttl or 0.0  # None (set at runtime) means off, like 0
+        if not prep.media or ttl <= 0:
+            return usage
+        first = prep.media[0]
+        key = (info.name, first.cache_key())
+        seen = self._cache_seen.get(key)
+        self._cache_seen[key] = now
+        if seen is None or now - seen > ttl or first.tokens < info.cache_min_tokens:
+            return usage
+        return lesson.Usage(usage.text_tokens, usage.video_tokens, usage.audio_tokens,
+                            cached_video=first.video_tokens, cached_audio=first.audio_tokens)
+
+    def _generate(self, info: models.ModelInfo, body: Any, entry: dict) -> _Reply:
+        model = info.name
         prep = self._prepare(model, body, entry)
         assert prep.usage is not None
+        entry["tokens"] = {"prompt": prep.usage.prompt_tokens, "candidates": None, "cached": 0}
+        generate.check_input_limit(prep, info)
         self._forced_fault(model)
         self._maybe_fail(entry)
         with self._lock:
             c = self.config
-            self.quotas.check_generate(model, prep.usage.prompt_tokens, self.clock(), rpm=c.rpm, rpd=c.rpd,
+            now = self.clock()
+            self.quotas.check_youtube(prep.youtube_seconds, now, limit=c.youtube_seconds_per_day,
+                                      day_reset=c.day_reset, retry_delay=c.retry_delay)
+            self.quotas.check_generate(model, prep.usage.prompt_tokens, now, rpm=c.rpm, rpd=c.rpd,
                                        tpm=c.tpm, day_reset=c.day_reset, retry_delay=c.retry_delay)
+            self.quotas.add_youtube(prep.youtube_seconds)
+            usage = self._implicit_cache(info, prep, now)
             latency = c.latency
         if generate.HANG in prep.trigger_text:
             entry["injected"] = "hang"
@@ -435,31 +522,27 @@ class SandboxServer:
             raise _Drop("hang")
         if latency > 0 and self._stop.wait(latency):
             raise _Drop("server stopping")
-        resp, cand_tokens, outcome = generate.respond(prep)
-        entry["tokens"] = {"prompt": prep.usage.prompt_tokens, "candidates": cand_tokens}
+        resp, cand_tokens, outcome = generate.respond(prep, usage)
+        entry["tokens"] = {"prompt": usage.prompt_tokens, "candidates": cand_tokens, "cached": usage.cached_tokens}
         if outcome != "ok":
             entry["outcome"] = outcome
         return _Reply(resp)
 
     def _count_tokens(self, model: str, body: Any, entry: dict) -> _Reply:
-        entry["kind"] = "count_tokens"
         prep = self._prepare(model, generate.count_tokens_body(body), entry)
         assert prep.usage is not None
         u = prep.usage
-        details = [{"modality": "TEXT", "tokenCount": u.text_tokens}]
-        if u.media_tokens:
-            details.append({"modality": "VIDEO", "tokenCount": u.media_tokens})
+        # countTokens has no input window: it answers the count of any prompt (that is its use).
         entry["tokens"] = {"prompt": u.prompt_tokens}
-        return _Reply({"totalTokens": u.prompt_tokens, "promptTokensDetails": details})
+        return _Reply({"totalTokens": u.prompt_tokens,
+                       "promptTokensDetails": generate.usage_json(u, None)["promptTokensDetails"]})
 
     # ----- batches ---------------------------------------------------------------------
     def _batch_json(self, job: batches.BatchJob) -> dict:
         assert self.store is not None
-        return batches.to_json(job, self.clock(), self.config.batch_duration, self.store,
-                               self.config.processing_delay)
+        return batches.to_json(job, self.clock(), self.config, self.store)
 
     def _batch_create(self, model: str, body: Any, entry: dict) -> _Reply:
-        entry["kind"] = "batch_create"
         with self._lock:
             assert self.store is not None
             display, items, input_file = batches.parse_create(model, body, self.store)
@@ -495,8 +578,7 @@ class SandboxServer:
                 return _Reply(self._batch_json(job))
             if method == "POST" and action == "cancel":
                 entry["kind"] = "batch_cancel"
-                st = batches.refresh(job, self.clock(), self.config.batch_duration, self.store,
-                                     self.config.processing_delay)
+                st = batches.refresh(job, self.clock(), self.config, self.store)
                 if st in ("PENDING", "RUNNING"):
                     job.cancel_time = self.clock()
                 return _Reply({})
@@ -545,6 +627,9 @@ class SandboxServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects
+    # Headers and body go out in two writes; with Nagle on, the body waits for the client's
+    # delayed ACK (~40 ms on Linux) on every answer of a kept-alive connection.
+    disable_nagle_algorithm = True
     server: _HTTPServer
     server_version = "gsvr-sandbox"
 
@@ -628,12 +713,14 @@ class _Handler(BaseHTTPRequestHandler):
             reply = _Reply(err.body(), 500)
             self.close_connection = True
         entry["status"] = reply.status
+        entry["elapsed"] = round(time.monotonic() - started, 4)
+        # Logged before the answer goes out: a client holding an answer always finds its entry.
+        sb._log(entry)
         try:
             self._send(reply)
         except OSError:
-            entry["injected"] = entry["injected"] or "client_gone"
-        entry["elapsed"] = round(time.monotonic() - started, 4)
-        sb._log(entry)
+            with sb._lock:  # the in-memory entry only; its JSONL line is already written
+                entry["injected"] = entry["injected"] or "client_gone"
 
     def _send(self, reply: _Reply) -> None:
         if reply.raw_path is not None:

@@ -40,6 +40,7 @@ class FileRecord:
     create_time: float
     source: str = "UPLOADED"  # or GENERATED (batch results, downloadable)
     duration: float | None = None  # probed lazily; -1.0 means "tried, not a video"
+    has_audio: bool | None = None  # probed with the duration: does the file have a sound track?
 
     @property
     def name(self) -> str:
@@ -102,6 +103,8 @@ class FileStore:
         self.root = root
         self.files: dict[str, FileRecord] = {}
         self.sessions: dict[str, UploadSession] = {}
+        # upload id -> file id of finalized sessions: a late chunk on one gets FAILED_PRECONDITION.
+        self.finalized: dict[str, str] = {}
 
     def start_upload(self, display_name: str | None, mime_type: str, size_bytes: int,
                      file_id: str | None = None) -> UploadSession:
@@ -115,6 +118,7 @@ class FileStore:
 
     def finish_upload(self, s: UploadSession, now: float) -> FileRecord:
         del self.sessions[s.upload_id]
+        self.finalized[s.upload_id] = s.file_id
         rec = FileRecord(s.file_id, s.display_name, s.mime_type, s.received, s.path,
                          s.hasher.hexdigest(), now)
         self.files[s.file_id] = rec
@@ -142,20 +146,22 @@ class FileStore:
     def probe_duration(self, rec: FileRecord) -> float | None:
         """Real duration in seconds via PyAV, cached; None when it is not a readable video."""
         if rec.duration is None:
-            rec.duration = _probe(rec.path)
+            rec.duration, rec.has_audio = _probe(rec.path)
         return rec.duration if rec.duration and rec.duration > 0 else None
 
 
-def _probe(path: Path) -> float:
+def _probe(path: Path) -> tuple[float, bool]:
+    """(duration, has an audio stream); (-1.0, False) when PyAV cannot read it as media."""
     try:
         import av
 
         with av.open(str(path)) as container:
+            audio = any(s.type == "audio" for s in container.streams)
             if container.duration:
-                return container.duration / av.time_base
+                return container.duration / av.time_base, audio
             streams = [s for s in container.streams if s.duration and s.time_base]
             if streams:
-                return max(float(s.duration * s.time_base) for s in streams)
+                return max(float(s.duration * s.time_base) for s in streams), audio
     except Exception:  # noqa: BLE001 - anything PyAV cannot read is "not a video" here
         pass
-    return -1.0
+    return -1.0, False

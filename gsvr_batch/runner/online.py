@@ -1,0 +1,378 @@
+"""The online loop: dispatch tasks to a ``ProcessPoolExecutor`` and journal what comes back.
+
+Single-threaded on purpose (journal appends are strictly sequential); the only other threads in
+the manager are the optional in-process sandbox server and the upload janitor, neither of which
+writes the journal. Results arrive twice — on the event channel and through the executor — and
+are accepted once per attempt (the attempt nonce tells duplicates and stale attempts apart).
+
+When a worker dies, CPython breaks the whole pool and fails every future. Only the task whose
+worker died is charged (policy: crash budget); its siblings are *not*: workers ignore SIGTERM,
+so CPython's ``terminate()`` leaves them running, they finish their task (already paid for at
+the server), write the output and send the result on the event channel; we then end them. Idle
+workers of the broken pool are killed at once, and a new pool takes over.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from ..channels import ControlWatcher, EventReceiver
+from ..errors import GsvrError, JournalWriteFailed
+from ..fsutil import pid_alive
+from ..progress import Progress
+from ..state import TaskStatus
+from ..pipeline import internal_error, run_task
+from ..tasks import TaskResult, TaskSpec
+from ..timeutil import parse_iso_ts
+from .options import RunResult
+from .preflight import limits_line
+from .session import Session
+
+TICK = 0.2  # seconds: control commands, events, signals and progress are handled at least this often
+
+
+@dataclass
+class Running:
+    tid: str
+    attempt_id: str
+    pool: int  # generation of the pool the task was submitted to
+    pid: int | None = None  # the worker's pid, from its first event
+    orphan: bool = False  # its pool broke under it; the result comes on the event channel
+
+
+def _pool_processes(pool: cf.ProcessPoolExecutor) -> list[Any]:
+    # CPython keeps the worker processes in a private dict and offers no public way to reach
+    # them; we need them to end workers that ignore SIGTERM (see the module docstring).
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
+class OnlineRun:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+        self.running: dict[str, Running] = {}
+        self.futures: dict[cf.Future, tuple[str, str]] = {}
+        self.pool: cf.ProcessPoolExecutor | None = None
+        self.generation = 0
+        self.old_pools: list[cf.ProcessPoolExecutor] = []
+        self.receiver: EventReceiver | None = None
+        self.progress: Progress | None = None
+        self.pending: deque[str] = deque()
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def pending_queue(self) -> deque[str]:
+        """Pending tasks in manifest order, grouped by video: tasks of one video go back to back,
+        so one upload serves them all and their requests share a cacheable prefix."""
+        s = self.s
+        only = s.opts.only_ids
+        ids = [tid for tid in s.order if s.state.tasks[tid].status is TaskStatus.PENDING
+               and (only is None or tid in only)]
+        first: dict[str, int] = {}
+        for i, tid in enumerate(ids):
+            first.setdefault(s.jobs[tid].source, i)
+        return deque(sorted(ids, key=lambda t: (first[s.jobs[t].source], ids.index(t))))
+
+    def _make_pool(self) -> cf.ProcessPoolExecutor:
+        from ..pipeline import init_worker
+
+        # spawn, not fork: the manager has threads (sandbox server, janitor, tqdm) whose locks a
+        # fork could copy in a held state; spawn also gives the workers no inherited file locks.
+        ctx = multiprocessing.get_context("spawn")
+        assert self.receiver is not None
+        self.generation += 1
+        return cf.ProcessPoolExecutor(max_workers=int(self.s.settings.workers), mp_context=ctx,
+                                      initializer=init_worker, initargs=(self.s.worker_config, self.receiver.sender()))
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        s = self.s
+        pending = self.pending = self.pending_queue()
+        if not pending:
+            if s.state.is_complete():
+                return s.finish_idle()
+            s.log.run_finished(0)
+            return RunResult(0, "Nothing to do for the tasks asked for.", str(s.log.path),
+                             str(s.manifest.output_root), s.state.counts(), s.state.total_cost_usd)
+        self.receiver = EventReceiver(s.log.path)
+        s.control = ControlWatcher(s.log.path)
+        self.progress = Progress.create(str(s.settings.progress), s.state, s.order,
+                                        summary_interval=float(s.settings.summary_interval), echo=s.echo)
+        s.echo(f"Journal: {s.log.path}")
+        s.echo(f"Outputs: {s.manifest.output_root}")
+        if s.sandbox_server is not None:
+            s.echo(f"Backend: offline sandbox at {s.sandbox_server.base_url} (no API key used, nothing billed)")
+        s.echo(limits_line(s.prepared, len(pending)))
+        s.install_signals()
+        self.pool = self._make_pool()
+        try:
+            self._loop(pending)
+            while self._wait_for_quota_reset():
+                self._loop(pending)
+        finally:
+            s.restore_signals()
+            # Each step on its own: a journal that cannot be written (disk full) must not stop
+            # the workers from being ended or the services from being closed.
+            for step in (self._end_workers, s.flush_requests, self._final_deletes, s.collect_deletions,
+                         self.receiver.close, self.progress.close, s.close_services):
+                try:
+                    step()
+                except JournalWriteFailed:
+                    pass
+        return s.conclude()
+
+    def _final_deletes(self) -> None:
+        if self.s.state.is_complete():
+            self.s.delete_unneeded_uploads()
+
+    def _loop(self, pending: deque[str]) -> None:
+        s = self.s
+        workers = int(s.settings.workers)
+        while True:
+            s.poll_control()
+            s.handle_signals(len(self.running))
+            self._drain()
+            if s.at_once and self.running:
+                self._stop_now()
+                break
+            self._watch_orphans()
+            # Dispatch while there is room, nothing stops us, and a task is due.
+            while s.stop_reason is None and not s.paused and len(self.running) < workers and pending:
+                tid = self._next_due(pending)
+                if tid is None:
+                    break
+                model = s.jobs[tid].model
+                if not s.quota_left(model) or not s.within_cost_limit(tid, list(self.running)) \
+                        or not self._models_known():
+                    pending.appendleft(tid)  # peeked, not started
+                    break
+                self._submit(tid, pending)
+            if not self.running:
+                if s.stop_reason is not None or not pending:
+                    break
+                time.sleep(TICK)  # paused, or every pending task waits for its retry time
+                self._housekeeping()
+                continue
+            done, _ = cf.wait(list(self.futures), timeout=TICK, return_when=cf.FIRST_COMPLETED)
+            self._drain()  # a task's events come before its result
+            broken = False
+            for fut in done:
+                tid, attempt_id = self.futures.pop(fut)
+                try:
+                    result = fut.result()
+                except cf.process.BrokenProcessPool:
+                    broken = True
+                    continue
+                except Exception as exc:  # a result that cannot be unpickled: fail the task, keep the batch
+                    result = TaskResult(task_id=tid, ok=False, attempt_id=attempt_id,
+                                        error=internal_error(exc, " returning the result").to_dict())
+                self._accept(tid, result)
+            if broken:
+                self._pool_broke(pending)
+            self._housekeeping()
+
+    def _models_known(self) -> bool:
+        """Ask the API about the batch's models once, before the first task starts (so a run that
+        has nothing it may send today sends nothing at all). An unknown model stops the batch
+        before any upload (exit 2); a refused key stops it too (exit 3)."""
+        if self._checked:
+            return True
+        self._checked = True
+        try:
+            self.s.check_models()
+        except GsvrError as err:
+            kind = "fatal" if err.exit_code == 3 else "usage"
+            self.s.stop(kind, str(err))
+            return False
+        return True
+
+    _checked = False
+
+    def _housekeeping(self) -> None:
+        s = self.s
+        s.flush_requests()
+        s.collect_deletions()
+        assert self.progress is not None
+        self.progress.tick([{"task_id": t, "step": s.state.tasks[t].step, "title": s.state.tasks[t].title}
+                            for t in self.running])
+        s.log.maybe_sync()
+        s.log.maybe_snapshot()
+
+    def _next_due(self, pending: deque[str]) -> str | None:
+        s = self.s
+        now = s.now()
+        for _ in range(len(pending)):
+            tid = pending.popleft()
+            t = s.state.tasks[tid]
+            if t.status is not TaskStatus.PENDING:
+                continue
+            if (t.not_before and t.not_before > now) or s.uploading_elsewhere(tid, list(self.running)):
+                pending.append(tid)  # not yet: look at the next one
+                continue
+            return tid
+        return None
+
+    def _submit(self, tid: str, pending: deque[str]) -> None:
+        s = self.s
+        spec: TaskSpec = s.start(tid)
+        assert self.pool is not None
+        try:
+            fut = self.pool.submit(run_task, spec)
+        except (cf.BrokenExecutor, RuntimeError):
+            # The pool broke between two turns: put the task back uncharged and rebuild.
+            s.interrupted(tid, "the worker pool was being rebuilt")
+            pending.appendleft(tid)
+            self._pool_broke(pending)
+            return
+        self.running[tid] = Running(tid, spec.attempt_id, self.generation)
+        self.futures[fut] = (tid, spec.attempt_id)
+
+    # -- results -----------------------------------------------------------------------------------
+    def _drain(self) -> None:
+        assert self.receiver is not None
+        for ev in self.receiver.drain():
+            result = self.s.on_event(ev, self.running)
+            if result is not None:
+                self._accept(result.task_id, result)
+
+    def _accept(self, tid: str, result: TaskResult) -> None:
+        r = self.running.get(tid)
+        if r is None or (result.attempt_id and result.attempt_id != r.attempt_id):
+            return  # the other copy of a result already accepted, or a stale attempt
+        s = self.s
+        self.running.pop(tid)
+        s.accept_result(tid, result)
+        if r.orphan and r.pid:
+            self._kill(r.pid)  # it finished in a broken pool: nothing more will come from it
+        t = s.state.tasks[tid]
+        if t.status is TaskStatus.PENDING:
+            self.pending.append(tid)  # a retry: due after its delay
+        assert self.progress is not None
+        self.progress.task_done(t)
+
+    def _watch_orphans(self) -> None:
+        for tid, r in list(self.running.items()):
+            if r.orphan and r.pid and not pid_alive(r.pid):
+                self._drain()
+                if tid in self.running:  # died without sending a result: that worker's own death
+                    self.running.pop(tid)
+                    self.s.worker_died(tid, f" (pid {r.pid}, after its pool was rebuilt)")
+                    if self.s.state.tasks[tid].status is TaskStatus.PENDING:
+                        self.pending.append(tid)
+
+    def _pool_broke(self, pending: deque[str]) -> None:
+        s = self.s
+        old, gen = self.pool, self.generation
+        assert old is not None
+        busy = {r.pid for r in self.running.values() if r.pool == gen and r.pid}
+        # CPython's terminate() cannot end our workers (they ignore SIGTERM): end the idle ones
+        # now; the busy ones finish their paid-for task first.
+        for p in _pool_processes(old):
+            if p.pid not in busy:
+                self._kill(p.pid)
+        culprits = 0
+        for tid, r in list(self.running.items()):
+            if r.pool != gen or r.orphan:
+                continue
+            if r.pid is None:
+                self.running.pop(tid)
+                s.interrupted(tid, "the worker pool was rebuilt before this task reached a worker")
+                pending.appendleft(tid)
+            elif pid_alive(r.pid):
+                r.orphan = True
+            else:
+                self.running.pop(tid)
+                culprits += 1
+                s.worker_died(tid, f" (pid {r.pid})")
+                if s.state.tasks[tid].status is TaskStatus.PENDING:
+                    pending.appendleft(tid)
+        for fut in [f for f, (tid, _a) in self.futures.items() if tid not in self.running]:
+            self.futures.pop(fut, None)
+        self.old_pools.append(old)
+        try:
+            old.shutdown(wait=False, cancel_futures=True)
+        except Exception:  # noqa: BLE001 - shutting down a broken pool may raise; nothing to save
+            pass
+        orphans = sum(1 for r in self.running.values() if r.orphan)
+        s.echo(f"A worker process died; {culprits} task(s) charged for it"
+               + (f", {orphans} running task(s) of the old pool are allowed to finish" if orphans else "")
+               + "; the worker pool was rebuilt.")
+        if s.stop_reason is None:
+            self.pool = self._make_pool()
+
+    # -- stopping ----------------------------------------------------------------------------------
+    @staticmethod
+    def _kill(pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def _all_worker_pids(self) -> set[int]:
+        pids = {r.pid for r in self.running.values() if r.pid}
+        for pool in [self.pool, *self.old_pools]:
+            if pool is not None:
+                pids.update(p.pid for p in _pool_processes(pool) if p.pid)
+        return pids
+
+    def _stop_now(self) -> None:
+        """A second signal (or the grace period is over): end every worker now, put their tasks back."""
+        s = self.s
+        if s.interrupts < 2:
+            s.echo("Grace period over: stopping the running tasks; they go back to pending.")
+        self._drain()  # an answer that already arrived is kept
+        for pid in self._all_worker_pids():
+            self._kill(pid)
+        time.sleep(0.05)
+        self._drain()
+        for tid in list(self.running):
+            self.running.pop(tid)
+            s.interrupted(tid, "stopped before it finished (an answer it wrote is adopted by the next run)")
+        self.futures.clear()
+
+    def _end_workers(self) -> None:
+        """Leave no worker behind: graceful shutdown when idle, SIGKILL for anything still alive."""
+        for tid in list(self.running):  # anything still running at the end goes back, uncharged
+            self.running.pop(tid)
+            self.s.interrupted(tid, "the run ended before this task finished")
+        pools = [p for p in [self.pool, *self.old_pools] if p is not None]
+        for pool in pools:
+            try:
+                pool.shutdown(wait=False, cancel_futures=True)
+            except Exception:  # noqa: BLE001
+                pass
+        deadline = time.monotonic() + 2.0
+        for pool in pools:
+            for p in _pool_processes(pool):
+                try:
+                    p.join(max(0.0, deadline - time.monotonic()))
+                except Exception:  # noqa: BLE001
+                    pass
+                if p.is_alive():
+                    self._kill(p.pid)
+        self._drain()
+
+    def _wait_for_quota_reset(self) -> bool:
+        """With --wait, sleep through a spent daily quota; True when the batch should go on."""
+        s = self.s
+        stop = s.stop_reason
+        if not (s.settings.wait and stop is not None and stop.kind == "quota_day" and s.interrupts == 0):
+            return False
+        until = parse_iso_ts(stop.resets_at) or (s.now() + 3600)  # unknown reset time: look again in an hour
+        s.echo(f"Daily quota spent; --wait: sleeping until {stop.resets_at} (Ctrl-C or `gsvr-batch cancel` to stop).")
+        while s.now() < until + 5:  # a few seconds' margin for clock skew with Google
+            time.sleep(1.0)
+            s.poll_control()
+            s.handle_signals(0)
+            if s.interrupts or s.cancelled:
+                return False
+        s.stop_reason = None
+        s.clear_passed_quota_blocks()
+        s.log.resume("daily quota reset")
+        s.echo("Daily quota reset: continuing.")
+        return True

@@ -1,0 +1,309 @@
+"""Bring the journal in line with the manifest and with what happened before this run.
+
+Runs under the run lock, before any task is dispatched:
+
+1. outputs that exist but were not made by this batch are refused (exit 2, nothing journaled)
+   unless ``--skip-existing`` (keep them) or ``--overwrite`` (replace them);
+2. a new batch is created, or a journal of another manifest refused, or an edit noted;
+3. tasks are added / dropped for an edited manifest;
+4. what a killed run left behind is cleaned (temp files of dead processes, downloads, sockets);
+5. tasks in flight at the crash: an output or clip partial that carries the task's id and its
+   attempt nonce is **adopted** (journaled as completed; the answer was paid once and is not
+   paid again); anything else goes back to pending, charged to nobody;
+6. ``--force``, ``retry``, ``--skip-existing``; completed outputs that vanished are redone;
+7. completed jobs whose model, template version or parameters changed are reported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import JournalMismatch, UsageError
+from ..fsutil import TMP_PREFIX, pid_alive, sha256_file
+from ..state import TERMINAL, TaskStatus
+from .session import Session
+
+
+def public_options(s: Session) -> dict[str, Any]:
+    """The command-line settings of this run as journaled (for ``retry``): no secrets."""
+    from .. import notify as notify_mod
+
+    out: dict[str, Any] = {}
+    for name, value in s.opts.settings.items():
+        if name == "notify":
+            out[name] = [notify_mod.storable(t) for t in value]
+        elif isinstance(value, (str, int, float, bool)):
+            out[name] = value
+        elif isinstance(value, (list, tuple)):
+            out[name] = [str(v) for v in value]
+    return out
+
+
+def settings_record(settings: Any) -> dict[str, Any]:
+    """Settings as journaled: plain values only, never a secret."""
+    from .. import notify as notify_mod
+
+    out = {}
+    for k, v in vars(settings).items():
+        if k == "notify":
+            out[k] = [notify_mod.public_view(t) for t in v]
+        elif isinstance(v, (str, int, float, bool, type(None))):
+            out[k] = v
+        elif isinstance(v, (list, tuple)):
+            out[k] = [str(x) for x in v]
+    return out
+
+
+def task_fields(job: Any) -> dict[str, Any]:
+    return {"task_id": job.job_id, "source": job.source, "source_kind": job.source_kind, "title": job.title,
+            "template": job.template, "model": job.model, "output": job.output_path,
+            "output_format": job.output_format, "origin": job.origin}
+
+
+def output_is_ours(path: str, tid: str) -> bool | None:
+    """True: the file was made by this task; False: someone else's; None: no file."""
+    from ..formats import read_output_meta
+
+    if not os.path.isfile(path):
+        return None  # nothing there (a folder in the way makes the write fail, with its own message)
+    meta = read_output_meta(path)
+    return bool(meta and meta.get("task_id") == tid)
+
+
+def check_existing_outputs(s: Session) -> None:
+    """Refuse to overwrite files this batch did not make (exit 2 before anything is journaled)."""
+    st = s.state
+    if s.settings.overwrite or s.settings.skip_existing:
+        return
+    foreign = []
+    for tid in s.order:
+        t = st.tasks.get(tid)
+        if t is not None and t.status is TaskStatus.COMPLETED and not s.opts.force:
+            continue
+        path = s.jobs[tid].output_path
+        if output_is_ours(path, tid) is False:
+            foreign.append(path)
+    if foreign:
+        shown = ", ".join(os.path.relpath(p, s.manifest.output_root) for p in foreign[:5])
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise UsageError(
+            f"{len(foreign)} output file(s) already exist and were not made by this batch: {shown}{more}. "
+            f"Nothing was started. Pass --skip-existing to keep them (those jobs are skipped) or --overwrite to "
+            f"replace them")
+
+
+def reconcile(s: Session) -> None:
+    m, st, blog = s.manifest, s.state, s.log
+    wanted = set(s.opts.retry_ids)
+    unknown = wanted - set(st.tasks) - set(s.jobs)
+    if unknown:  # before anything is journaled: a typo must not leave a half-started run behind
+        raise UsageError(f"unknown task id(s): {', '.join(sorted(unknown))} (see `gsvr-batch replay {blog.path}`)")
+    if st.batch_id is not None and st.manifest_identity != m.identity:
+        raise JournalMismatch(
+            f"journal {blog.path} belongs to another manifest ({st.manifest}); refusing to mix two batches in one "
+            f"journal. To start fresh, move that journal away or pass --journal NEW_PATH")
+    check_existing_outputs(s)
+    if st.batch_id is None:
+        blog.create_batch(manifest=str(m.path or m.base_dir), manifest_identity=m.identity,
+                          manifest_hash=m.content_hash, settings=settings_record(s.settings), version=__version__)
+    elif st.manifest_hash != m.content_hash:
+        blog.manifest_changed(m.content_hash, settings_record(s.settings))
+        s.echo("Manifest changed since the last run: adding and dropping only the jobs that changed.")
+    blog.run_started(workers=s.settings.workers, sandbox=bool(s.settings.sandbox), mode=s.mode,
+                     options=public_options(s), manifest=str(m.path or m.base_dir), version=__version__)
+    # Tasks the manifest no longer has are dropped (history kept); new ones are added.
+    for tid, t in list(st.tasks.items()):
+        if tid not in s.jobs and not t.dropped:
+            if t.status is TaskStatus.RUNNING:
+                blog.requeue(tid, "was in flight when the previous run ended", interrupted=True)
+            blog.drop_task(tid, "job no longer in the manifest")
+    for tid in s.order:
+        t = st.tasks.get(tid)
+        if t is None or t.dropped:
+            blog.add_task(**task_fields(s.jobs[tid]))
+    clean_leftovers(s)
+    # In flight at a crash / kill. Batch mode: a task inside an unfinished Gemini batch job is not
+    # lost, it waits at Google.
+    held: set[str] = set()
+    if s.mode == "batch":
+        from ..batchmode import held_task_ids
+
+        held = held_task_ids(st)
+    for tid in s.order:
+        t = st.tasks[tid]
+        if t.status in (TaskStatus.RUNNING, TaskStatus.PENDING) and tid not in held and t.attempt_id:
+            adopt_partials(s, tid)
+            if adopt_output(s, tid):
+                continue
+        if t.status is TaskStatus.RUNNING and tid not in held:
+            blog.requeue(tid, "was in flight when the previous run ended (crash or kill)", interrupted=True)
+    _check_completed_outputs(s)
+    if s.opts.force:
+        for tid in s.order:
+            if st.tasks[tid].status in TERMINAL:
+                blog.requeue(tid, "--force: reprocess", reset=True)
+    if s.opts.retry_failed or wanted:
+        for tid in s.order:
+            t = st.tasks[tid]
+            if t.status in TERMINAL and ((s.opts.retry_failed and t.status is TaskStatus.FAILED) or tid in wanted):
+                blog.requeue(tid, "retry requested", reset=True)
+    if s.settings.skip_existing:
+        for tid in s.order:
+            t = st.tasks[tid]
+            path = s.jobs[tid].output_path
+            if t.status is TaskStatus.PENDING and output_is_ours(path, tid) is False:
+                blog.skip_task(tid, f"output already exists (made outside this batch): {path}")
+    s.clear_passed_quota_blocks()
+    _report_changed(s)
+    blog.sync()
+
+
+def _check_completed_outputs(s: Session) -> None:
+    """A completed task whose output vanished is redone; one edited by hand is kept (warned)."""
+    for tid in s.order:
+        t = s.state.tasks[tid]
+        if t.status is not TaskStatus.COMPLETED:
+            continue
+        try:
+            st = os.stat(t.output)
+        except OSError:
+            s.log.requeue(tid, f"output {t.output} is missing; regenerating")
+            continue
+        if t.bytes is not None and st.st_size != t.bytes:
+            s.echo(f"Warning: {t.output} changed since it was written (kept as is; --force regenerates it)")
+
+
+def _report_changed(s: Session) -> None:
+    changed = [tid for tid in s.order
+               if s.state.tasks[tid].status is TaskStatus.COMPLETED and s.state.tasks[tid].done_fingerprint
+               and s.state.tasks[tid].done_fingerprint != s.fingerprints.get(tid)]
+    if changed:
+        n = len(changed)
+        s.echo(f"{n} job{'s' if n != 1 else ''} changed since {'they' if n != 1 else 'it'} completed (model, "
+               f"template version or parameters): {', '.join(changed[:5])}{' …' if n > 5 else ''}; "
+               f"kept as they are — use --force to redo them")
+
+
+def changed_jobs(state: Any, manifest: Any, templates: dict[str, Any]) -> list[str]:
+    """Completed tasks whose job changed since (for ``validate``): same rule as the run's report."""
+    from .session import fingerprint
+
+    out = []
+    for job in manifest.jobs:
+        t = state.tasks.get(job.job_id)
+        if t is not None and t.status is TaskStatus.COMPLETED and t.done_fingerprint and \
+                t.done_fingerprint != fingerprint(job, templates.get(job.template)):
+            out.append(job.job_id)
+    return out
+
+
+# -- adoption ----------------------------------------------------------------------------------
+
+
+def adopt_output(s: Session, tid: str) -> bool:
+    """Journal an output a worker wrote for the task's latest attempt but nobody recorded."""
+    from ..formats import read_output_meta
+
+    t = s.state.tasks[tid]
+    path = s.jobs[tid].output_path
+    meta = read_output_meta(path) if os.path.exists(path) else None
+    if not meta or meta.get("task_id") != tid or meta.get("attempt_id") != t.attempt_id:
+        return False
+    usage = {k: int(v) for k, v in (meta.get("tokens") or {}).items() if isinstance(v, (int, float))}
+    try:
+        sha = sha256_file(path)
+        size = os.path.getsize(path)
+    except OSError:
+        return False
+    s.log.complete_task(tid, output=path, sha256=sha, bytes_=size, usage=usage, cost_usd=s.price(t.model, usage),
+                        model_version=meta.get("model_version"), video_duration=meta.get("duration"),
+                        elapsed=None, calls=1, adopted=True, truncated=bool(meta.get("truncated")),
+                        fingerprint=t.fingerprint)
+    s.echo(f"Adopted {os.path.relpath(path, s.manifest.output_root)}: written by a run that ended before "
+           f"recording it (not paid again).")
+    return True
+
+
+def adopt_partials(s: Session, tid: str) -> int:
+    """Journal clip partials written for the task's plan that no record mentions yet."""
+    from ..pipeline import read_partial
+
+    t = s.state.tasks[tid]
+    plan = t.plan or {}
+    clips = {int(c["index"]): c for c in plan.get("clips") or []}
+    folder = s.prepared.state_dir / "partials" / tid
+    if not clips or not folder.is_dir():
+        return 0
+    n = 0
+    for f in sorted(folder.glob("clip-*.md")):
+        got = read_partial(str(f))
+        if got is None:
+            continue
+        header, _ = got
+        idx = header.get("clip")
+        clip = clips.get(idx) if isinstance(idx, int) else None
+        if clip is None or header.get("task_id") != tid or str(idx) in t.partials:
+            continue
+        if float(header.get("start", -1)) != float(clip["start"]) or float(header.get("end", -1)) != float(clip["end"]):
+            continue
+        usage = {k: v for k, v in (header.get("usage") or {}).items()}
+        s.log.clip_completed(tid, clip=idx, start=float(clip["start"]), end=float(clip["end"]), path=str(f),
+                             sha256=sha256_file(f), usage=usage, cost_usd=s.price(t.model, usage), adopted=True)
+        n += 1
+    return n
+
+
+# -- leftovers of a killed run -----------------------------------------------------------------
+
+
+def clean_leftovers(s: Session) -> int:
+    """Temp files of processes that are gone, abandoned downloads, stale sockets. Returns a count.
+
+    Safe because we hold the run lock and a killed run's workers died with it (parent-death
+    signal); a temp file whose writer (named in the file) is alive is left alone: it may belong
+    to another batch writing into the same folder.
+    """
+    from ..channels import clean_run_dir
+
+    n = clean_run_dir(s.log.path)
+    dirs = {os.path.dirname(j.output_path) for j in s.manifest.jobs}
+    state_dir = s.prepared.state_dir
+    dirs.add(str(state_dir))
+    partials = state_dir / "partials"
+    if partials.is_dir():
+        dirs.update(str(p) for p in partials.iterdir() if p.is_dir())
+    for d in dirs:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(TMP_PREFIX) and _dead_writer(name[len(TMP_PREFIX):]):
+                try:
+                    os.unlink(os.path.join(d, name))
+                    n += 1
+                except OSError:
+                    pass
+    downloads = state_dir / "downloads"
+    if downloads.is_dir():
+        for p in downloads.iterdir():
+            if p.name.startswith("gsvr-dl-") and _dead_writer(p.name[len("gsvr-dl-"):]):
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+    return n
+
+
+def _dead_writer(rest: str) -> bool:
+    """``<pid>-<random>``: True when that process is gone (names without a pid: older runs, gone too)."""
+    head = rest.split("-", 1)[0]
+    if not head.isdigit():
+        return True
+    return not pid_alive(int(head))
+
+
+__all__ = ["reconcile", "adopt_output", "adopt_partials", "clean_leftovers", "check_existing_outputs",
+           "changed_jobs", "Path"]

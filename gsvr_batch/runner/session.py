@@ -1,0 +1,695 @@
+"""One run of one batch: the journal, the services and the policy, behind one public face.
+
+The online loop (online.py) and Gemini Batch Mode (batchmode.py) both drive a :class:`Session`
+and neither reaches into the other's privates. The session owns:
+
+* the journal (``self.log``, a :class:`~gsvr_batch.lifecycle.BatchLog`) — every transition of a
+  task goes through one method here, which applies the retry policy (policy.py) and journals the
+  outcome together: :meth:`start`, :meth:`accept_result`, :meth:`fail_attempt`, :meth:`worker_died`,
+  :meth:`interrupted`;
+* the services: the in-process sandbox, the shared rate limiter, the manager's own API client, the
+  upload janitor;
+* why the run stops (:meth:`stop`, ``stop_reason``), signals (first: graceful, second: at once),
+  pause / resume / cancel from another terminal, the cost limit and the daily quota;
+* the ending: notifications, the report file they point to, ``run_finished`` (:meth:`conclude`).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from typing import Any, Callable
+
+from ..channels import ControlWatcher
+from ..errors import ErrorRecord, FatalAPIError, ModelNotFound, RequestRejected, WorkerDied
+from ..exitcodes import ExitCode
+from ..lifecycle import BatchLog, new_attempt_id
+from ..policy import Decision, RetryPolicy, Stop
+from ..state import BatchState, TaskStatus
+from ..tasks import (
+    EVENT_PARTIAL,
+    EVENT_PLAN,
+    EVENT_REQUEST,
+    EVENT_RESULT,
+    EVENT_STARTED,
+    EVENT_STEP,
+    EVENT_UPLOAD,
+    TaskResult,
+    TaskSpec,
+    UploadRef,
+)
+from ..timeutil import iso_utc, next_pacific_midnight, pacific_day, parse_iso_ts
+from .options import RunResult
+from .preflight import Prepared
+
+log = logging.getLogger("gsvr_batch.runner")
+
+SANDBOX_KEY_ENV = "GSVR_SANDBOX_API_KEY"
+NOTIFY_EVENTS = {"fatal": "batch_aborted", "quota_day": "quota_exhausted", "cost_limit": "cost_limit_reached",
+                 "cancelled": "batch_cancelled"}
+# Free tier: "you can't upload more than 8 hours of YouTube video per day" (Gemini API docs,
+# video understanding, limitations; the paid tiers have no such limit).
+FREE_TIER_YOUTUBE_SECONDS = 8 * 3600.0
+
+
+class Output:
+    """``echo`` that survives a closed stdout (``| head``, a dead logger): on EPIPE the run goes
+    quiet and carries on to a clean end (a journal, not a terminal, is the record of the run)."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self._echo = echo
+        self.closed = False
+
+    def __call__(self, text: str) -> None:
+        if self.closed:
+            return
+        # One line per message: a title with a newline must not break line-based logs.
+        text = str(text).replace("\r", " ")
+        try:
+            self._echo(text)
+        except (BrokenPipeError, ValueError):
+            self._close()
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        # Point stdout at /dev/null so the interpreter's final flush does not complain either.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def fingerprint(job: Any, template: Any | None) -> str:
+    """What a job's output is made from: a change here means the output is out of date."""
+    doc = [job.model, job.template, getattr(template, "version", None), job.params, job.output_format,
+           getattr(template, "context", None)]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Session:
+    """See the module docstring."""
+
+    def __init__(self, prepared: Prepared, blog: BatchLog, *, echo: Callable[[str], None]) -> None:
+        self.prepared = prepared
+        self.opts = prepared.opts
+        self.manifest = prepared.manifest
+        self.settings = prepared.manifest.settings
+        self.log = blog
+        self.echo = Output(echo)
+        self.jobs = {j.job_id: j for j in self.manifest.jobs}
+        self.order = [j.job_id for j in self.manifest.jobs]
+        self.now = self.opts.now
+        self.mode = str(self.settings.mode or "online")
+        self.policy = RetryPolicy(max_attempts=int(self.settings.max_attempts),
+                                  crash_budget=int(self.settings.crash_budget),
+                                  base_delay=float(self.settings.retry_base_delay),
+                                  max_call_retries=int(self.settings.max_call_retries))
+        self.rng = random.Random()
+        self.stop_reason: Stop | None = None
+        self.interrupts = 0
+        self._signal_name: str | None = None
+        self.deadline: float | None = None  # monotonic time the running tasks must end by
+        self.paused = False
+        self.cancelled = False
+        self.sandbox_server: Any = None
+        self.limiter: Any = None
+        self.worker_config: Any = None
+        self.client: Any = None
+        self.janitor: Any = None
+        self.control: ControlWatcher | None = None
+        self.models: dict[str, dict[str, int]] = {}  # model → {"input": …, "output": …} (models.get)
+        self.fingerprints: dict[str, str] = {}
+        self._estimates: dict[str, float] = {}
+        self._requests: Counter[str] = Counter()  # generate requests seen, not yet journaled
+        self._youtube_seconds = 0.0
+        self._old_handlers: dict[int, Any] = {}
+        self.report_path: str | None = None
+        for tid, job in self.jobs.items():
+            self.fingerprints[tid] = fingerprint(job, prepared.templates.get(job.template))
+
+    @property
+    def state(self) -> BatchState:
+        return self.log.state
+
+    @property
+    def pricing(self) -> Any:
+        return self.prepared.pricing
+
+    # -- services ------------------------------------------------------------------------------
+    def start_services(self) -> None:
+        """Sandbox (if asked), the shared rate limiter, the manager's client, the worker config."""
+        from ..gemini import WorkerConfig, make_client
+
+        base_url = None
+        api_key_env = self.settings.api_key_env
+        backend = "gemini"
+        if self.settings.sandbox:
+            from ..sandbox import SandboxConfig, SandboxServer
+
+            key = "sandbox-" + os.urandom(6).hex()
+            os.environ[SANDBOX_KEY_ENV] = key  # inherited by spawned workers; not a real secret
+            self.sandbox_server = SandboxServer(SandboxConfig(api_key=key, **self.opts.sandbox_options))
+            base_url = self.sandbox_server.start()
+            api_key_env = SANDBOX_KEY_ENV
+            backend = "sandbox"
+        limiter_path = self._start_limiter()
+        s = self.settings
+        self.worker_config = WorkerConfig(base_url=base_url, api_version=None, api_key_env=api_key_env,
+                                          request_timeout=float(s.request_timeout), limiter_path=limiter_path,
+                                          backend=backend, active_timeout=float(s.active_timeout),
+                                          max_call_retries=int(s.max_call_retries))
+        self.client = make_client(self.worker_config)
+        from .janitor import Janitor
+
+        model = sorted(self.prepared.limits)[0] if self.prepared.limits else "gemini-2.5-flash"
+        self.janitor = Janitor(lambda: make_client(self.worker_config), self.limiter, model)
+
+    def _start_limiter(self) -> str:
+        from ..ratelimit import RateLimiter
+
+        # One clock: the limiter's day is the manager's day (opts.now), and it starts from the
+        # journal's count of today's requests — the journal is the one source of truth.
+        now = self.now()
+        today = pacific_day(now)
+        used = dict(self.state.requests_by_day.get(today, {}))
+        from datetime import datetime, timezone
+
+        path = str(self.log.path.with_name(self.log.path.name + ".ratelimit"))
+        self.limiter = RateLimiter.create(path, self.prepared.limits, rpd_used=used,
+                                          wall=datetime.fromtimestamp(now, tz=timezone.utc))
+        return path
+
+    def check_models(self) -> None:
+        """Ask the API about every model once: an unknown model stops the batch before the first
+        upload (exit 2), a refused key before any work (exit 3); its input window sizes the plans."""
+        from ..gemini import classify
+
+        for model in sorted({j.model for j in self.manifest.jobs}):
+            try:
+                info = self.client.models.get(model=model)
+            except Exception as exc:  # noqa: BLE001 - translated right here
+                err = classify(exc)
+                if isinstance(err, (ModelNotFound, FatalAPIError)):
+                    raise err from exc
+                if isinstance(err, RequestRejected) and "404" in str(err):
+                    raise ModelNotFound(f"unknown model {model!r}: {err}") from exc
+                # Transient or unexpected: the built-in table will do; the first call tells the truth.
+                log.info("models.get(%s) failed (%s); using the built-in limits", model, err)
+                continue
+            entry = {}
+            if getattr(info, "input_token_limit", None):
+                entry["input"] = int(info.input_token_limit)
+            if getattr(info, "output_token_limit", None):
+                entry["output"] = int(info.output_token_limit)
+            self.models[model] = entry
+
+    def close_services(self, *, wait_janitor: float = 10.0) -> None:
+        """Idempotent: the online loop closes them, and run_batch again whatever happened."""
+        janitor, self.janitor = self.janitor, None
+        if janitor is not None:
+            for name, ok, why in janitor.close(timeout=wait_janitor):
+                self._journal_deleted(name, ok, why)
+        limiter, self.limiter = self.limiter, None
+        if limiter is not None:
+            limiter.close()
+        server, self.sandbox_server = self.sandbox_server, None
+        if server is not None:
+            server.stop()
+
+    # -- signals and control -------------------------------------------------------------------
+    def install_signals(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread (library use): leave signals alone
+                pass
+
+    def restore_signals(self) -> None:
+        for sig, h in self._old_handlers.items():
+            signal.signal(sig, h)
+        self._old_handlers = {}
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        # No journal write here (we may be inside one): the loop notices at its next turn (≤ 0.2 s).
+        self.interrupts += 1
+        self._signal_name = signal.Signals(signum).name
+
+    @property
+    def at_once(self) -> bool:
+        """Stop now: a second Ctrl-C / SIGTERM, or the grace period after the first one is over."""
+        return self.interrupts >= 2 or (self.deadline is not None and time.monotonic() > self.deadline)
+
+    def handle_signals(self, running: int) -> None:
+        """Turn a signal the handler noted into journal records and messages (main loop only)."""
+        name = self._signal_name
+        if not name:
+            return
+        self._signal_name = None
+        if self.interrupts == 1 or self.stop_reason is None or self.stop_reason.kind != "interrupted":
+            if self.stop_reason is None or self.stop_reason.kind != "interrupted":
+                self.stop("interrupted", f"interrupted by {name}; rerun the same command to continue")
+            self.deadline = time.monotonic() + self.opts.grace
+            self._unpause()  # running tasks must be able to finish, even while paused
+            if running and self.interrupts == 1:
+                self.echo(f"{name}: no new tasks will start; waiting up to {self.opts.grace:.0f} s for {running} "
+                          f"running task(s). Send it again to stop at once.")
+        if self.interrupts >= 2:
+            self.echo(f"{name} again: stopping now; running tasks go back to pending (an answer that arrives "
+                      f"anyway is adopted by the next run, not paid again).")
+
+    def poll_control(self) -> None:
+        if self.control is None:
+            return
+        cmd = self.control.poll()
+        if cmd is None:
+            return
+        if cmd.command == "pause" and not self.paused and self.stop_reason is None:
+            self.paused = True
+            self.log.pause("gsvr-batch pause")
+            if self.limiter is not None:
+                self.limiter.set_paused(True)
+            self.echo("Paused: no new tasks start; running tasks hold at their next API call. "
+                      "`gsvr-batch resume` continues.")
+        elif cmd.command == "resume" and self.paused:
+            self._unpause()
+            self.echo("Resumed.")
+        elif cmd.command == "cancel" and not self.cancelled:
+            self.cancelled = True
+            self._unpause()
+            self.log.cancel("gsvr-batch cancel")
+            self.stop("cancelled", "cancelled by `gsvr-batch cancel`; running tasks were allowed to end; "
+                                   "rerun the same command to continue")
+            self.deadline = time.monotonic() + self.opts.grace
+
+    def _unpause(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.log.resume("resumed" if self.interrupts == 0 else "stopping: running tasks may finish")
+        if self.limiter is not None:
+            self.limiter.set_paused(False)
+
+    def stop(self, kind: str, message: str, *, resets_at: str | None = None, model: str | None = None,
+             **extra: Any) -> None:
+        """Stop dispatching; the first fatal reason wins. Journaled at once (batch_stopped)."""
+        if self.stop_reason is not None and self.stop_reason.kind in ("fatal", "journal"):
+            return
+        if self.stop_reason is not None and self.stop_reason.kind == kind and kind != "quota_day":
+            return
+        self.stop_reason = Stop(kind, message, resets_at)
+        if self.log.broken:
+            return
+        self.log.stop(kind, message, resets_at=resets_at, model=model, **extra)
+        if self.limiter is not None and kind in ("fatal", "cancelled"):
+            self.limiter.set_cancelled()  # running workers stop at their next API call
+
+    # -- money and quota -----------------------------------------------------------------------
+    def price(self, model: str, usage: dict[str, Any], mode: str | None = None) -> float:
+        if self.pricing is None or not usage:
+            return 0.0
+        try:
+            return float(self.pricing.cost(model, usage, mode=mode or self.mode))
+        except Exception:  # noqa: BLE001 - an unknown model in an override file: no cost rather than no result
+            return 0.0
+
+    def estimate(self, tid: str) -> float:
+        """Estimated $ of one task (the whole task: clips and merge included), cached per run."""
+        if tid not in self._estimates:
+            from ..costs import estimate_job
+
+            est = estimate_job(self.jobs[tid], templates_dirs=self.manifest.templates_dirs, pricing=self.pricing,
+                               state=self.state, limits=self.prepared.limits)
+            self._estimates[tid] = est.cost(self.mode)
+        return self._estimates[tid]
+
+    def within_cost_limit(self, tid: str, running: list[str]) -> bool:
+        limit = self.settings.cost_limit
+        if limit is None or self.pricing is None:
+            return True
+        spent = self.state.total_cost_usd
+        in_flight = sum(self.estimate(t) for t in running)
+        nxt = self.estimate(tid)
+        if spent + in_flight + nxt <= float(limit):
+            return True
+        self.stop("cost_limit", f"cost limit ${float(limit):.2f} reached: spent ${spent:.4f}, "
+                                f"${max(0.0, float(limit) - spent):.4f} left, next task estimated at ${nxt:.4f}",
+                  spent_usd=round(spent, 6), limit_usd=float(limit))
+        return False
+
+    def quota_left(self, model: str) -> bool:
+        """Do not even upload for a task whose model has no requests left today (journaled count)."""
+        now = self.now()
+        blocked = self.state.quota_blocks.get(model) or self.state.quota_blocks.get("*")
+        if blocked:
+            until = parse_iso_ts(blocked)
+            if until is not None and now < until:
+                self.stop("quota_day", f"daily quota for {model} is spent (the API said so earlier today, "
+                                       f"Pacific time); it resets at {blocked}", resets_at=blocked, model=model)
+                return False
+        lim = self.prepared.limits.get(model)
+        if lim is not None and lim.rpd is not None:
+            used = self.state.requests_by_day.get(pacific_day(now), {}).get(model, 0) + self._requests[model]
+            if used >= lim.rpd:
+                resets = iso_utc(next_pacific_midnight(now))
+                self.stop("quota_day", f"daily request budget for {model} is spent ({used} of {lim.rpd} today, "
+                                       f"Pacific time); it resets at {resets}", resets_at=resets, model=model)
+                return False
+        if self._youtube_limit() is not None:
+            used_s = self.state.youtube_seconds_by_day.get(pacific_day(now), 0.0) + self._youtube_seconds
+            if used_s >= self._youtube_limit():
+                resets = iso_utc(next_pacific_midnight(now))
+                self.stop("quota_day", f"the free tier's {self._youtube_limit() / 3600:g} hours of YouTube video a "
+                                       f"day are spent; it resets at {resets}", resets_at=resets, model="youtube")
+                return False
+        return True
+
+    def _youtube_limit(self) -> float | None:
+        if self.settings.sandbox or str(self.settings.tier) != "free":
+            return None
+        return FREE_TIER_YOUTUBE_SECONDS
+
+    def flush_requests(self) -> None:
+        """Journal the generate requests counted since the last flush (one record per model)."""
+        if not self._requests and not self._youtube_seconds:
+            return
+        day = pacific_day(self.now())
+        yt = self._youtube_seconds
+        for model, n in sorted(self._requests.items()):
+            self.log.charge_requests(model, n, day, youtube_seconds=yt)
+            yt = 0.0
+        if yt:
+            self.log.charge_requests("youtube", 0, day, youtube_seconds=yt)
+        self._requests.clear()
+        self._youtube_seconds = 0.0
+
+    def clear_passed_quota_blocks(self) -> None:
+        now = self.now()
+        passed = [m for m, until in self.state.quota_blocks.items()
+                  if (parse_iso_ts(until) or 0) <= now]
+        if passed:
+            self.log.quota_cleared(passed, "the Pacific day of the spent quota is over")
+
+    # -- tasks ---------------------------------------------------------------------------------
+    def context_of(self, tid: str) -> dict[str, Any]:
+        job = self.jobs[tid]
+        template = self.prepared.templates.get(job.template)
+        opts = dict(getattr(template, "context", None) or {})
+        job_ctx = getattr(job, "context", None) or {}
+        opts.update({k: v for k, v in job_ctx.items() if v is not None})
+        strategy = opts.get("strategy") or "auto"
+        if strategy == "auto" and self.settings.context and self.settings.context != "auto":
+            strategy = self.settings.context
+        clip = opts.get("clip_minutes") or self.settings.clip_minutes
+        return {"context": strategy, "clip_minutes": clip, "allow_low": opts.get("allow_low_resolution", True)}
+
+    def spec_for(self, tid: str) -> TaskSpec:
+        job = self.jobs[tid]
+        t = self.state.tasks[tid]
+        model_info = self.models.get(job.model, {})
+        lim = self.prepared.limits.get(job.model)
+        ctx = self.context_of(tid)
+        return TaskSpec(
+            task_id=tid, source=job.source, source_kind=job.source_kind, title=job.title, template=job.template,
+            params=dict(job.params), model=job.model, output_path=job.output_path,
+            output_root=str(self.manifest.output_root), output_format=job.output_format, attempt=t.attempts,
+            attempt_id=t.attempt_id or "", templates_dirs=tuple(str(p) for p in self.manifest.templates_dirs),
+            reuse_upload=self.reusable_upload(tid),
+            max_duration=job.max_duration if job.max_duration is not None else self.settings.max_duration,
+            backend=self.worker_config.backend if self.worker_config else "gemini",
+            download_dir=str(self.prepared.state_dir / "downloads"),
+            plan=t.plan, partials=dict(t.partials), partials_dir=str(self.prepared.state_dir / "partials"),
+            context=ctx["context"], clip_minutes=ctx["clip_minutes"], allow_low=bool(ctx["allow_low"]),
+            input_limit=model_info.get("input"), output_limit=model_info.get("output"),
+            tpm=lim.tpm if lim is not None else None,
+        )
+
+    def reusable_upload(self, tid: str) -> UploadRef | None:
+        """A live upload of this task's video, if the journal knows one (one upload per video)."""
+        job = self.jobs[tid]
+        if job.source_kind != "local":
+            return None
+        known = self.state.sources.get(job.source)
+        if not known:
+            return None
+        try:
+            st = os.stat(job.source)
+        except OSError:
+            return None
+        if known.get("size") != st.st_size or known.get("mtime_ns") != st.st_mtime_ns:
+            return None  # the file changed since: the worker uploads it again
+        return UploadRef.from_dict(self.state.upload_for(known.get("sha256")))
+
+    def uploading_elsewhere(self, tid: str, running: list[str]) -> bool:
+        """Another running task is uploading this task's video right now: wait for its upload
+        instead of sending the same bytes twice (and so the requests share a cacheable prefix)."""
+        job = self.jobs[tid]
+        if job.source_kind != "local" or self.reusable_upload(tid) is not None:
+            return False
+        return any(self.jobs[r].source == job.source for r in running if r in self.jobs and r != tid)
+
+    def start(self, tid: str) -> TaskSpec:
+        """PENDING → RUNNING: journal the attempt (its nonce, the model it is sent to) and build its spec."""
+        job = self.jobs[tid]
+        self.log.start_task(tid, attempt_id=new_attempt_id(), model=job.model, fingerprint=self.fingerprints[tid],
+                            output=job.output_path)
+        return self.spec_for(tid)
+
+    def on_event(self, ev: tuple[str, str, dict[str, Any]], running: dict[str, Any]) -> TaskResult | None:
+        """Journal one worker event; a result event is returned for the loop to accept."""
+        kind, tid, payload = ev
+        t = self.state.tasks.get(tid)
+        if t is None:
+            return None
+        current = t.status is TaskStatus.RUNNING and payload.get("attempt_id") == t.attempt_id
+        if kind == EVENT_REQUEST:
+            # Counted even from a stale attempt: the request was made, the daily quota spent.
+            self._requests[str(payload["model"])] += 1
+            self._youtube_seconds += float(payload.get("youtube_seconds") or 0.0)
+            return None
+        if kind == EVENT_UPLOAD:
+            up = UploadRef.from_dict(payload)
+            if up is not None:
+                d = up.to_dict()
+                d["uploaded_by"] = tid
+                self.log.upload_finished(d, task_id=tid)
+            return None
+        if not current:
+            return None
+        if kind == EVENT_STARTED:
+            info = running.get(tid)
+            if info is not None:
+                info.pid = int(payload["pid"])
+            return None
+        if kind == EVENT_STEP:
+            info = running.get(tid)
+            self.log.step(tid, str(payload["step"]), worker=getattr(info, "pid", None))
+        elif kind == EVENT_PLAN:
+            self.log.plan(tid, dict(payload["plan"]), payload.get("duration"))
+        elif kind == EVENT_PARTIAL:
+            if str(payload["clip"]) not in t.partials:
+                self.log.clip_completed(tid, clip=int(payload["clip"]), start=float(payload["start"]),
+                                        end=float(payload["end"]), path=str(payload["path"]),
+                                        sha256=str(payload["sha256"]), usage=dict(payload["usage"]),
+                                        cost_usd=self.price(t.model, payload["usage"]))
+        elif kind == EVENT_RESULT:
+            try:
+                return TaskResult.from_dict(payload)
+            except (TypeError, ValueError):
+                return None
+        return None
+
+    def accept_result(self, tid: str, r: TaskResult) -> Decision | None:
+        """Journal one attempt's outcome (the policy decides retries). Returns the decision for a failure."""
+        t = self.state.tasks[tid]
+        if t.status is not TaskStatus.RUNNING or (r.attempt_id and r.attempt_id != t.attempt_id):
+            return None  # a duplicate (event and executor both delivered it) or a stale attempt
+        if r.upload is not None and r.upload.name not in self.state.uploads:
+            d = r.upload.to_dict()
+            d["uploaded_by"] = tid
+            self.log.upload_finished(d, task_id=tid)  # its upload event was lost: the result has the facts
+        if r.plan and r.plan != t.plan:
+            self.log.plan(tid, r.plan, r.video_duration)
+        billed = sum(self.price(t.model, u) for u in r.billed)
+        if r.skipped_reason and not r.error:
+            self.log.skip_task(tid, r.skipped_reason, video_duration=r.video_duration)
+            self.release_uploads(tid)
+            return None
+        if r.ok:
+            cost = self.price(t.model, r.usage) + billed
+            self.log.complete_task(tid, output=r.output_path or t.output, sha256=r.sha256 or "",
+                                   bytes_=r.bytes_written, usage=r.usage, cost_usd=cost,
+                                   model_version=r.model_version, video_duration=r.video_duration,
+                                   elapsed=round(r.elapsed, 3), calls=1 + len(r.billed), lost_calls=r.lost_calls,
+                                   truncated=r.truncated, fingerprint=self.fingerprints.get(tid))
+            self.release_uploads(tid)
+            return None
+        err = ErrorRecord.from_dict(r.error or {"error_class": "Error", "message": "unknown error"})
+        return self.fail_attempt(tid, err, cost_usd=billed, calls=len(r.billed), lost_calls=r.lost_calls)
+
+    def fail_attempt(self, tid: str, err: ErrorRecord, *, cost_usd: float = 0.0, calls: int = 0,
+                     lost_calls: int = 0) -> Decision:
+        """The one place a failed attempt is decided (policy) and journaled."""
+        t = self.state.tasks[tid]
+        d = self.policy.decide(err, failures=t.failures, crashes=t.crashes, rng=self.rng)
+        money = {"cost_usd": cost_usd, "calls": calls, "lost_calls": lost_calls}
+        if d.action == "retry":
+            self.log.schedule_retry(tid, err, d.delay, now=self.now(), message=d.message, charge=d.charge, **money)
+        elif d.action == "fail":
+            self.log.fail_task(tid, err, message=d.message, charge=d.charge, **money)
+            self.release_uploads(tid)
+        else:
+            self.log.requeue(tid, f"put back: {d.message}", **money)
+        if d.stop is not None:
+            self.stop(d.stop.kind, d.stop.message, resets_at=d.stop.resets_at, model=err.model)
+        return d
+
+    def worker_died(self, tid: str, detail: str = "") -> Decision | None:
+        """The worker running ``tid`` died (kill, OOM, segfault): charged to this task only."""
+        if self.state.tasks[tid].status is not TaskStatus.RUNNING:
+            return None
+        err = WorkerDied(f"the worker process died while running this task{detail} (killed or out of memory)")
+        return self.fail_attempt(tid, err.to_record())
+
+    def interrupted(self, tid: str, reason: str) -> None:
+        """Put a running task back, charging nobody (pool teardown, signal, cancel, manager crash)."""
+        if self.state.tasks[tid].status is TaskStatus.RUNNING:
+            self.log.requeue(tid, reason, interrupted=True)
+
+    def release_uploads(self, tid: str) -> None:
+        """Delete the uploads of ``tid``'s video once no pending or running task needs them."""
+        if self.settings.keep_uploads or self.janitor is None:
+            return
+        job = self.jobs.get(tid)
+        t = self.state.tasks[tid]
+        source = job.source if job else t.source
+        for name, up in list(self.state.uploads.items()):
+            if up.get("source") != source and up.get("uploaded_by") != tid:
+                continue
+            if up.get("source") and any(o.live and o.source == up["source"] for o in self.state.live_tasks()):
+                continue
+            self.janitor.delete(name)
+
+    def collect_deletions(self) -> None:
+        if self.janitor is not None:
+            for name, ok, why in self.janitor.results():
+                self._journal_deleted(name, ok, why)
+
+    def _journal_deleted(self, name: str, ok: bool, why: str) -> None:
+        if ok and name in self.state.uploads and not self.log.broken:
+            self.log.upload_deleted(name, why)
+
+    def delete_unneeded_uploads(self) -> None:
+        """At the end of a run: every upload no live task needs (a finished batch keeps none)."""
+        if self.settings.keep_uploads or self.janitor is None:
+            return
+        live_sources = {t.source for t in self.state.live_tasks() if t.live}
+        for name, up in list(self.state.uploads.items()):
+            if up.get("source") in live_sources:
+                continue
+            owner = self.state.tasks.get(str(up.get("uploaded_by")))
+            if not up.get("source") and owner is not None and owner.live:
+                continue  # a downloaded link's upload: its task still needs it
+            self.janitor.delete(name)
+
+    # -- the end -------------------------------------------------------------------------------
+    def finish_idle(self) -> RunResult:
+        counts = self.state.counts()
+        code = ExitCode.TASKS_FAILED if counts["failed"] else ExitCode.OK
+        msg = (f"Nothing to do: all {counts['total']} tasks already finished "
+               f"({counts['completed']} completed, {counts['skipped']} skipped, {counts['failed']} failed).")
+        if not self.state.finished:
+            self.log.finish()
+        self.log.run_finished(code)
+        return RunResult(int(code), msg, str(self.log.path), str(self.manifest.output_root), counts,
+                         self.state.total_cost_usd)
+
+    def conclude(self) -> RunResult:
+        counts = self.state.counts()
+        stop = self.stop_reason
+        if stop is not None:
+            code, msg = stop.exit_code, stop.message
+        elif counts["pending"] or counts["running"]:
+            code, msg = ExitCode.TEMPFAIL, "stopped with tasks still pending; rerun to continue"
+        elif counts["failed"]:
+            code, msg = ExitCode.TASKS_FAILED, f"{counts['failed']} task(s) failed (see `gsvr-batch replay`)"
+        else:
+            code, msg = ExitCode.OK, "all tasks done"
+        if self.log.broken:
+            return RunResult(int(ExitCode.TEMPFAIL), msg, str(self.log.path), str(self.manifest.output_root),
+                             counts, self.state.total_cost_usd)
+        if code in (ExitCode.OK, ExitCode.TASKS_FAILED) and self.state.is_complete() and not self.state.finished:
+            self.log.finish()
+        self.notify(int(code), msg)
+        self.log.run_finished(code)
+        self.log.maybe_snapshot(force=True)
+        cost = self.state.total_cost_usd
+        summary = (f"{counts['completed']} completed, {counts['skipped']} skipped, {counts['failed']} failed, "
+                   f"{counts['pending']} pending of {counts['total']}; cost ${cost:.4f}"
+                   + (" (priced as the real API would bill it; the sandbox bills nothing)"
+                      if self.settings.sandbox else ""))
+        return RunResult(int(code), f"{msg}. {summary}", str(self.log.path), str(self.manifest.output_root),
+                         counts, cost)
+
+    def notify_event(self, code: int) -> str | None:
+        kind = self.stop_reason.kind if self.stop_reason is not None else None
+        if kind in NOTIFY_EVENTS:
+            return NOTIFY_EVENTS[kind]
+        if kind is None and code in (ExitCode.OK, ExitCode.TASKS_FAILED) and self.state.is_complete():
+            return "batch_finished"
+        return None  # interrupted, disk full, pending retries: the next run will tell
+
+    def notify(self, code: int, message: str) -> None:
+        """Tell the configured targets how the batch ended; a failing target never changes the exit code."""
+        targets = list(self.settings.notify or [])
+        event = self.notify_event(code)
+        if not targets or event is None:
+            return
+        from .. import notify
+
+        report = self._write_report()
+        payload = {"event": event, "batch_id": self.state.batch_id, "manifest": self.state.manifest,
+                   "exit_code": int(code), "message": message, "counts": self.state.counts(),
+                   "cost_usd": round(self.state.total_cost_usd, 6), "journal": str(self.log.path),
+                   "output_root": str(self.manifest.output_root), "report": report, "report_path": report}
+        try:
+            results = notify.send(event, payload, targets)
+        except Exception as exc:  # noqa: BLE001 - notifications are best effort by contract
+            self.echo(f"Warning: notification '{event}' not sent: {exc}")
+            return
+        for r in results:
+            ok = bool(getattr(r, "ok", False))
+            error = getattr(r, "error", None)
+            self.log.notification(event=event, target=str(getattr(r, "target", "")), ok=ok,
+                                  attempts=int(getattr(r, "attempts", 1) or 1), error=error)
+            if not ok:
+                self.echo(f"Warning: notification '{event}' to {getattr(r, 'target', '?')} failed: {error}")
+
+    def _write_report(self) -> str | None:
+        """The report a notification points to: ``<state folder>/report.html`` (best effort)."""
+        try:
+            from ..report import write_report
+
+            self.log.sync()
+            path = self.prepared.state_dir / "report.html"
+            write_report(self.log.path, "html", path)
+            self.report_path = str(path)
+            return self.report_path
+        except Exception as exc:  # noqa: BLE001 - a report must never fail the batch
+            log.info("report not written: %s", exc)
+            return None
+
+
+__all__ = ["Session", "Output", "fingerprint", "SANDBOX_KEY_ENV"]
