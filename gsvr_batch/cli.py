@@ -24,8 +24,14 @@ def cli() -> None:
 
 
 def fail(exc: GsvrError) -> None:
-    """Print ``Error: ...`` and exit with the error's documented code (never a traceback)."""
-    click.echo(f"Error: {exc}", err=True)
+    """Print ``Error: ...`` and exit with the error's documented code (never a traceback).
+
+    Another run holding the journal is not an error (two cron firings overlapped): exit 75, no
+    "Error:" for a log watcher to page anyone about."""
+    if isinstance(exc, LockHeld):
+        click.echo(f"Not started: {exc}", err=True)
+    else:
+        click.echo(f"Error: {exc}", err=True)
     sys.exit(int(exc.exit_code))
 
 
@@ -122,6 +128,12 @@ def _run_settings(f):
     return settings_mod.click_options(f)
 
 
+def _retry_settings(f):
+    from . import settings as settings_mod
+
+    return settings_mod.click_options(f, exclude=("journal",))
+
+
 @cli.command("run", epilog="\b\nExit codes:\n" + EXIT_CODES_HELP)
 @click.argument("sources", nargs=-1, required=True, metavar="MANIFEST|FOLDER|LIST|VIDEO...")
 @_run_settings
@@ -168,23 +180,24 @@ def _echo(text: str) -> None:
 
 def _finish(result) -> None:
     """Print a run's last lines and exit with its code (a closed stdout is not an error)."""
+    import signal
+
+    from .console import Console
+
+    # The run is over and its journal consistent: a late Ctrl-C must not print a traceback
+    # from the interpreter's shutdown (threads being joined).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out = Console(_echo, result.display)
+    important = result.exit_code != 0
+    out.say(result.message, important=important)
+    out.say(f"Journal: {result.journal}")
+    if not result.message.startswith("Nothing to do"):
+        out.say(f"Outputs: {result.output_root}")
     try:
-        click.echo(result.message)
-        click.echo(f"Journal: {result.journal}")
-        click.echo(f"Outputs: {result.output_root}")
         sys.stdout.flush()
     except (BrokenPipeError, OSError):
-        _quiet_stdout()
+        out.close_stdout()
     sys.exit(result.exit_code)
-
-
-def _quiet_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
 
 
 def _fail_with_problems(exc: GsvrError) -> None:
@@ -200,7 +213,7 @@ def _fail_with_problems(exc: GsvrError) -> None:
 @click.argument("journal", type=click.Path(dir_okay=False))
 @click.option("--failed", "retry_failed", is_flag=True, help="Rerun every failed task.")
 @click.option("--ids", "ids", multiple=True, metavar="ID", help="Rerun these task ids (repeatable or comma separated).")
-@_run_settings
+@_retry_settings
 def retry_cmd(journal: str, retry_failed: bool, ids: tuple[str, ...], **kw) -> None:
     """Rerun failed (or chosen) tasks of JOURNAL's batch, and only those, with the settings that batch was
     run with (any option given here overrides them); the journal keeps every attempt.
@@ -216,7 +229,6 @@ def retry_cmd(journal: str, retry_failed: bool, ids: tuple[str, ...], **kw) -> N
     try:
         ids_list = tuple(i.strip() for part in ids for i in part.split(",") if i.strip())
         given = settings_mod.cli_values(kw)
-        given.pop("journal", None)
         result = retry_batch(journal, failed=retry_failed, ids=ids_list, echo=_echo, **given)
     except GsvrError as exc:
         _fail_with_problems(exc)
@@ -465,10 +477,13 @@ def main() -> None:
         import tempfile
         import traceback
 
+        from .secrets import redact
+
+        # The traceback may quote a header or a URL: it is scrubbed like everything else we write.
         fd, path = tempfile.mkstemp(prefix="gsvr-batch-crash-", suffix=".txt")
         with os.fdopen(fd, "w") as fh:
-            traceback.print_exc(file=fh)
-        click.echo(f"Error: internal error ({type(exc).__name__}: {exc}). This is a bug in gsvr-batch, not in "
-                   f"your input; the journal is consistent and rerunning the same command continues. "
-                   f"Details for a bug report: {path}", err=True)
+            fh.write(redact(traceback.format_exc()))
+        click.echo(redact(f"Error: internal error ({type(exc).__name__}: {exc}). This is a bug in gsvr-batch, not "
+                          f"in your input; the journal is consistent and rerunning the same command continues. "
+                          f"Details for a bug report: {path}"), err=True)
         sys.exit(int(ExitCode.INTERNAL))

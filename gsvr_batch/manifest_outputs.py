@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 
@@ -11,8 +12,9 @@ _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]")
 _MAX_FIELD_BYTES = 120  # a file name is at most 255 bytes; one Chinese character is 3
 
 
+@functools.lru_cache(maxsize=256)
 def pattern_problem(pattern: str) -> str | None:
-    """Why ``pattern`` cannot be used (unknown field, bad braces), or None."""
+    """Why ``pattern`` cannot be used (unknown field, bad braces), or None (cached: asked once per job)."""
     try:
         parsed = list(string.Formatter().parse(pattern))
     except ValueError as exc:
@@ -40,9 +42,16 @@ def sanitise_component(value: str) -> str:
     return text or "_"
 
 
+@functools.lru_cache(maxsize=256)
+def _fields_of(pattern: str) -> frozenset[str]:
+    return frozenset(name for _, name, _, _ in string.Formatter().parse(pattern) if name)
+
+
 def render_pattern(pattern: str, values: dict[str, object]) -> str:
     """Fill a pattern; string values are sanitised, the pattern's own '/' makes subfolders."""
-    safe = {k: (sanitise_component(v) if isinstance(v, str) else v) for k, v in values.items()}
+    # Only the fields the pattern names are sanitised (one regex pass each, per job).
+    used = _fields_of(pattern)
+    safe = {k: (sanitise_component(v) if isinstance(v, str) else v) for k, v in values.items() if k in used}
     return pattern.format_map(safe)
 
 

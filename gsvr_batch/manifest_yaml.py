@@ -61,6 +61,9 @@ def unknown_key_problems(mapping: LMap, allowed: tuple[str, ...], where: str, fi
     return problems
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
 class _Builder:
     def __init__(self, file: str) -> None:
         self.file = file
@@ -70,6 +73,8 @@ class _Builder:
     def build(self, node: yaml.Node) -> Any:
         line = node.start_mark.line + 1
         if isinstance(node, yaml.ScalarNode):
+            if node.tag == _STR_TAG:
+                return node.value  # what construct_yaml_str returns, without the constructor's bookkeeping
             return self.constructor.construct_object(node, deep=True)
         if isinstance(node, yaml.SequenceNode):
             seq = LSeq(self.build(item) for item in node.value)

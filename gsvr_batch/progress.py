@@ -15,7 +15,8 @@ from .state import TERMINAL, BatchState, TaskState, TaskStatus
 
 
 def _short(t: TaskState) -> str:
-    return t.title or t.source.rsplit("/", 1)[-1]
+    # One line per task in a log: a title with a newline must not start a line of its own.
+    return " ".join((t.title or t.source.rsplit("/", 1)[-1]).split())
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -40,6 +41,7 @@ class Progress:
         self.started = clock()
         self.done_at_start = sum(1 for t in state.live_tasks() if t.status in TERMINAL)
         self.finished_this_run = 0
+        self.cost_at_start = state.total_cost_usd  # shown: what this run spends (a rerun pays anew)
 
     @staticmethod
     def create(kind: str, state: BatchState, order: Iterable[str], *, summary_interval: float = 30.0,
@@ -61,7 +63,8 @@ class Progress:
         c = self.state.counts()
         done = c["completed"] + c["skipped"]
         return (f"{done}/{c['total']} done, {c['failed']} failed, {c['running']} running, "
-                f"{c['pending']} pending, ETA {fmt_duration(self.eta())}, cost ${self.state.total_cost_usd:.4f}")
+                f"{c['pending']} pending, ETA {fmt_duration(self.eta())}, "
+                f"cost ${self.state.total_cost_usd - self.cost_at_start:.4f} this run")
 
     def task_done(self, t: TaskState) -> None:
         if t.status in TERMINAL:
@@ -86,29 +89,29 @@ class LogProgress(Progress):
         self._last_summary = self.clock()
 
     def task_done(self, t: TaskState) -> None:
+        # No timestamp here: the run's console stamps every line it prints in log mode.
         super().task_done(t)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         if t.status is TaskStatus.COMPLETED:
             tokens = (t.usage or {}).get("total_tokens")
             extra = f" ({t.elapsed:.1f} s" if t.elapsed is not None else " ("
             extra += f", {tokens} tokens" if tokens else ""
             extra += f", ${t.cost_usd:.4f})"
-            self.echo(f"{stamp} completed {t.task_id} {_short(t)} -> {t.output}{extra}")
+            self.echo(f"completed {t.task_id} {_short(t)} -> {t.output}{extra}")
         elif t.status is TaskStatus.FAILED:
             err = t.last_error or {}
-            self.echo(f"{stamp} FAILED    {t.task_id} {_short(t)}: {err.get('error_class')}: {err.get('message')}")
+            self.echo(f"FAILED    {t.task_id} {_short(t)}: {err.get('error_class')}: {err.get('message')}")
         elif t.status is TaskStatus.SKIPPED:
-            self.echo(f"{stamp} skipped   {t.task_id} {_short(t)}: {t.skipped_reason}")
+            self.echo(f"skipped   {t.task_id} {_short(t)}: {t.skipped_reason}")
         elif t.status is TaskStatus.PENDING and t.last_error:
             err = t.last_error
-            self.echo(f"{stamp} retrying  {t.task_id} {_short(t)} (attempt {t.attempts} failed: "
+            self.echo(f"retrying  {t.task_id} {_short(t)} (attempt {t.attempts} failed: "
                       f"{err.get('error_class')}: {err.get('message')})")
 
     def tick(self, running: list[dict[str, Any]]) -> None:
         now = self.clock()
         if now - self._last_summary >= self.summary_interval:
             self._last_summary = now
-            self.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} progress: {self.summary(running)}")
+            self.echo(f"progress: {self.summary(running)}")
 
     def close(self) -> None:
         pass
@@ -138,7 +141,8 @@ class BarProgress(Progress):
             return
         self._last = now
         c = self.state.counts()
-        self.bar.set_postfix_str(f"failed={c['failed']} running={c['running']} ${self.state.total_cost_usd:.4f}",
+        self.bar.set_postfix_str(f"failed={c['failed']} running={c['running']} "
+                                 f"${self.state.total_cost_usd - self.cost_at_start:.4f}",
                                  refresh=True)
 
     def close(self) -> None:

@@ -272,12 +272,15 @@ def parse(name: str, value: Any) -> Any:
     return BY_NAME[name].parse(value)
 
 
-def click_options(func: Callable) -> Callable:
+def click_options(func: Callable | None = None, *, exclude: tuple[str, ...] = ()) -> Callable:
     """Decorate a click command with one option per command-line setting (values default to None:
-    "not given", so the manifest decides)."""
+    "not given", so the manifest decides). ``exclude``: settings this command takes otherwise
+    (``retry`` names its journal as an argument)."""
+    if func is None:
+        return lambda f: click_options(f, exclude=exclude)
     import click
 
-    for s in reversed([s for s in SETTINGS if s.flags]):
+    for s in reversed([s for s in SETTINGS if s.flags and s.name not in exclude]):
         decls = list(s.flags)
         kwargs: dict[str, Any] = {"default": None, "help": s.help}
         if s.flag_pair:

@@ -36,10 +36,11 @@ __all__ = ["RunOptions", "RunResult", "run_batch", "retry_batch", "default_journ
 
 def run_batch(opts: RunOptions, *, echo: Callable[[str], None] | None = None) -> RunResult:
     """Run (or continue) the batch described by ``opts``. Raises GsvrError for usage problems."""
-    from .session import Output
+    from ..console import Console, resolve_display
 
-    echo = Output(echo or (lambda s: print(s, flush=True)))
-    prepared = prepare(opts, echo=echo)
+    prepared = prepare(opts, echo=echo or print)
+    display = resolve_display(prepared.settings.progress)
+    echo = echo if isinstance(echo, Console) else Console(echo, display)
     for w in prepared.warnings:
         echo(w)
     lock = RunLock(prepared.journal)
@@ -51,7 +52,8 @@ def run_batch(opts: RunOptions, *, echo: Callable[[str], None] | None = None) ->
         except JournalWriteFailed as exc:
             counts = blog.state.counts()
             return RunResult(int(ExitCode.TEMPFAIL), f"paused: {exc}", str(prepared.journal),
-                             str(prepared.manifest.output_root), counts, blog.state.total_cost_usd)
+                             str(prepared.manifest.output_root), counts, blog.state.total_cost_usd,
+                             display=echo.display)
         finally:
             blog.close()
     finally:
@@ -72,8 +74,14 @@ def _run_locked(prepared: Prepared, blog: BatchLog, echo: Callable[[str], None])
         reconcile(session)
         if session.mode == "batch":
             from ..batchmode import BatchMode
+            from ..errors import GsvrError
 
-            session.check_models()  # an unknown model stops the batch before the first upload
+            try:
+                session.check_models()  # an unknown model stops the batch before the first upload
+            except GsvrError as err:
+                # Journaled and notified like any stop (a revoked key must reach the cron user).
+                session.stop("fatal" if err.exit_code == 3 else "usage", str(err))
+                return session.conclude()
             return BatchMode(session).run()
         return OnlineRun(session).run()
     finally:

@@ -97,8 +97,7 @@ class OnlineRun:
             if s.state.is_complete():
                 return s.finish_idle()
             s.log.run_finished(0)
-            return RunResult(0, "Nothing to do for the tasks asked for.", str(s.log.path),
-                             str(s.manifest.output_root), s.state.counts(), s.state.total_cost_usd)
+            return s.result(0, "Nothing to do for the tasks asked for.")
         self.receiver = EventReceiver(s.log.path)
         s.control = ControlWatcher(s.log.path)
         self.progress = Progress.create(str(s.settings.progress), s.state, s.order,

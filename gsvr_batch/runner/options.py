@@ -59,4 +59,6 @@ class RunResult:
     journal: str
     output_root: str
     counts: dict[str, int] = field(default_factory=dict)
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # the batch's whole spend, every run
+    run_cost_usd: float = 0.0  # what this run spent
+    display: str = "log"  # what --progress resolved to: how the CLI prints the last lines

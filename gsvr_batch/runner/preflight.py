@@ -69,6 +69,7 @@ def prepare(opts: RunOptions, *, echo: Callable[[str], None]) -> Prepared:
     resolve_credentials(settings.api_key_env, sandbox=bool(settings.sandbox))
     secrets_mod.register_env(settings.api_key_env)
     secrets_mod.register_notify_targets(settings.notify)
+    secrets_mod.install_log_redaction()  # log records and tracebacks are scrubbed too
     check_notify_targets(settings.notify)
     pricing = check_model_prices(manifest, settings.pricing, warnings)
     templates = load_templates(manifest.templates_dirs)

@@ -140,7 +140,10 @@ def reconcile(s: Session) -> None:
             if adopt_output(s, tid):
                 continue
         if t.status is TaskStatus.RUNNING and tid not in held:
-            blog.requeue(tid, "was in flight when the previous run ended (crash or kill)", interrupted=True)
+            from .session import lost_in_flight
+
+            blog.requeue(tid, "was in flight when the previous run ended (crash or kill)", interrupted=True,
+                         lost_calls=lost_in_flight(t.step))
     _check_completed_outputs(s)
     if s.opts.force:
         for tid in s.order:

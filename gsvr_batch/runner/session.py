@@ -16,19 +16,18 @@ and neither reaches into the other's privates. The session owns:
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
 import os
 import random
 import signal
-import sys
 import time
 from collections import Counter
 from typing import Any, Callable
 
 from ..channels import ControlWatcher
+from ..console import Console
 from ..errors import ErrorRecord, FatalAPIError, ModelNotFound, RequestRejected, WorkerDied
 from ..exitcodes import ExitCode
 from ..lifecycle import BatchLog, new_attempt_id
@@ -60,37 +59,10 @@ NOTIFY_EVENTS = {"fatal": "batch_aborted", "quota_day": "quota_exhausted", "cost
 FREE_TIER_YOUTUBE_SECONDS = 8 * 3600.0
 
 
-class Output:
-    """``echo`` that survives a closed stdout (``| head``, a dead logger): on EPIPE the run goes
-    quiet and carries on to a clean end (a journal, not a terminal, is the record of the run)."""
-
-    def __init__(self, echo: Callable[[str], None]) -> None:
-        self._echo = echo
-        self.closed = False
-
-    def __call__(self, text: str) -> None:
-        if self.closed:
-            return
-        # One line per message: a title with a newline must not break line-based logs.
-        text = str(text).replace("\r", " ")
-        try:
-            self._echo(text)
-        except (BrokenPipeError, ValueError):
-            self._close()
-        except OSError as exc:
-            if exc.errno != errno.EPIPE:
-                raise
-            self._close()
-
-    def _close(self) -> None:
-        self.closed = True
-        # Point stdout at /dev/null so the interpreter's final flush does not complain either.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, AttributeError):
-            pass
+def lost_in_flight(step: str | None) -> int:
+    """1 when a task was stopped while a generate request was out: the model may have answered
+    (and billed) into a process that no longer exists. Counted, so the money is accounted for."""
+    return 1 if step in ("generating", "merging") else 0
 
 
 def fingerprint(job: Any, template: Any | None) -> str:
@@ -109,7 +81,7 @@ class Session:
         self.manifest = prepared.manifest
         self.settings = prepared.manifest.settings
         self.log = blog
-        self.echo = Output(echo)
+        self.echo = echo if isinstance(echo, Console) else Console(echo)
         self.jobs = {j.job_id: j for j in self.manifest.jobs}
         self.order = [j.job_id for j in self.manifest.jobs]
         self.now = self.opts.now
@@ -138,6 +110,7 @@ class Session:
         self._youtube_seconds = 0.0
         self._old_handlers: dict[int, Any] = {}
         self.report_path: str | None = None
+        self.cost_at_start = blog.state.total_cost_usd
         for tid, job in self.jobs.items():
             self.fingerprints[tid] = fingerprint(job, prepared.templates.get(job.template))
 
@@ -558,15 +531,17 @@ class Session:
 
     def worker_died(self, tid: str, detail: str = "") -> Decision | None:
         """The worker running ``tid`` died (kill, OOM, segfault): charged to this task only."""
-        if self.state.tasks[tid].status is not TaskStatus.RUNNING:
+        t = self.state.tasks[tid]
+        if t.status is not TaskStatus.RUNNING:
             return None
         err = WorkerDied(f"the worker process died while running this task{detail} (killed or out of memory)")
-        return self.fail_attempt(tid, err.to_record())
+        return self.fail_attempt(tid, err.to_record(), lost_calls=lost_in_flight(t.step))
 
     def interrupted(self, tid: str, reason: str) -> None:
         """Put a running task back, charging nobody (pool teardown, signal, cancel, manager crash)."""
-        if self.state.tasks[tid].status is TaskStatus.RUNNING:
-            self.log.requeue(tid, reason, interrupted=True)
+        t = self.state.tasks[tid]
+        if t.status is TaskStatus.RUNNING:
+            self.log.requeue(tid, reason, interrupted=True, lost_calls=lost_in_flight(t.step))
 
     def release_uploads(self, tid: str) -> None:
         """Delete the uploads of ``tid``'s video once no pending or running task needs them."""
@@ -605,6 +580,21 @@ class Session:
             self.janitor.delete(name)
 
     # -- the end -------------------------------------------------------------------------------
+    def result(self, code: int, message: str) -> RunResult:
+        return RunResult(int(code), message, str(self.log.path), str(self.manifest.output_root), self.state.counts(),
+                         self.state.total_cost_usd, self.state.total_cost_usd - self.cost_at_start,
+                         display=getattr(self.echo, "display", "log"))
+
+    def cost_text(self) -> str:
+        """``cost $0.0013 this run ($0.0026 for the batch in all)``: a rerun after --force or a retry
+        pays again, and both numbers are true; shown together so neither misleads."""
+        run = self.state.total_cost_usd - self.cost_at_start
+        total = self.state.total_cost_usd
+        text = f"cost ${run:.4f} this run" + (f" (${total:.4f} for the batch in all)" if abs(total - run) > 5e-7 else "")
+        if self.settings.sandbox:
+            text += " — priced as the real API would bill it; the sandbox bills nothing"
+        return text
+
     def finish_idle(self) -> RunResult:
         counts = self.state.counts()
         code = ExitCode.TASKS_FAILED if counts["failed"] else ExitCode.OK
@@ -613,8 +603,7 @@ class Session:
         if not self.state.finished:
             self.log.finish()
         self.log.run_finished(code)
-        return RunResult(int(code), msg, str(self.log.path), str(self.manifest.output_root), counts,
-                         self.state.total_cost_usd)
+        return self.result(code, msg)
 
     def conclude(self) -> RunResult:
         counts = self.state.counts()
@@ -628,20 +617,16 @@ class Session:
         else:
             code, msg = ExitCode.OK, "all tasks done"
         if self.log.broken:
-            return RunResult(int(ExitCode.TEMPFAIL), msg, str(self.log.path), str(self.manifest.output_root),
-                             counts, self.state.total_cost_usd)
+            return self.result(ExitCode.TEMPFAIL, msg)
         if code in (ExitCode.OK, ExitCode.TASKS_FAILED) and self.state.is_complete() and not self.state.finished:
             self.log.finish()
         self.notify(int(code), msg)
         self.log.run_finished(code)
         self.log.maybe_snapshot(force=True)
-        cost = self.state.total_cost_usd
+        counts = self.state.counts()
         summary = (f"{counts['completed']} completed, {counts['skipped']} skipped, {counts['failed']} failed, "
-                   f"{counts['pending']} pending of {counts['total']}; cost ${cost:.4f}"
-                   + (" (priced as the real API would bill it; the sandbox bills nothing)"
-                      if self.settings.sandbox else ""))
-        return RunResult(int(code), f"{msg}. {summary}", str(self.log.path), str(self.manifest.output_root),
-                         counts, cost)
+                   f"{counts['pending']} pending of {counts['total']}; {self.cost_text()}")
+        return self.result(code, f"{msg}. {summary}")
 
     def notify_event(self, code: int) -> str | None:
         kind = self.stop_reason.kind if self.stop_reason is not None else None
@@ -692,4 +677,4 @@ class Session:
             return None
 
 
-__all__ = ["Session", "Output", "fingerprint", "SANDBOX_KEY_ENV"]
+__all__ = ["Session", "fingerprint", "SANDBOX_KEY_ENV"]
