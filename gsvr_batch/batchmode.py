@@ -19,6 +19,23 @@ one with that display name instead of submitting the tasks again.
 
 While a task is inside a remote job it is RUNNING in the fold; ``held_task_ids`` tells the
 runner's reconcile not to requeue those tasks as "in flight at a crash".
+
+Long videos (DESIGN invariant 13) follow the same context plan as online mode (context.py,
+through ``pipeline.ManagerSteps.plan``: journaled before anything is sent, a YouTube link measured
+with ``models.count_tokens`` first). Batch requests have no per-minute token quota, so the
+ceiling is the model's input window alone. A ``full`` / ``low`` plan is one request keyed by the
+task id; a ``clips`` plan is one request per clip (key ``<task>#clip-NNN``, the video Part
+clipped with ``VideoMetadata`` offsets, the segment prompt). Each clip's answer is written to its
+partial file and journaled (``clip_completed``, batch price) as the job is collected — every
+successful answer of a job first, its errors after, so a failed sibling never drops a paid
+answer. When a task's clips are all in, its **merge** goes into the *next* batch job
+(``<task>#merge``): a follow-up round rather than an online call, because it keeps the whole
+task at the batch price and off the online RPM/RPD quotas the user chose batch mode to avoid,
+and it reuses this module's exactly-once submission; the cost is one more batch turnaround for
+those tasks (minutes to hours), which a user of batch mode has already accepted. A request
+refused for size (400 "input token count (N) exceeds … (L)") is never final: the task is
+re-planned from N and L (``context.after_overflow``), the plan journaled, and the task goes back
+to pending, uncharged, for the next round.
 """
 
 from __future__ import annotations
@@ -32,6 +49,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from .context import parse_token_overflow
 from .errors import Disposition, DiskFull, ErrorRecord, GsvrError, RequestRejected, TransientError
 from .state import BatchState, TaskStatus
 
@@ -67,6 +85,34 @@ class _Item:
     inline: Any  # types.InlinedRequest, for inline jobs
     size: int  # bytes of its JSONL line
     duration: float | None
+    key: str = ""  # the request's key in the job: the task id, "<task>#clip-003" or "<task>#merge"
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.task_id
+
+
+CLIP_KEY = "#clip-"
+MERGE_KEY = "#merge"
+
+
+def request_key(task_id: str, kind: str = "whole", clip: int | None = None) -> str:
+    """The key of one request in a batch job (deterministic: a resubmission uses the same keys)."""
+    if kind == "clip":
+        return f"{task_id}{CLIP_KEY}{int(clip or 0):03d}"
+    if kind == "merge":
+        return f"{task_id}{MERGE_KEY}"
+    return task_id
+
+
+def parse_key(key: str) -> tuple[str, str, int | None]:
+    """``(task id, "whole" | "clip" | "merge", clip index)`` of a request key."""
+    if CLIP_KEY in key:
+        tid, _, idx = key.rpartition(CLIP_KEY)
+        if idx.isdigit():
+            return tid, "clip", int(idx)
+    if key.endswith(MERGE_KEY):
+        return key[: -len(MERGE_KEY)], "merge", None
+    return key, "whole", None
 
 
 def held_task_ids(state: BatchState) -> set[str]:
@@ -153,7 +199,8 @@ class BatchMode:
             # The in-process sandbox forgets its batch jobs when this run ends, so with it the run
             # waits for them (they finish in seconds); against Google, only with --wait.
             wait = bool(s.settings.wait) or bool(s.settings.sandbox)
-            while wait and s.stop_reason is None and (open_jobs(self.state) or self._pending()):
+            while wait and s.stop_reason is None and (open_jobs(self.state) or self._pending()
+                                                      or self._merge_ready()):
                 self._sleep(delay)
                 if s.stop_reason is not None:
                     break
@@ -258,7 +305,7 @@ class BatchMode:
         for dn, j in wanted.items():
             remote = found.get(dn)
             if remote is not None:
-                self.s.echo(f"Adopted batch job {remote.name} ({dn}) submitted before a crash.")
+                _important(self.s, f"Adopted batch job {remote.name} ({dn}) submitted before a crash.")
                 self.blog.batch_job_updated(j["name"], _state_name(remote), remote=remote.name)
             else:
                 # The create call never reached Google: its tasks go back to be submitted again.
@@ -304,14 +351,15 @@ class BatchMode:
                 self.s.interrupted(tid, f"{reason}; it will be submitted again")
 
     def _results(self, job: Any, model: str) -> list[tuple[str | None, Any, Any]]:
-        """``(task id or None, response, error)`` for every answer of a SUCCEEDED job."""
+        """``(request key or None, response, error)`` for every answer of a SUCCEEDED job."""
         from google.genai import types
 
         dest = getattr(job, "dest", None)
         out: list[tuple[str | None, Any, Any]] = []
         if dest is not None and dest.inlined_responses:
             for ir in dest.inlined_responses:
-                tid = (ir.metadata or {}).get("task_id")
+                meta = ir.metadata or {}
+                tid = meta.get("key") or meta.get("task_id")
                 err = None
                 if ir.error is not None:
                     err = {"code": getattr(ir.error, "code", None), "message": getattr(ir.error, "message", None)}
@@ -328,46 +376,161 @@ class BatchMode:
         return out
 
     def _collect(self, j: dict[str, Any], job: Any) -> None:
-        from . import templates
-        from .pipeline import PreparedRequest
-
+        """Write and journal every answer of a SUCCEEDED job: all successes first, then the errors
+        (a task failed by one refused clip must not lose its siblings' paid answers)."""
         s = self.s
         answered: set[str] = set()
-        for tid, response, err in self._results(job, j.get("model") or ""):
-            if tid is None or tid not in j["task_ids"]:
+        errors: list[tuple[str, str, int | None, dict[str, Any]]] = []
+        for key, response, err in self._results(job, j.get("model") or ""):
+            if key is None:
                 continue
-            answered.add(tid)
+            tid, kind, idx = parse_key(str(key))
+            if tid not in j["task_ids"]:
+                continue
+            answered.add(str(key))
             t = self.state.tasks.get(tid)
             if t is None or t.status is not TaskStatus.RUNNING or tid not in s.jobs:
                 continue  # already handled by an earlier poll of this job, or left the manifest
             if err is not None:
-                self._request_error(tid, err)
+                errors.append((tid, kind, idx, err))
+            elif kind == "clip":
+                self._clip_answer(j, tid, int(idx or 0), response)
+            else:
+                self._final_answer(j, tid, kind, response)
+        refused: dict[str, tuple[str, int | None, int, int]] = {}
+        for tid, kind, idx, err in errors:
+            if self.state.tasks[tid].status is not TaskStatus.RUNNING:
                 continue
-            spec = s.spec_for(tid)
-            tpl = templates.get_template(spec.template, spec.templates_dirs)
-            duration = (j.get("durations") or {}).get(tid)
-            prep = PreparedRequest(task_id=tid, contents=[], generation={}, prompt="", upload=None,
-                                   video_duration=duration, template_name=tpl.name,
-                                   template_version=tpl.version)
-            usage = _usage_or_empty(response)
-            try:
-                sha, n, usage, truncated = self.steps.write(spec, prep, response)
-            except DiskFull:
-                raise  # the job stays open: the next run writes its answers
-            except GsvrError as e:
-                s.fail_attempt(tid, e.to_record(), cost_usd=s.price(t.model, usage, mode="batch"),
-                               calls=1 if usage else 0)
+            overflow = parse_token_overflow(str(err.get("message") or ""))
+            if overflow and kind != "merge":
+                # Keep the first refused request of the task: the new plan is sized from it.
+                prev = refused.get(tid)
+                if prev is None or (idx or 0) < (prev[1] or 0):
+                    refused[tid] = (kind, idx, overflow[0], overflow[1])
                 continue
-            self.blog.complete_task(tid, output=spec.output_path, sha256=sha, bytes_=n, usage=usage,
-                                    cost_usd=s.price(t.model, usage, mode="batch"),
-                                    model_version=getattr(response, "model_version", None),
-                                    video_duration=duration, elapsed=None, truncated=truncated,
-                                    fingerprint=s.fingerprints.get(tid))
+            self._request_error(tid, err)
+        for tid, (kind, idx, n, limit) in refused.items():
+            if self.state.tasks[tid].status is TaskStatus.RUNNING:
+                self._replan(tid, idx, n, limit)
+        keys = set(j.get("keys") or j["task_ids"])
         for tid in j["task_ids"]:
-            if tid not in answered and self.state.tasks[tid].status is TaskStatus.RUNNING:
-                s.interrupted(tid, "the batch job returned no answer for this task")
+            t = self.state.tasks[tid]
+            if t.status is not TaskStatus.RUNNING:
+                continue
+            if self._clips_left(tid) == 0 and any(parse_key(k)[0] == tid and parse_key(k)[1] == "clip" for k in keys):
+                continue  # every clip is in: its merge goes into the next job (see the module doc)
+            s.interrupted(tid, "the batch job returned no answer for this task"
+                          if not any(parse_key(k)[0] == tid for k in answered) else
+                          "the batch job left some of this task's clips unanswered; they are sent again")
         self.blog.batch_job_updated(j["name"], SUCCEEDED, done=True)
         self._cleanup(j)
+
+    def _lesson_prep(self, spec: Any, duration: float | None) -> Any:
+        """What writing a lesson needs of the request (template, resolution, length): no upload."""
+        from . import templates
+        from .pipeline import PreparedRequest
+
+        tpl = templates.get_template(spec.template, spec.templates_dirs)
+        return PreparedRequest(task_id=spec.task_id, contents=[], generation=templates.generation_config(tpl),
+                               prompt="", upload=None, video_duration=duration, template_name=tpl.name,
+                               template_version=tpl.version, youtube=spec.source_kind == "youtube")
+
+    def _plan_of(self, tid: str) -> Any:
+        from .context import Plan
+
+        rec = self.state.tasks[tid].plan
+        try:
+            return Plan.from_record(rec) if rec else None
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def _clip_answer(self, j: dict[str, Any], tid: str, idx: int, response: Any) -> None:
+        """One clip's answer: its partial file (atomic, fsynced), then ``clip_completed`` at batch price."""
+        from .pipeline import answer_of, save_partial
+
+        s = self.s
+        t = self.state.tasks[tid]
+        plan = self._plan_of(tid)
+        clip = next((c for c in (plan.clips if plan else ()) if c.index == idx), None)
+        if clip is None or str(idx) in t.partials:
+            return  # an answer for clip boundaries no longer planned, or journaled by an earlier poll
+        usage = _usage_or_empty(response)
+        try:
+            answer = answer_of(response)
+        except DiskFull:
+            raise
+        except GsvrError as e:  # blocked / empty: the task fails, the answer was paid all the same
+            s.fail_attempt(tid, e.to_record(), cost_usd=s.price(t.model, usage, mode="batch"), calls=1 if usage else 0)
+            return
+        spec = s.spec_for(tid)
+        path, sha = save_partial(spec, clip, answer)
+        self.blog.clip_completed(tid, clip=idx, start=clip.start, end=clip.end, path=path, sha256=sha,
+                                 usage=answer.usage, cost_usd=s.price(t.model, answer.usage, mode="batch"))
+
+    def _final_answer(self, j: dict[str, Any], tid: str, kind: str, response: Any) -> None:
+        """A one-call answer or a merge: the lesson, written as online mode writes it, then ``task_completed``."""
+        s = self.s
+        t = self.state.tasks[tid]
+        spec = s.spec_for(tid)
+        plan = self._plan_of(tid)
+        duration = (j.get("durations") or {}).get(tid)
+        if duration is None and plan is not None:
+            duration = plan.duration
+        prep = self._lesson_prep(spec, duration)
+        clips = len(plan.clips) if plan is not None and kind == "merge" else 0
+        usage = _usage_or_empty(response)
+        try:
+            sha, n, usage, truncated = self.steps.write(spec, prep, response, plan=plan, clips=clips)
+        except DiskFull:
+            raise  # the job stays open: the next run writes its answers
+        except GsvrError as e:
+            s.fail_attempt(tid, e.to_record(), cost_usd=s.price(t.model, usage, mode="batch"),
+                           calls=1 if usage else 0)
+            return
+        self.blog.complete_task(tid, output=spec.output_path, sha256=sha, bytes_=n, usage=usage,
+                                cost_usd=s.price(t.model, usage, mode="batch"),
+                                model_version=getattr(response, "model_version", None),
+                                video_duration=duration, elapsed=None, truncated=truncated,
+                                fingerprint=s.fingerprints.get(tid))
+        drop = getattr(s, "drop_partials", None)
+        if drop is not None and clips:
+            drop(tid)  # the merged lesson is durable: the partials served their purpose
+
+    def _replan(self, tid: str, idx: int | None, n_tokens: int, limit: int) -> None:
+        """A request refused for size: the next plan from the API's N and L, journaled; the task goes
+        back to pending uncharged (the refusal cost nothing) and is sent again in the next round."""
+        from . import context
+
+        s = self.s
+        t = self.state.tasks[tid]
+        plan = self._plan_of(tid)
+        spec = s.spec_for(tid)
+        if plan is None:
+            s.interrupted(tid, "refused for size without a journaled plan; planned again")
+            return
+        ctx = s.context_of(tid)
+        done = 0
+        if plan.strategy == "clips" and idx is not None:
+            # after_overflow keeps the answered clips that come before the refused one.
+            while done < idx and str(plan.clips[done].index) in t.partials:
+                done += 1
+        prep = self._prompt_prep(spec, plan)
+        try:
+            new = context.after_overflow(plan, n_tokens, limit, duration=plan.duration if plan.duration_known else None,
+                                         prompt_chars=len(prep.prompt), tpm=None, allow_low=bool(ctx["allow_low"]),
+                                         clip_minutes=ctx["clip_minutes"],
+                                         forced="clips" if ctx["context"] == "clips" else "auto", completed=done)
+        except context.ContextError as err:
+            s.fail_attempt(tid, RequestRejected(f"refused for size and cannot be re-planned: {err}").to_record())
+            return
+        if not new.fits:
+            s.fail_attempt(tid, RequestRejected(
+                f"the API refused {n_tokens:,} tokens (limit {limit:,}) and no plan fits: {new.reason}").to_record())
+            return
+        self.blog.plan(tid, new.to_record(), new.duration)
+        s.echo(f"Task {tid}: refused for size ({n_tokens:,} > {limit:,} tokens); re-planned as {new.label()}, "
+               f"sent again in the next batch job.")
+        s.interrupted(tid, f"refused for size ({n_tokens:,} tokens > {limit:,}); re-planned as {new.label()}")
 
     def _request_error(self, tid: str, err: dict[str, Any]) -> None:
         code = err.get("code")
@@ -386,10 +549,52 @@ class BatchMode:
             self.s.janitor.delete(j["input_file"])
 
     # -- 3. submission -------------------------------------------------------------------------
+    def _merge_ready(self) -> list[str]:
+        """Running tasks outside any open job whose clips are all answered: their merge is due."""
+        held = held_task_ids(self.state)
+        out = []
+        for tid in self.s.order:
+            t = self.state.tasks.get(tid)
+            if t is None or t.status is not TaskStatus.RUNNING or tid in held:
+                continue
+            if (t.plan or {}).get("strategy") == "clips" and self._clips_left(tid) == 0:
+                out.append(tid)
+        return out
+
+    def _clips_left(self, tid: str) -> int:
+        """Clips of the task's journaled plan with no journaled partial (-1: not a clips plan)."""
+        t = self.state.tasks[tid]
+        clips = (t.plan or {}).get("clips") or []
+        if (t.plan or {}).get("strategy") != "clips" or not clips:
+            return -1
+        return sum(1 for c in clips if str(c.get("index")) not in t.partials)
+
+    def _prompt_prep(self, spec: Any, plan: Any) -> Any:
+        """The task's rendered prompt without touching the video (a merge needs no upload). Rendered
+        with the length the clips' prompts were rendered with: the probed one, None for a link."""
+        from . import templates
+
+        prep = self._lesson_prep(spec, plan.duration if plan is not None else None)
+        tpl = templates.get_template(spec.template, spec.templates_dirs)
+        known = plan.duration if plan is not None and plan.duration_known else None
+        prep.prompt = templates.render_prompt(tpl, spec.params, {"title": spec.title, "duration": known,
+                                                                 "source": spec.source})
+        return prep
+
     def _submit_pending(self) -> None:
         s = self.s
         by_model: dict[str, list[_Item]] = {}
         now = s.now()
+        for tid in self._merge_ready():  # already RUNNING: this attempt's clips are in
+            if self._stopping():
+                break
+            try:
+                by_model.setdefault(s.jobs[tid].model, []).extend(self._merge_items(s.spec_for(tid)))
+            except GsvrError as err:
+                d = s.fail_attempt(tid, err.to_record())
+                if d.stop is not None:
+                    self._unsubmitted(by_model, f"batch stopped: {err}")
+                    return
         for tid in self._pending():
             t = self.state.tasks[tid]
             if t.not_before and t.not_before > now:
@@ -398,45 +603,102 @@ class BatchMode:
                 break
             spec = s.start(tid)
             try:
-                prep = self.steps.prepare(spec)
+                items = self._items_for(spec)
             except GsvrError as err:
                 d = s.fail_attempt(tid, err.to_record())
                 if d.stop is not None:
                     # The batch stops: the tasks prepared before this one go back unsubmitted.
-                    for i in [i.task_id for items in by_model.values() for i in items]:
-                        s.interrupted(i, f"batch stopped: {err}")
+                    self._unsubmitted(by_model, f"batch stopped: {err}")
                     return
                 continue
-            if prep.skipped_reason:
-                self.blog.skip_task(tid, prep.skipped_reason, video_duration=prep.video_duration)
-                continue
-            by_model.setdefault(spec.model, []).append(self._item(spec, prep))
+            if items:
+                by_model.setdefault(spec.model, []).extend(items)
         prepared = [i for items in by_model.values() for i in items]
         if s.cancelled or s.stop_reason is not None:
             # Stopped while preparing: what is uploaded stays reusable, nothing is submitted.
-            for i in prepared:
-                s.interrupted(i.task_id, "stopped before submission")
+            self._unsubmitted(by_model, "stopped before submission")
             return
         for model, items in by_model.items():
             for chunk in plan_jobs(items, self.limits):
                 self._submit(model, chunk)
 
-    def _item(self, spec: Any, prep: Any) -> _Item:
+    def _unsubmitted(self, by_model: dict[str, list[_Item]], reason: str) -> None:
+        for tid in sorted({i.task_id for items in by_model.values() for i in items}):
+            self.s.interrupted(tid, reason)
+
+    def _items_for(self, spec: Any) -> list[_Item]:
+        """The requests one started task sends in this round: its one call, its clips not yet
+        answered, or — every clip in — its merge. Raises GsvrError (upload, template, plan)."""
+        import dataclasses
+
+        from .pipeline import clip_request, known_partial, whole_request
+
+        s = self.s
+        tid = spec.task_id
+        plan = self._plan_of(tid)
+        if plan is not None and plan.strategy == "clips" and self._clips_left(tid) == 0:
+            items = self._merge_items(spec)
+            if items:
+                return items  # every clip is paid for: no upload, no video, only the merge
+        # No per-minute token quota applies to batch requests: the ceiling is the input window.
+        bspec = dataclasses.replace(spec, tpm=None)
+        prep = self.steps.prepare(bspec)
+        if prep.skipped_reason:
+            self.blog.skip_task(tid, prep.skipped_reason, video_duration=prep.video_duration)
+            return []
+        plan = self.steps.plan(bspec, prep)  # journaled (task_plan) through on_event when it is new
+        duration = prep.video_duration if prep.video_duration is not None else plan.duration
+        if plan.strategy != "clips":
+            contents, gen = whole_request(prep, plan)
+            return [self._item(tid, spec.model, request_key(tid), contents, gen, duration)]
+        fresh = dataclasses.replace(bspec, partials=dict(self.state.tasks[tid].partials))
+        items = []
+        for clip in plan.clips:
+            if known_partial(fresh, clip) is not None:
+                continue
+            contents, gen = clip_request(prep, plan, clip)
+            items.append(self._item(tid, spec.model, request_key(tid, "clip", clip.index), contents, gen, duration))
+        return items or self._merge_items(s.spec_for(tid))
+
+    def _merge_items(self, spec: Any) -> list[_Item]:
+        """The merge request of a task whose clips are all answered ([] if a partial went missing:
+        the caller then sends the missing clips again)."""
+        from . import context
+        from .pipeline import known_partial, merge_request
+
+        tid = spec.task_id
+        plan = self._plan_of(tid)
+        if plan is None:
+            return []
+        partials = []
+        for clip in plan.clips:
+            text = known_partial(spec, clip)
+            if text is None:
+                return []
+            partials.append((clip, text))
+        prep = self._prompt_prep(spec, plan)
+        contents, gen = merge_request(prep, plan, partials)
+        if context.text_tokens(contents[0]) > context.DEFAULT_INPUT_LIMIT:
+            raise RequestRejected(f"the merge of {len(partials)} partial answers is larger than the model's input; "
+                                  f"use longer clips (clip_minutes) or a template with a smaller max_output_tokens")
+        return [self._item(tid, spec.model, request_key(tid, "merge"), contents, gen, plan.duration)]
+
+    def _item(self, tid: str, model: str, key: str, contents: list[Any], generation: dict[str, Any],
+              duration: float | None) -> _Item:
         from google.genai import types
 
-        video, prompt = prep.contents
-        content = types.Content(role="user", parts=[video, types.Part(text=prompt)])
-        gen = types.GenerationConfig(**prep.generation)
+        parts = [c if isinstance(c, types.Part) else types.Part(text=str(c)) for c in contents]
+        content = types.Content(role="user", parts=parts)
+        gen = types.GenerationConfig(**generation)
         request = {"contents": [content.model_dump(mode="json", by_alias=True, exclude_none=True)]}
         gen_json = gen.model_dump(mode="json", by_alias=True, exclude_none=True)
         if gen_json:
             request["generationConfig"] = gen_json
-        line = json.dumps({"key": spec.task_id, "request": request}, ensure_ascii=False)
-        inline = types.InlinedRequest(model=spec.model, contents=[content],
-                                      config=types.GenerateContentConfig(**prep.generation),
-                                      metadata={"task_id": spec.task_id})
-        return _Item(spec.task_id, spec.model, request, inline, len(line.encode("utf-8")) + 1,
-                     prep.video_duration)
+        line = json.dumps({"key": key, "request": request}, ensure_ascii=False)
+        inline = types.InlinedRequest(model=model, contents=[content],
+                                      config=types.GenerateContentConfig(**generation),
+                                      metadata={"task_id": tid, "key": key})
+        return _Item(tid, model, request, inline, len(line.encode("utf-8")) + 1, duration, key)
 
     def _submit(self, model: str, items: list[_Item]) -> None:
         from google.genai import types
@@ -445,16 +707,18 @@ class BatchMode:
         seq = len(self.state.batch_jobs) + 1
         display = f"gsvr-{self.state.batch_id}-{seq:04d}"
         inline = is_inline(items, self.limits)
+        task_ids = list(dict.fromkeys(i.task_id for i in items))  # a clips task has several requests
         # Journaled (fsynced) BEFORE the create call: a crash after it leaves an intent the
         # next run resolves by listing the remote jobs (adopt), never by blind resubmission.
-        self.blog.batch_job_submitted(display, [i.task_id for i in items], model, state=SUBMITTING,
+        self.blog.batch_job_submitted(display, task_ids, model, state=SUBMITTING,
                                       display_name=display, input="inline" if inline else "file",
-                                      durations={i.task_id: i.duration for i in items})
+                                      durations={i.task_id: i.duration for i in items},
+                                      keys=[i.key for i in items])
         cfg = {"display_name": display}
         if inline:
             src: Any = [i.inline for i in items]
         else:
-            data = "".join(json.dumps({"key": i.task_id, "request": i.request}, ensure_ascii=False) + "\n"
+            data = "".join(json.dumps({"key": i.key, "request": i.request}, ensure_ascii=False) + "\n"
                            for i in items).encode("utf-8")
             f = self._api("upload", model, lambda: self.client.files.upload(
                 file=io.BytesIO(data), config={"display_name": f"{display}-requests",
@@ -476,21 +740,36 @@ class BatchMode:
                 # the next run adopts the job or, if it never existed, submits the tasks again.
                 raise err
             job = found
-            s.echo(f"Adopted batch job {job.name} ({display}) after its create answer was lost.")
+            _important(s, f"Adopted batch job {job.name} ({display}) after its create answer was lost.")
         except GsvrError as err:
             self.blog.batch_job_updated(display, NOT_SUBMITTED, done=True, reason=str(err))
-            for i in items:
-                d = s.fail_attempt(i.task_id, err.to_record())
+            for tid in task_ids:
+                d = s.fail_attempt(tid, err.to_record())
                 if d.stop is not None:
                     raise
             return
         self.blog.batch_job_updated(display, _state_name(job), remote=job.name)
-        s.echo(f"Submitted batch job {job.name} ({display}): {_plural(len(items), 'task')}, "
-               f"{'inline' if inline else 'JSONL file'} input, model {model}.")
+        clips = sum(1 for i in items if parse_key(i.key)[1] == "clip")
+        merges = sum(1 for i in items if parse_key(i.key)[1] == "merge")
+        extra = [f"{_plural(clips, 'clip request')}" if clips else "", f"{_plural(merges, 'merge')}" if merges else ""]
+        what = ", ".join(x for x in extra if x)
+        s.echo(f"Submitted batch job {job.name} ({display}): {_plural(len(task_ids), 'task')}"
+               + (f" ({len(items)} requests: {what})" if what else "")
+               + f", {'inline' if inline else 'JSONL file'} input, model {model}.")
 
     # -- cancel --------------------------------------------------------------------------------
     def cancel_open_jobs(self, reason: str) -> int:
         return cancel_jobs(self.blog, self.client, reason, echo=self.s.echo)
+
+
+def _important(session: Any, text: str) -> None:
+    """A line even ``--progress quiet`` shows: a job adopted after a crash is what an operator
+    must be able to see in the log of the run that found it."""
+    say = getattr(session.echo, "say", None)
+    if say is not None:
+        say(text, important=True)
+    else:
+        session.echo(text)
 
 
 def _usage_or_empty(response: Any) -> dict[str, int]:
@@ -567,4 +846,4 @@ def cancel_batch_jobs(journal: str | Path, *, echo: Callable[[str], None] = prin
 
 
 __all__ = ["BatchMode", "JobLimits", "held_task_ids", "open_jobs", "plan_jobs", "is_inline",
-           "cancel_jobs", "cancel_batch_jobs"]
+           "cancel_jobs", "cancel_batch_jobs", "request_key", "parse_key"]

@@ -25,12 +25,15 @@ import hashlib
 import json
 import logging
 import os
+import select
 import shutil
 import socket
 import struct
 import tempfile
+import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +79,7 @@ class EventSender:
             pass
 
 
-def _parent_pid(pid: int) -> int | None:
+def parent_pid_of(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
@@ -108,6 +111,58 @@ class EventReceiver:
         self._uid = os.geteuid()
         self._trusted: set[int] = set()
         self.dropped = 0  # events refused (foreign sender or malformed payload)
+        self._inbox: deque[Event] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._reader: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # The kernel queues only a handful of datagrams per socket (net.unix.max_dgram_qlen, 10 here)
+    # and a worker's send blocks while the queue is full: a manager that reads between its own
+    # turns (journal fsyncs, dispatch) stalls every worker. So a thread reads the socket as fast as
+    # datagrams come, into an in-memory inbox, and wakes the manager's loop; it never touches the
+    # journal (the manager stays its single writer).
+    def start_reader(self) -> None:
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._read_loop, name="gsvr-events", daemon=True)
+            self._reader.start()
+
+    def _read_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._sock], [], [], 0.5)
+            except (OSError, ValueError):
+                return  # closed under us: the run is ending
+            if not ready:
+                continue
+            events = self.drain()
+            if events:
+                self._inbox.extend(events)  # deque.extend is atomic under the GIL
+                try:
+                    os.write(self._wake_w, b"!")
+                except OSError:  # the pipe is full: the manager is awake anyway
+                    pass
+
+    def wait(self, timeout: float) -> None:
+        """Block until an event arrived (or ``timeout`` seconds passed)."""
+        if self._inbox:
+            return
+        try:
+            select.select([self._wake_r], [], [], timeout)
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, InterruptedError, OSError):
+            pass
+
+    def take(self) -> list[Event]:
+        """Every event read so far (the reader thread's inbox; or the socket directly without it)."""
+        if self._reader is None:
+            return self.drain()
+        out = []
+        while self._inbox:
+            out.append(self._inbox.popleft())
+        return out
 
     @staticmethod
     def _private_dir(journal: str | os.PathLike[str] | None) -> Path:
@@ -137,8 +192,8 @@ class EventReceiver:
         if pid in self._trusted or pid == self._me:
             return True
         # A pool worker is our child (spawn); allow one level more for a forkserver's children.
-        parent = _parent_pid(pid)
-        if parent == self._me or (parent is not None and _parent_pid(parent) == self._me):
+        parent = parent_pid_of(pid)
+        if parent == self._me or (parent is not None and parent_pid_of(parent) == self._me):
             self._trusted.add(pid)
             return True
         return False
@@ -174,6 +229,15 @@ class EventReceiver:
         return self._sock.fileno()
 
     def close(self) -> None:
+        self._stop.set()
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+        self._inbox.extend(self.drain())
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         self._sock.close()
         try:
             os.unlink(self.address)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from . import __version__
-from .errors import GsvrError, LockHeld, UsageError
+from .errors import GsvrError, LockHeld, ManifestError, UsageError
 from .exitcodes import ExitCode
 
 
@@ -33,6 +33,14 @@ def fail(exc: GsvrError) -> None:
     else:
         click.echo(f"Error: {exc}", err=True)
     sys.exit(int(exc.exit_code))
+
+
+def _run_settings(f):
+    """The run options, generated from the one settings table (gsvr_batch/settings.py); `validate`
+    takes them too, so it answers for the exact command about to be run."""
+    from . import settings as settings_mod
+
+    return settings_mod.click_options(f)
 
 
 @cli.command("templates")
@@ -78,36 +86,45 @@ def templates_cmd(templates_dirs: tuple[str, ...], as_json: bool) -> None:
 
 
 @cli.command("validate")
-@click.argument("manifest", type=click.Path(path_type=str))
-@click.option("--templates", "templates_dirs", multiple=True, type=click.Path(path_type=str), metavar="DIR",
-              help="Extra folder of prompt templates (repeatable).")
-def validate_cmd(manifest: str, templates_dirs: tuple[str, ...]) -> None:
-    """Check MANIFEST (YAML, CSV, folder or list file) without calling any API.
+@click.argument("sources", nargs=-1, required=True, metavar="MANIFEST|FOLDER|LIST|VIDEO...")
+@_run_settings
+@click.option("--force", is_flag=True, help="Check as for run --force (completed jobs' outputs are redone).")
+def validate_cmd(sources: tuple[str, ...], force: bool, **kw) -> None:
+    """Check what `run` would run, with the same arguments and options, without calling any API.
 
-    Prints every problem as FILE:LINE: message (hint). Exit 2 if any is an error.
+    Prints every problem as FILE:LINE: message (hint): the manifest, outputs onto files the batch
+    owns, existing outputs the batch did not make, notification targets, and (when the journal
+    exists) jobs that changed since they completed. Exit 2 if any is an error; nothing is written.
+
+    \b
+    Examples:
+      gsvr-batch validate jobs/manifest.yaml
+      gsvr-batch validate lecture.mp4 https://youtu.be/aircAruvnKk -t summary_report
     """
-    import os
+    from . import settings as settings_mod
+    from .validation import validate_batch
 
-    from .errors import ManifestError
-    from .manifest import validate_manifest
-
-    overrides = {"templates_dir": list(templates_dirs)} if templates_dirs else None
-    result, problems = validate_manifest(manifest, overrides)
-    for problem in problems:
+    result = validate_batch(list(sources), force=force, **settings_mod.cli_values(kw))
+    for problem in result.problems:
         click.echo(str(problem))
-    errors = sum(1 for p in problems if p.is_error)
-    warnings = len(problems) - errors
-    if result is None:
-        fail(ManifestError(f"{manifest}: {_count(errors, 'error')}, {_count(warnings, 'warning')}", problems))
-    root = str(result.output_root)
-    try:
-        rel = os.path.relpath(root)
-        root = rel if not rel.startswith("..") else root
-    except ValueError:
-        pass
-    outputs = len({j.output_path for j in result.jobs})
+    errors, warnings = len(result.errors), len(result.warnings)
+    shown = sources[0] if len(sources) == 1 else f"{len(sources)} inputs"
+    if not result.ok or result.manifest is None:
+        fail(ManifestError(f"{shown}: {_count(errors, 'error')}, {_count(warnings, 'warning')}"))
+    m = result.manifest
+    outputs = len({j.output_path for j in m.jobs})
     suffix = f" ({_count(warnings, 'warning')})" if warnings else ""
-    click.echo(f"OK: {_count(len(result.jobs), 'job')}, {_count(outputs, 'output')} under {root}{suffix}")
+    click.echo(f"Journal: {_short(str(result.journal))} ({result.journal_note})")
+    click.echo(f"OK: {_count(len(m.jobs), 'job')}, {_count(outputs, 'output')} under {_short(str(m.output_root))}{suffix}")
+
+
+def _short(path: str) -> str:
+    """A path as the user would type it: relative to the cwd when it is inside it."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
 
 
 def _count(n: int, word: str) -> str:
@@ -119,13 +136,6 @@ def _count(n: int, word: str) -> str:
 
 EXIT_CODES_HELP = "\n".join(f"  {int(c):>3}  {d}" for c, d in __import__(
     "gsvr_batch.exitcodes", fromlist=["DESCRIPTIONS"]).DESCRIPTIONS.items())
-
-
-def _run_settings(f):
-    """The run options, generated from the one settings table (gsvr_batch/settings.py)."""
-    from . import settings as settings_mod
-
-    return settings_mod.click_options(f)
 
 
 def _retry_settings(f):
@@ -452,8 +462,10 @@ def sandbox_cmd(port: int, rpm: float | None, rpd: int | None, tpm: float | None
         fail(UsageError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}"))
         return
     stop = threading.Event()
-    # SIGTERM (e.g. from a test harness or systemd) stops as cleanly as Ctrl-C.
+    # Ctrl-C and SIGTERM (systemd, a test harness) both stop it cleanly, whenever they come: as
+    # handlers, not a KeyboardInterrupt that could land while the banner is printed ("Aborted!", exit 1).
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     click.echo(f"gsvr-batch sandbox listening on {url}")
     click.echo("Point the client at it with:")
     click.echo(f"  export GOOGLE_GEMINI_BASE_URL={url}")

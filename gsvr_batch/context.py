@@ -962,3 +962,33 @@ def parse_context_options(raw: Any = None) -> dict:
         raise ContextOptionError("context: strategy 'low' contradicts allow_low_resolution: false",
                                  key="allow_low_resolution")
     return out
+
+
+def effective_options(template_ctx: Mapping[str, Any] | None, job_ctx: Mapping[str, Any] | None = None, *,
+                      strategy: str | None = None, clip_minutes: float | None = None) -> dict:
+    """The ``context:`` options a task runs with (full dict, :data:`CONTEXT_KEYS`), decided in one place
+    for the run (session), the estimate (costs / ``--dry-run``) and batch mode alike.
+
+    Most specific first: the job's own ``context:`` / ``clip_minutes:`` (manifest), then the run's
+    ``--context`` / ``--clip-minutes`` (or ``settings:``), then the template's ``context:``, then
+    the defaults. ``strategy="auto"`` from the run means "no preference" (it is the setting's
+    default), so it never overrides a template that asks for something. ``allow_low_resolution``
+    and ``fps`` belong to the template unless the job sets them: they say what the template's
+    answers need, not how this run wants to spend.
+    """
+    out = dict(CONTEXT_DEFAULTS)
+    for key, value in (template_ctx or {}).items():
+        if key in CONTEXT_KEYS and value is not None:
+            out[key] = value
+    if strategy and strategy != "auto":
+        out["strategy"] = strategy
+    if clip_minutes is not None:
+        out["clip_minutes"] = float(clip_minutes)
+    for key, value in (job_ctx or {}).items():
+        if key in CONTEXT_KEYS and value is not None:
+            out[key] = value
+    if out["strategy"] == "low" and not out["allow_low_resolution"]:
+        # --context low (or a job's) over a template that forbids it: the template knows its answers
+        # need the detail, so the wish gives way to auto (clips at full detail), never to a refusal.
+        out["strategy"] = "auto"
+    return out

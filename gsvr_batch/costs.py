@@ -10,7 +10,11 @@ Estimates are deliberately simple and documented (README, "Before and while spen
 * output tokens ≈ the median of this template's past outputs in the journal, else 2,048 (a long lesson plan), never more than the template's ``max_tokens``; a clips plan
   writes one partial per clip and the merged lesson;
 * a YouTube or http(s) link's length is unknown before the model answers (nothing is downloaded
-  for an estimate): it is priced as one hour and flagged.
+  or counted for an estimate): it is priced as one hour and flagged ("?" after its strategy),
+  unless an earlier run of the same batch measured it (its journaled plan or duration);
+* the context options are :func:`gsvr_batch.context.effective_options` (job > ``--context`` /
+  ``--clip-minutes`` > template), the same rule as the run; in batch mode no per-minute token
+  quota applies, so only the input window limits a request.
 
 Prices come from :mod:`gsvr_batch.pricing` (``PriceTable.cost(model, usage, mode)``), with the
 audio share of the input at the audio rate.
@@ -119,22 +123,30 @@ def estimate_job(job: Any, *, templates_dirs: Iterable[Any] = (), pricing: Any =
     from .templates import get_template, render_prompt
 
     seconds: float | None = None
+    measured = False  # a link's length learnt by an earlier run (count_tokens or the model's answer)
     if job.source_kind == "local":
         if probe is None:
             from .inputs import probe_duration as probe
         seconds = probe(job.source)
+    elif state is not None and job.job_id in state.tasks:
+        t = state.tasks[job.job_id]
+        known = t.video_duration if t.video_duration is not None else (t.plan or {}).get("duration")
+        if known:
+            seconds, measured = float(known), True
     max_out: int | None = None
     media_res: str | None = None
     prompt_chars = 4000
-    ctx: dict[str, Any] = dict(settings_context or {})
+    run_ctx: dict[str, Any] = dict(settings_context or {})
+    ctx: dict[str, Any] = context.effective_options(None, getattr(job, "context", None),
+                                                    strategy=run_ctx.get("strategy"),
+                                                    clip_minutes=run_ctx.get("clip_minutes"))
     try:
         tpl = get_template(job.template, templates_dirs)
         mc = tpl.model_config or {}
         max_out = mc.get("max_output_tokens") or mc.get("max_tokens")
         media_res = mc.get("media_resolution")
-        tctx = getattr(tpl, "context", None) or {}
-        ctx.update({k: v for k, v in tctx.items() if v is not None and not (k == "strategy" and v == "auto"
-                                                                            and ctx.get("strategy"))})
+        ctx = context.effective_options(getattr(tpl, "context", None), getattr(job, "context", None),
+                                        strategy=run_ctx.get("strategy"), clip_minutes=run_ctx.get("clip_minutes"))
         try:
             prompt_chars = len(render_prompt(tpl, job.params, {"title": job.title, "duration": seconds,
                                                                "source": job.source}))
@@ -143,13 +155,16 @@ def estimate_job(job: Any, *, templates_dirs: Iterable[Any] = (), pricing: Any =
     except Exception:  # noqa: BLE001 - estimates never stop a batch
         pass
     lim = (limits or {}).get(job.model)
-    plan = plan_for(seconds, prompt_chars, model=job.model, media_resolution=media_res,
-                    tpm=getattr(lim, "tpm", None), ctx=ctx)
+    # Batch requests are not paced per minute: only the model's input window limits one.
+    tpm = None if run_ctx.get("mode") == "batch" else getattr(lim, "tpm", None)
+    plan = plan_for(seconds, prompt_chars, model=job.model, media_resolution=media_res, tpm=tpm, ctx=ctx)
     tout_one = estimate_output(max_out, past_output_tokens(state, job.template))
     priced_seconds = UNKNOWN_VIDEO_SECONDS if seconds is None else seconds
     tin, tout, audio = plan_tokens(plan, priced_seconds, prompt_chars, tout_one)
     limit = job.max_duration if job.max_duration is not None else max_duration
     note, counted = "", True
+    if measured:
+        note = f"length {context.hms(seconds)} measured by an earlier run"
     if seconds is None:
         note = ("duration unknown until the model answers (priced as 1 h)" if job.source_kind == "youtube"
                 else "duration unknown (link not downloaded for an estimate; priced as 1 h)"

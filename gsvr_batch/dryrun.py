@@ -83,12 +83,44 @@ def estimate_rows(opts: Any, *, probe: Callable[[str], float | None] | None = No
     from .runner.preflight import resolve_run_limits
 
     limits, sources = resolve_run_limits(manifest, opts)
-    ctx = {"strategy": manifest.settings.context, "clip_minutes": manifest.settings.clip_minutes}
+    ctx = {"strategy": manifest.settings.context, "clip_minutes": manifest.settings.clip_minutes,
+           "mode": str(manifest.settings.mode or "online")}
     rows = [estimate_job(job, templates_dirs=manifest.templates_dirs, pricing=pricing, state=state,
                          force=bool(getattr(opts, "force", False)), max_duration=manifest.settings.max_duration,
                          probe=probe, limits=limits, settings_context=ctx) for job in manifest.jobs]
     manifest.limits, manifest.limit_sources = limits, sources  # for the limits line
+    manifest.youtube_line = youtube_line(manifest, rows, state, now=getattr(opts, "now", None))
     return manifest, rows, notes
+
+
+def youtube_line(manifest: Any, rows: list[JobEstimate], state: Any, now: Any = None) -> str | None:
+    """The free tier's YouTube budget as it stands for this batch, or None when it does not apply.
+
+    "you can't upload more than 8 hours of YouTube video per day" (free tier; Gemini API docs, video
+    understanding, limitations). Today's use is the journal's (requests_charged.youtube_seconds,
+    per Pacific day), the same count the run stops at (exit 75).
+    """
+    from .runner.session import FREE_TIER_YOUTUBE_SECONDS
+    from .timeutil import pacific_day
+
+    links = [r for r in rows if r.source_kind == "youtube" and r.counted]
+    s = manifest.settings
+    if not links or s.sandbox or str(s.tier) != "free" or str(s.mode or "online") == "batch":
+        return None
+    import time as _time
+
+    day = pacific_day((now or _time.time)())
+    used = float((getattr(state, "youtube_seconds_by_day", None) or {}).get(day, 0.0)) if state is not None else 0.0
+    known = sum(r.duration or 0.0 for r in links if r.duration is not None)
+    unknown = sum(1 for r in links if r.duration is None)
+    need = _fmt_duration(known) + (f" + {unknown} of unknown length" if unknown else "") if known else (
+        f"{unknown} of unknown length")
+    left = max(0.0, FREE_TIER_YOUTUBE_SECONDS - used)
+    verdict = ""
+    if known and known > left:
+        verdict = " — more than is left today: the run stops at the limit (exit 75) and goes on after midnight Pacific"
+    return (f"YouTube (free tier: {FREE_TIER_YOUTUBE_SECONDS / 3600:g} h of video a Pacific day): {len(links)} link(s), "
+            f"{need}; {_fmt_duration(used)} used today, {_fmt_duration(left)} left{verdict}.")
 
 
 def dry_run(opts: Any, *, probe: Callable[[str], float | None] | None = None) -> str:
@@ -139,8 +171,14 @@ def dry_run(opts: Any, *, probe: Callable[[str], float | None] | None = None) ->
 
     out.append(limits_line_of(manifest.limits, manifest.limit_sources, requests))
     if unknown:
-        out.append(f"{unknown} video(s) have no known duration (YouTube: unknown until the model answers); "
-                   f"each is priced as {UNKNOWN_VIDEO_SECONDS / 3600:g} h.")
+        out.append(f"{unknown} video(s) have no known duration (YouTube: unknown until the run counts its tokens); "
+                   f"each is priced as {UNKNOWN_VIDEO_SECONDS / 3600:g} h and its strategy marked '?'.")
+    if getattr(manifest, "youtube_line", None):
+        out.append(manifest.youtube_line)
+    refused = [r for r in counted if not r.fits]
+    if refused:
+        out.append(f"Warning: {len(refused)} job(s) are forced onto a strategy that cannot fit (see Note); "
+                   f"remove the forced context: or choose clips.")
     limit = manifest.settings.cost_limit
     if limit is not None:
         est = _sum(counted, mode)

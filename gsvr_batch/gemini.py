@@ -70,6 +70,7 @@ class WorkerConfig:
     active_timeout: float = 600
     max_call_retries: int = 5
     backend: str = "gemini"  # "gemini" | "sandbox"
+    manager_pid: int | None = None  # a worker checks its manager is alive before it starts working
 
 
 # --------------------------------------------------------------------------- credentials
@@ -249,33 +250,9 @@ def _reasons_of(body: Any) -> list[str]:
 
 def next_reset_iso(now: _dt.datetime | None = None) -> str:
     """Next midnight America/Los_Angeles (when per-day quotas reset), as ISO-8601 UTC."""
-    try:
-        from . import quota  # owned by another module; optional
+    from .timeutil import iso_utc, next_pacific_midnight
 
-        fn = getattr(quota, "next_pacific_midnight", None)
-    except ImportError:
-        fn = None
-    if fn is not None:
-        result = fn(now) if now is not None else fn()
-        if isinstance(result, _dt.datetime):
-            return _iso_utc(result)
-        if isinstance(result, (int, float)):
-            return _iso_utc(_dt.datetime.fromtimestamp(result, _dt.timezone.utc))
-        return str(result)
-    from zoneinfo import ZoneInfo
-
-    pacific = ZoneInfo("America/Los_Angeles")
-    now = now or _dt.datetime.now(_dt.timezone.utc)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=_dt.timezone.utc)
-    local = now.astimezone(pacific)
-    next_day = (local + _dt.timedelta(days=1)).date()
-    midnight = _dt.datetime(next_day.year, next_day.month, next_day.day, tzinfo=pacific)
-    return _iso_utc(midnight)
-
-
-def _iso_utc(t: _dt.datetime) -> str:
-    return t.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_utc(next_pacific_midnight(now))
 
 
 def _api_message(code: int | None, status: str | None, message: str | None) -> str:
@@ -395,13 +372,10 @@ def classify(exc: BaseException, *, now: _dt.datetime | None = None) -> GsvrErro
     """
     if isinstance(exc, GsvrError):
         return exc
-    try:
-        from google.genai import errors as genai_errors
+    from google.genai import errors as genai_errors
 
-        if isinstance(exc, genai_errors.APIError):
-            return _classify_api_error(exc, now)
-    except ImportError:  # pragma: no cover - the SDK is a hard dependency
-        pass
+    if isinstance(exc, genai_errors.APIError):
+        return _classify_api_error(exc, now)
 
     timeouts, transports = _transport_classes()
     kind = type(exc).__name__

@@ -26,7 +26,7 @@ import yaml
 
 from . import media
 from .errors import GsvrError, ManifestError
-from .fsutil import atomic_write_bytes, is_inside
+from .fsutil import TMP_PREFIX, atomic_write_bytes, is_inside
 from .manifest_csv import decode_text, parse_csv, parse_source_list
 from .manifest_outputs import pattern_problem, render_pattern, with_suffix_number
 from .manifest_types import (
@@ -34,7 +34,10 @@ from .manifest_types import (
     DEFAULT_OUTPUT_DIR,
     DEFAULT_OUTPUT_PATTERN,
     DEFAULT_TEMPLATE,
+    DERIVED_MANIFEST,
+    FLAT_OUTPUT_PATTERN,
     OUTPUT_FORMATS,
+    STATE_DIR,
     Job,
     Manifest,
     Problem,
@@ -92,7 +95,9 @@ def validate_manifest(path: str | os.PathLike[str], overrides: dict | None = Non
                                 path=Path(path).absolute() if not Path(path).is_dir() else None,
                                 identity=identity, content_hash=content_hash)
     except (OSError, UnicodeError) as exc:  # never a traceback for bad input
-        return None, [Problem(display, None, f"cannot read the manifest: {exc}", None)]
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        hint = "check its permissions" if isinstance(exc, PermissionError) else None
+        return None, [Problem(display, None, f"cannot read the manifest: {why}", hint)]
     problems += more
     if any(p.is_error for p in problems):
         return None, problems
@@ -105,17 +110,34 @@ def load_sources(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[st
                  *, date: str | None = None, check_files: bool = True) -> Manifest:
     """What ``gsvr-batch run`` names: one manifest (YAML / CSV / a list file / a folder), or one or
     more videos and links (``run lecture.mp4``, ``run a.mp4 https://youtu.be/x``), which get a
-    derived manifest as a folder does."""
+    derived manifest as a folder does. Raises :class:`ManifestError` with every problem."""
+    manifest, problems = validate_sources(sources, overrides, date=date, check_files=check_files)
+    if manifest is None:
+        raise ManifestError(_summary(problems), problems)
+    return manifest
+
+
+def validate_sources(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                     overrides: dict | None = None, *, date: str | None = None,
+                     check_files: bool = True) -> tuple[Manifest | None, list[Problem]]:
+    """:func:`load_sources` without raising: (the manifest or None, every problem found)."""
     items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    if not items or any(not os.fspath(i).strip() for i in items):
+        # `run "$VIDEO"` with the variable unset would otherwise mean "the current folder"
+        return None, [Problem(CLI, None, "an input is empty" if items else "no inputs given",
+                              "name a manifest, a folder, a list file, or videos and links")]
     if len(items) == 1 and is_manifest_path(os.fspath(items[0])):
-        return load_manifest(items[0], overrides, date=date, check_files=check_files)
+        return validate_manifest(items[0], overrides, date=date, check_files=check_files)
     for item in items:
         text = os.fspath(item)
-        if is_manifest_path(text) and not os.path.isdir(text):
-            raise ManifestError(f"{text}: a manifest cannot be mixed with other inputs",
-                                [Problem(CLI, None, f"{text} is a manifest; name it alone",
-                                         "gsvr-batch run MANIFEST, or gsvr-batch run VIDEO [VIDEO|URL ...]")])
-    return derive_manifest(items, overrides=overrides, date=date, check_files=check_files)
+        if is_manifest_path(text) and not os.path.isdir(text) and _suffix(text).lower() in (".yaml", ".yml", ".csv"):
+            return None, [Problem(CLI, None, f"{text} is a manifest and cannot be mixed with other inputs",
+                                  "gsvr-batch run MANIFEST, or gsvr-batch run VIDEO|URL|FOLDER|LIST ...")]
+    try:
+        manifest = derive_manifest(items, overrides=overrides, date=date, check_files=check_files)
+    except ManifestError as exc:
+        return None, list(exc.problems)
+    return manifest, list(manifest.warnings)
 
 
 def is_manifest_path(text: str) -> bool:
@@ -166,12 +188,24 @@ def derive_manifest(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[
                                 content_hash=None)
     if manifest is None or any(p.is_error for p in problems):
         raise ManifestError(_summary(problems), problems)
+    if all(f.get("source") and not os.path.isdir(f["source"]) for f, _shown in raw_jobs):
+        # Videos and links named one by one (`run a.mp4`, later `run b.mp4`) are one batch per output
+        # folder, whatever was named this time: the second run continues the same journal (b added,
+        # a dropped from this run with its history and output kept) instead of being refused as
+        # "another manifest". Folder and list batches keep the identity of what they name.
+        manifest.identity = _sha256(f"videos\n{manifest.output_root}".encode())
     manifest.warnings = [p for p in problems if not p.is_error]
     return manifest
 
 
-def write_manifest_yaml(manifest: Manifest, path: str | os.PathLike[str]) -> None:
-    """Write ``manifest`` as a YAML manifest that loads back to the same jobs and ids (durably)."""
+def write_manifest_yaml(manifest: Manifest, path: str | os.PathLike[str], *, journal: str | os.PathLike[str] | None = None,
+                        sources: Sequence[str] | None = None) -> None:
+    """Write ``manifest`` as a YAML manifest that loads back to the same jobs and ids (durably).
+
+    ``derived_from`` records the batch (its identity and journal, and what the command line
+    named), so ``gsvr-batch run`` on this file where it was written continues that batch
+    (:func:`_derived_identity`); a copy elsewhere is a manifest of its own.
+    """
     base = manifest.base_dir
     jobs = []
     for job in manifest.jobs:
@@ -186,9 +220,14 @@ def write_manifest_yaml(manifest: Manifest, path: str | os.PathLike[str]) -> Non
             entry["params"] = dict(job.params)
         if job.max_duration is not None:
             entry["max_duration"] = job.max_duration
+        if getattr(job, "context", None):
+            entry["context"] = dict(job.context)  # a derived manifest must plan long videos the same way
         jobs.append(entry)
+    # Only what differs from the defaults (the file stays readable, and a default that changes in a
+    # later version is not frozen in), and not how this terminal showed progress.
     settings = {k: v for k, v in dataclasses.asdict(manifest.settings).items()
-                if v not in (None, [], {}) and k != "templates_dir"}
+                if v not in (None, [], {}) and k not in ("templates_dir", "progress", "summary_interval")
+                and not (k in settings_mod.BY_NAME and v == settings_mod.BY_NAME[k].default)}
     if manifest.templates_dirs:
         settings["templates_dir"] = [str(p) for p in manifest.templates_dirs]
     if settings.get("notify"):
@@ -197,7 +236,14 @@ def write_manifest_yaml(manifest: Manifest, path: str | os.PathLike[str]) -> Non
         # a webhook URL is a credential (`--notify https://hooks.slack.com/services/T/B/SECRET`):
         # ${VAR} references are kept, literal secrets written redacted (validation refuses those)
         settings["notify"] = [storable(t) for t in settings["notify"]]
+    batch_journal = journal if journal is not None else manifest.journal
+    derived: dict[str, Any] = {"identity": manifest.identity}
+    if batch_journal is not None:
+        derived["journal"] = str(Path(batch_journal).resolve())
+    if sources:
+        derived["sources"] = [os.fspath(s) for s in sources]
     doc = {
+        "derived_from": derived,
         "base_dir": str(base),
         "defaults": {"output_dir": str(manifest.output_root)},
         "settings": settings,
@@ -225,6 +271,13 @@ def _read(path: Path, display: str) -> tuple[RawManifest | None, list[Problem], 
         raw = RawManifest(file=display, base_dir=base)
         raw.jobs = [RawJob({"source": str(base)}, display, None, base)]
         return raw, [], identity, None
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        # A FIFO would block the read forever (cron would hang); a device may never end.
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        return None, [Problem(display, None, f"the manifest is {kind}, not a file",
+                              "give a .yaml, .csv or .txt manifest file, a folder of videos, or videos")], identity, None
     data = path.read_bytes()
     content_hash = _sha256(data)
     text, problems = decode_text(data, display)
@@ -261,6 +314,7 @@ class _Entry:
     line: int | None
     origin_job: RawJob
     explicit_output: str | None = None
+    folder: str = ""  # {dir}: its folder relative to the folder job's root ("" at the top / named directly)
 
 
 def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: bool, path: Path | None,
@@ -270,7 +324,7 @@ def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: 
         if key not in OVERRIDE_KEYS:
             problems.append(Problem(CLI, None, f"unknown option '{key}'", did_you_mean(key, OVERRIDE_KEYS)))
     overrides = _internal_names(overrides)
-    day = str(date or overrides.get("date") or _dt.date.today().isoformat())
+    day = date or overrides.get("date")  # else: the day the batch was created (below, once the journal is known)
 
     settings, more = _settings(raw, overrides)
     problems += more
@@ -300,22 +354,103 @@ def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: 
     if settings.journal:
         settings.journal = str((raw.base_dir / Path(settings.journal).expanduser()).absolute())
 
+    # The journal a run will use (runner.preflight.resolve_journal says the same): outputs may not
+    # land on it nor on anything else the batch owns.
+    journal = Path(settings.journal).resolve() if settings.journal else output_root / STATE_DIR / "journal.jsonl"
+    owned = _Owned(output_root, journal)
+    # {date} is the day the batch was created, not today: names (and so job ids) must not change when
+    # the next cron firing falls on another day, or the whole batch would be dropped and paid again.
+    day = str(day or _batch_date(journal) or _dt.date.today().isoformat())
+
     entries: list[_Entry] = []
     for rj in raw.jobs:
         got, more = _expand(rj, raw, check_files)
         entries += got
         problems += more
 
-    jobs, more = _make_jobs(entries, raw, overrides, defaults, settings, output_root, day, check_files)
+    jobs, more = _make_jobs(entries, raw, overrides, defaults, settings, output_root, day, check_files, owned=owned)
+    if any(e.folder for e in entries):
+        kept = _keep_flat_layout(journal, jobs, lambda: _make_jobs(
+            entries, raw, overrides, defaults, settings, output_root, day, check_files, owned=owned,
+            default_pattern=FLAT_OUTPUT_PATTERN))
+        if kept is not None:
+            jobs, more = kept
+            more.append(Problem(raw.file, None, "this batch was started when folder runs did not mirror subfolders: "
+                                "it keeps its flat output names", "a new batch (another output folder) mirrors "
+                                "them; --output-pattern '{dir}/{stem}_{template}.{ext}' switches this one and "
+                                "redoes those videos", "warning"))
     problems += more
-    problems += _check_templates(jobs, entries, templates_dirs)
+    problems += _check_templates(jobs, entries, templates_dirs, cli_template=overrides.get("template"))
 
+    if raw.derived is not None:
+        identity, content_hash, note = _derived_identity(raw, path, journal, identity, content_hash)
+        if note is not None:
+            problems.append(note)
     if content_hash is None:  # folder / derived manifests: what they expand to is their content
         content_hash = _sha256("\n".join(f"{j.job_id} {j.source}" for j in jobs).encode("utf-8"))
     manifest = Manifest(path=path, base_dir=raw.base_dir, output_root=output_root, jobs=jobs, settings=settings,
                         templates_dirs=templates_dirs, identity=identity, content_hash=content_hash,
-                        defaults=defaults, date=day)
+                        defaults=defaults, date=day, journal=journal, settings_lines=dict(raw.settings_lines))
     return manifest, problems
+
+
+def _batch_date(journal: Path) -> str | None:
+    """The local date of the journal's first record (``batch_created``), or None without a journal."""
+    try:
+        with open(journal, "rb") as fh:
+            first = fh.readline(1 << 16)
+        ts = json.loads(first).get("ts")
+        when = _dt.datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None  # no journal yet, or one the run will report on with its own message
+    return when.astimezone().date().isoformat()
+
+
+def _derived_identity(raw: RawManifest, path: Path | None, journal: Path, identity: str, content_hash: str | None
+                      ) -> tuple[str, str | None, Problem | None]:
+    """A ``manifest.derived.yaml`` run where it was written continues its batch: same identity.
+
+    Honoured only for the file next to its own journal (``derived_from.journal``), so that
+    ``run OUTPUT/.gsvr/manifest.derived.yaml`` continues the batch, while a copy elsewhere (or the
+    file pointed at another journal) is a manifest of its own and cannot take over a batch.
+    """
+    rec = raw.derived or {}
+    recorded, their_journal = rec.get("identity"), rec.get("journal")
+    if not isinstance(recorded, str) or not isinstance(their_journal, str) or path is None:
+        return identity, content_hash, Problem(raw.file, None, "derived_from has no batch identity or journal; "
+                                               "run as a manifest of its own", None, "warning")
+    same_place = path.resolve() == journal.parent / DERIVED_MANIFEST
+    if same_place and Path(their_journal).resolve() == journal:
+        # its content is its jobs, as for the folder / videos run that wrote it
+        return recorded, None, None
+    return identity, content_hash, Problem(
+        raw.file, None, f"a copy of the derived manifest of the batch in {their_journal}: it runs as a batch of its "
+        f"own", "run the file next to that journal to continue that batch", "warning")
+
+
+def _keep_flat_layout(journal: Path, jobs: list[Job], flat: Any) -> tuple[list[Job], list[Problem]] | None:
+    """Stable job ids for batches started before ``{dir}``: their folder jobs wrote flat names.
+
+    Job ids hash the output name, so mirroring subfolders would give every video in a subfolder a
+    new id: a rerun would drop the old tasks and pay for them again. When the batch's journal knows
+    the flat ids and none of the mirrored ones, the flat names are kept (the jobs ``flat()`` makes).
+    Read-only (``lifecycle.replay``); costs nothing unless a folder job found subfolders.
+    """
+    if not journal.is_file():
+        return None
+    flat_jobs, flat_problems = flat()
+    mirrored, flattened = {j.job_id for j in jobs}, {j.job_id for j in flat_jobs}
+    if mirrored == flattened:
+        return None
+    try:
+        from .lifecycle import replay
+
+        known = {tid for tid, t in replay(journal).state.tasks.items() if not t.dropped}
+    except (GsvrError, OSError, ValueError):
+        return None  # a damaged journal is the run's to report, with its repair command
+    if (flattened - mirrored) & known and not (mirrored - flattened) & known:
+        return flat_jobs, flat_problems
+    return None
 
 
 def _expand(rj: RawJob, raw: RawManifest, check_files: bool) -> tuple[list[_Entry], list[Problem]]:
@@ -362,6 +497,11 @@ def _expand(rj: RawJob, raw: RawManifest, check_files: bool) -> tuple[list[_Entr
         videos = _scan_folder(abs_path)
         if not videos:
             exts = " ".join(media.VIDEO_EXTENSIONS)
+            if _suffix(abs_path).lower() in (".yaml", ".yml", ".csv", ".txt"):
+                # `run lessons.yaml` where lessons.yaml is a folder: say so, not just "no videos"
+                return [], [Problem(rj.file, line, f"{_shown(Path(abs_path))} is a folder, not a manifest file, "
+                                                   "and has no video files",
+                                    "name the manifest file itself, or a folder of videos")]
             return [], [Problem(rj.file, line, f"folder {_shown(Path(abs_path))} has no video files",
                                 f"looked recursively for {exts}")]
         if "output" in fields:
@@ -373,8 +513,15 @@ def _expand(rj: RawJob, raw: RawManifest, check_files: bool) -> tuple[list[_Entr
             fields.pop("title")  # one title for many videos would make every name the same
             problems.append(Problem(rj.file, rj.line_of("title"), "'title' ignored for a folder job",
                                     "titles come from the file names", "warning"))
-        return [_Entry(fields, "local", v, rj.file, rj.line, rj) for v in videos], problems
+        return [_Entry(fields, "local", v, rj.file, rj.line, rj, folder=_rel_folder(v, abs_path))
+                for v in videos], problems
     return [_Entry(fields, "local", abs_path, rj.file, rj.line, rj)], []
+
+
+def _rel_folder(video: str, root: str) -> str:
+    """``{dir}`` of a video found under ``root``: 'a/b' for root/a/b/x.mp4, '' for root/x.mp4."""
+    rel = os.path.relpath(os.path.dirname(video), root)
+    return "" if rel == "." else rel.replace(os.sep, "/")
 
 
 def _scan_folder(folder: str) -> list[str]:
@@ -389,7 +536,8 @@ def _scan_folder(folder: str) -> list[str]:
 
 
 def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, defaults: dict, settings: Settings,
-               output_root: Path, day: str, check_files: bool) -> tuple[list[Job], list[Problem]]:
+               output_root: Path, day: str, check_files: bool, *, owned: _Owned | None = None,
+               default_pattern: str = DEFAULT_OUTPUT_PATTERN) -> tuple[list[Job], list[Problem]]:
     problems: list[Problem] = []
     planned = []  # (entry, values dict, rel output or None, explicit?)
     for index, e in enumerate(entries, start=1):
@@ -411,7 +559,9 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
         if not fmt and explicit and Path(explicit).suffix.lower().lstrip(".") in OUTPUT_FORMATS:
             fmt = Path(explicit).suffix.lower().lstrip(".")
         fmt = fmt or defaults.get("output_format") or "md"
-        if fmt not in OUTPUT_FORMATS:
+        if fmt not in OUTPUT_FORMATS and fmt == overrides.get("output_format"):
+            bad = True  # a bad --format is reported once, on the command line (_defaults), not per job
+        elif fmt not in OUTPUT_FORMATS:
             problems.append(Problem(e.file, rj.line_of("output_format"), f"unknown output_format '{fmt}'",
                                     did_you_mean(str(fmt), OUTPUT_FORMATS) or "use md, json or html"))
             bad = True
@@ -430,6 +580,11 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
                 problems.append(Problem(e.file, rj.line_of("max_duration"), "max_duration must be a positive duration",
                                         "seconds, or e.g. '90m', '1h30m', '1:30:00'"))
                 bad = True
+        job_context, why, key = _job_context(f, defaults)
+        if why:
+            problems.append(Problem(e.file, rj.line_of(key or "context"), why,
+                                    "e.g. 'context: clips' and 'clip_minutes: 40' (see docs/LONG_VIDEOS.md)"))
+            bad = True
         if e.kind == "local":
             stem = _stem(e.source)
             if check_files:
@@ -444,7 +599,7 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
         source_id = _identity_path(e.source, raw.base_dir) if e.kind == "local" else (
             stem if e.kind == "youtube" else e.source)
         values.update(stem=stem, title=title, date=day, index=index, ext=fmt, source_id=source_id, params=params,
-                      output_format=fmt, max_duration=max_duration)
+                      output_format=fmt, max_duration=max_duration, context=job_context)
         if bad:
             continue
         if explicit:
@@ -454,8 +609,11 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
             planned.append((e, values, rel, True))
             continue
         pattern = overrides.get("output_pattern") or f.get("output_pattern") or defaults.get("output_pattern") \
-            or DEFAULT_OUTPUT_PATTERN
+            or default_pattern
         why = pattern_problem(str(pattern)) if isinstance(pattern, str) else "output_pattern must be text"
+        values["cli_pattern"] = pattern == overrides.get("output_pattern")
+        if why and values["cli_pattern"]:
+            continue  # a bad --output-pattern is blamed once on <command line> (_defaults), not on each job
         if why:
             problems.append(Problem(e.file, rj.line_of("output_pattern") if "output_pattern" in f
                                     else raw.defaults_lines.get("output_pattern"), why, None))
@@ -472,7 +630,7 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
             if "{id" in pattern else ""
         try:
             rel = render_pattern(pattern, {k: values[k] for k in ("stem", "title", "template", "date", "id",
-                                                                   "index", "ext")})
+                                                                   "index", "ext")} | {"dir": e.folder})
         except (ValueError, KeyError, IndexError) as exc:
             problems.append(Problem(e.file, rj.line, f"output pattern {pattern!r} cannot be filled: {exc}", None))
             continue
@@ -498,6 +656,10 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
                                     f"duplicate output '{checked}' (also the output of the job at {first.file}:{first.line})",
                                     "give each job its own output name"))
             continue
+        why = owned.problem(checked) if owned is not None else None
+        if why:
+            problems.append(Problem(e.file, e.origin_job.line_of("output"), why, OWNED_HINT))
+            continue
         taken[key] = e
         resolved[i] = checked
     # pattern outputs: a clash gets -2, -3 ... in job order, so adding a job at the end renames nothing
@@ -513,6 +675,16 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
         while candidate.casefold() in taken:
             n += 1
             candidate = with_suffix_number(checked, n)
+        why = owned.problem(candidate) if owned is not None else None
+        if why:
+            if values.get("cli_pattern"):  # --output-pattern: the command line's fault, said once
+                if not any(p.file == CLI and p.message.startswith("--output-pattern: ") for p in problems):
+                    problems.append(Problem(CLI, None, f"--output-pattern: {why}", OWNED_HINT))
+            else:
+                line = e.origin_job.line_of("output_pattern") if "output_pattern" in e.fields else \
+                    raw.defaults_lines.get("output_pattern") or e.line
+                problems.append(Problem(e.file, line, why, OWNED_HINT))
+            continue
         taken[candidate.casefold()] = e
         resolved[i] = candidate
     for i, (e, values, rel, explicit) in enumerate(planned):
@@ -534,8 +706,88 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
         jobs.append(Job(job_id=job_id, source=e.source, source_kind=e.kind, title=v["title"], template=v["template"],
                         params=v["params"], model=v["model"], output_path=os.path.join(root_s, rel),
                         output_format=v["output_format"], max_duration=v["max_duration"],
-                        origin=f"{e.file}:{e.line}" if e.line else e.file))
+                        origin=f"{e.file}:{e.line}" if e.line else e.file, context=v.get("context")))
     return jobs, problems
+
+
+OWNED_HINT = ("the journal, its lock, snapshot and the other files of the state folder belong to the batch: "
+              "writing over one would lose its history or let a second run in; choose another output name")
+
+
+class _Owned:
+    """The files and folders a batch owns, which no output may be written onto (DESIGN invariant 10).
+
+    ``journal``: the journal the run would use (``--journal`` / ``settings.journal`` / the default
+    ``OUTPUT_ROOT/.gsvr/journal.jsonl``). Owned: ``OUTPUT_ROOT/.gsvr/`` always (the default state
+    folder), the journal's own folder when it is a separate state folder, and in any case the journal
+    and every ``<journal>.*`` file next to it (``.lock``, ``.owner``, ``.control``, ``.snapshot``,
+    ``.ratelimit``, ``.run/``, ``.torn-*``, ``.corrupt-*``), ``manifest.derived.yaml``, ``report.html``,
+    ``partials/`` and ``downloads/`` there; and any temp name (``.gsvr-tmp-*``), which a later run's
+    clean-up deletes. Folders are compared resolved, so a symlinked folder that leads into the state
+    folder is caught.
+    """
+
+    FILES = {"manifest.derived.yaml": "the derived manifest", "report.html": "the batch's report"}
+    FOLDERS = {"partials": "the clip partials folder", "downloads": "the downloads folder"}
+    SUFFIXES = {".lock": "the run lock", ".owner": "the run lock's owner file", ".control": "the control file",
+                ".snapshot": "the journal's snapshot", ".ratelimit": "the shared rate-limit file",
+                ".run": "the run's private folder"}
+
+    def __init__(self, output_root: Path, journal: Path) -> None:
+        self.root = str(output_root)
+        self.state_dir = os.path.realpath(os.path.dirname(str(journal)))
+        self.journal = os.path.join(self.state_dir, os.path.basename(str(journal)))
+        self.dirs = {os.path.realpath(os.path.join(self.root, STATE_DIR))}
+        # A journal kept in the output root itself (or above it): only its own files are owned,
+        # not the whole folder (every output lives there).
+        if not (self.root + "/").startswith(self.state_dir.rstrip("/") + "/"):
+            self.dirs.add(self.state_dir)
+        self._real: dict[str, tuple[str, bool]] = {}
+
+    def _parent(self, head: str) -> tuple[str, bool]:
+        """(the folder ``head`` of the root really is, whether anything owned can be in it), cached:
+        10,000 outputs in one folder cost one ``realpath``, and most folders are not near the state."""
+        got = self._real.get(head)
+        if got is None:
+            real = os.path.realpath(os.path.join(self.root, head) if head else self.root)
+            hot = any(real == d or real.startswith(d.rstrip("/") + "/") for d in (self.state_dir, *self.dirs))
+            got = self._real[head] = (real, hot)
+        return got
+
+    def problem(self, rel: str) -> str | None:
+        """Why the output ``rel`` (a normalised name relative to the root) may not be written, or None.
+
+        A folder on the way may be a symlink (followed: writing through it lands where it points);
+        the file itself may not matter: an output replaces a symlink by an atomic rename, never
+        writing through it.
+        """
+        head, _, name = rel.rpartition("/")
+        if name.startswith(TMP_PREFIX):
+            return f"output '{rel}' has a temporary file's name ({TMP_PREFIX}…), which a later run deletes"
+        real, hot = self._parent(head)
+        if not hot:
+            return None
+        path = os.path.join(real, name)
+        if path == self.journal:
+            return f"output '{rel}' is the batch's journal ({self.journal})"
+        if path.startswith(self.journal + "."):  # <journal>.lock, .snapshot, .run/…, .torn-…
+            tail = "." + path[len(self.journal) + 1:].split("/", 1)[0]
+            what = self.SUFFIXES.get(tail) or (
+                "a copy of the journal kept by a repair" if tail.startswith((".torn-", ".corrupt-")) else None)
+            if what is None:
+                return (f"output '{rel}' is in the journal's namespace ({self.journal}.*, where the batch keeps its "
+                        f"lock, snapshot and other files)")
+            return f"output '{rel}' is {what} ({self.journal}{tail})"
+        if os.path.dirname(path) == self.state_dir and name in self.FILES:
+            return f"output '{rel}' is {self.FILES[name]} ({path})"
+        for folder, what in self.FOLDERS.items():
+            d = os.path.join(self.state_dir, folder)
+            if path == d or path.startswith(d + "/"):
+                return f"output '{rel}' is inside {what} ({d})"
+        for d in self.dirs:
+            if path == d or path.startswith(d.rstrip("/") + "/"):
+                return f"output '{rel}' is inside the state folder {d}"
+        return None
 
 
 def _inside_root(root: Path, rel: str, cache: dict[str, bool]) -> tuple[str, str | None]:
@@ -605,7 +857,8 @@ def _check_local(e: _Entry, base: Path) -> list[Problem]:
     return []
 
 
-def _check_templates(jobs: list[Job], entries: list[_Entry], templates_dirs: list[Path]) -> list[Problem]:
+def _check_templates(jobs: list[Job], entries: list[_Entry], templates_dirs: list[Path], *,
+                     cli_template: str | None = None) -> list[Problem]:
     try:
         from . import templates as templates_mod  # lazy: validation works before templates exist
     except ImportError:
@@ -626,10 +879,14 @@ def _check_templates(jobs: list[Job], entries: list[_Entry], templates_dirs: lis
         line = (e.origin_job.line_of("template") if e and e.file == e.origin_job.file else (e.line if e else None))
         template = available.get(job.template)
         if template is None:
-            if (job.origin, "t") not in reported:
-                reported.add((job.origin, "t"))
+            # `-t nosuch` is the command line's mistake: said once, not blamed on every job's line
+            where = (CLI, None, CLI) if cli_template and job.template == str(cli_template).strip() else \
+                (file, line, job.origin)
+            if (where[2], "t") not in reported:
+                reported.add((where[2], "t"))
                 hint = did_you_mean(job.template, sorted(available)) or "available: " + ", ".join(sorted(available))
-                problems.append(Problem(file, line, f"unknown template '{job.template}'", hint))
+                shown = "--template" if where[0] == CLI else "template"
+                problems.append(Problem(where[0], where[1], f"unknown {shown} '{job.template}'", hint))
             continue
         # Jobs of one manifest mostly share template and params: check each pair once, not per job.
         try:
@@ -762,6 +1019,39 @@ def _settings(raw: RawManifest, overrides: dict) -> tuple[Settings, list[Problem
 def _duration(value: Any) -> float | None:
     """Seconds from 5400, '5400', '90m', '1h30m', '45s', '1:30:00' or '90:00'; None if not a positive duration."""
     return parse_duration(value)
+
+
+def _job_context(f: dict[str, Any], defaults: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    """``(options, problem, key)``: the ``context:`` / ``clip_minutes:`` a job (else ``defaults:``) sets.
+
+    ``context: clips`` is short for ``context: {strategy: clips}``; ``clip_minutes: 40`` next to it is
+    short for ``context: {clip_minutes: 40}``. Only the keys given are kept (validated by
+    context.parse_context_options), so what the job leaves unset stays the template's choice.
+    """
+    from .context import ContextOptionError, parse_context_options
+
+    raw = f.get("context", defaults.get("context"))
+    clip = f.get("clip_minutes", defaults.get("clip_minutes"))
+    if raw is None and clip is None:
+        return None, None, None
+    given: dict[str, Any] = {}
+    if isinstance(raw, str):
+        given["strategy"] = raw
+    elif isinstance(raw, dict):
+        given.update(raw)
+    elif raw is not None:
+        return None, ("context must be a strategy name (auto, full, low, clips) or a mapping "
+                      "with strategy, clip_minutes, allow_low_resolution, fps"), "context"
+    if clip is not None:
+        if given.get("clip_minutes") is not None and given["clip_minutes"] != clip:
+            return None, "clip_minutes is given twice (in context: and next to it) with different values", \
+                "clip_minutes"
+        given["clip_minutes"] = clip
+    try:
+        parsed = parse_context_options(given)
+    except ContextOptionError as exc:
+        return None, str(exc), "clip_minutes" if exc.key == "clip_minutes" and "clip_minutes" in f else "context"
+    return {k: parsed[k] for k in given}, None, None
 
 
 def _identity_path(source: str, base: Path) -> str:

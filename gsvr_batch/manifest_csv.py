@@ -20,7 +20,17 @@ DELIMITERS = (",", ";", "\t")
 
 
 def decode_text(data: bytes, file: str) -> tuple[str | None, list[Problem]]:
-    """UTF-8 text of a manifest file (BOM stripped), or a problem saying why it is not text."""
+    """UTF-8 text of a manifest file (BOM stripped), or a problem saying why it is not text.
+
+    UTF-16 with a byte-order mark is read too: Excel's "Unicode Text" export writes it, and its
+    NUL bytes would otherwise look like a binary file.
+    """
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16"), []
+        except UnicodeDecodeError as exc:
+            return None, [Problem(file, None, f"not valid UTF-16 text (at byte {exc.start})",
+                                  "save the file as UTF-8 (Excel: 'CSV UTF-8 (Comma delimited)')")]
     if b"\x00" in data[:8192]:
         return None, [Problem(file, None, "this is a binary file, not a manifest",
                               "give a .yaml, .csv or .txt manifest, or a folder of videos")]

@@ -6,7 +6,9 @@ import functools
 import re
 import string
 
-PATTERN_FIELDS = ("stem", "title", "template", "date", "id", "index", "ext")
+# ``{dir}``: the video's folder relative to the root of the folder job that found it ("" for a
+# video named directly), so a folder run can mirror its subfolders (``a/x.mp4`` → ``a/x_….md``).
+PATTERN_FIELDS = ("stem", "title", "template", "date", "id", "index", "ext", "dir")
 # path separators and the C0/C1 control characters (exactly Unicode category Cc)
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]")
 _MAX_FIELD_BYTES = 120  # a file name is at most 255 bytes; one Chinese character is 3
@@ -28,6 +30,7 @@ def pattern_problem(pattern: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)  # the template and date of 10,000 jobs are the same few values
 def sanitise_component(value: str) -> str:
     """Make a manifest value safe as (part of) one file name.
 
@@ -47,11 +50,27 @@ def _fields_of(pattern: str) -> frozenset[str]:
     return frozenset(name for _, name, _, _ in string.Formatter().parse(pattern) if name)
 
 
+def sanitise_dir(value: str) -> str:
+    """``{dir}``: each folder name sanitised on its own, joined by '/' (never '..', never absolute)."""
+    parts = [p for p in value.replace("\\", "/").split("/") if p and p != "."]
+    return "/".join(sanitise_component(p) for p in parts)
+
+
 def render_pattern(pattern: str, values: dict[str, object]) -> str:
-    """Fill a pattern; string values are sanitised, the pattern's own '/' makes subfolders."""
+    """Fill a pattern; string values are sanitised, the pattern's own '/' makes subfolders.
+
+    ``{dir}`` keeps its '/' (each folder name is sanitised); when it is empty, the separator
+    written after it goes too, so ``{dir}/{stem}.md`` is ``x.md`` for a video at the top.
+    """
     # Only the fields the pattern names are sanitised (one regex pass each, per job).
     used = _fields_of(pattern)
-    safe = {k: (sanitise_component(v) if isinstance(v, str) else v) for k, v in values.items() if k in used}
+    safe = {k: (sanitise_component(v) if isinstance(v, str) else v) for k, v in values.items()
+            if k in used and k != "dir"}
+    if "dir" in used:
+        folder = sanitise_dir(str(values.get("dir") or ""))
+        if not folder:
+            pattern = pattern.replace("{dir}/", "").replace("{dir}\\", "")
+        safe["dir"] = folder
     return pattern.format_map(safe)
 
 

@@ -12,9 +12,16 @@ from typing import Any
 DEFAULT_TEMPLATE = "comprehensive_lesson"
 DEFAULT_MODEL = "gemini-2.5-flash"
 DEFAULT_OUTPUT_DIR = "output"
-# ``{ext}`` follows output_format (md/json/html); with the default format this is {stem}_{template}.md
-DEFAULT_OUTPUT_PATTERN = "{stem}_{template}.{ext}"
+# ``{ext}`` follows output_format (md/json/html); with the default format this is {stem}_{template}.md.
+# ``{dir}/`` mirrors a folder job's subfolders (``a/x.mp4`` → ``a/x_summary_report.md``) and is
+# empty for a video at the top of the folder or named directly, so those names (and job ids) are
+# exactly what they were before ``{dir}`` existed.
+DEFAULT_OUTPUT_PATTERN = "{dir}/{stem}_{template}.{ext}"
+# What the default was before: a batch started with it keeps it (manifest._keep_flat_layout).
+FLAT_OUTPUT_PATTERN = "{stem}_{template}.{ext}"
 OUTPUT_FORMATS = ("md", "json", "html")
+STATE_DIR = ".gsvr"  # OUTPUT_ROOT/.gsvr/: the default state folder (journal, lock, snapshot...)
+DERIVED_MANIFEST = "manifest.derived.yaml"  # written next to the journal of a folder / list / videos batch
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,10 @@ class Job:
     output_format: str  # "md" | "json" | "html"
     max_duration: float | None
     origin: str  # "jobs/manifest.yaml:14" — where the job was defined (file:line)
+    # Long videos: only the ``context:`` options this job (or ``defaults:``) set explicitly, already
+    # validated (context.parse_context_options), e.g. {"strategy": "clips", "clip_minutes": 40.0};
+    # None when it set none. Explicit keys only, so an unset option leaves the template's in force.
+    context: dict | None = None
 
 
 # The settings type is generated from the one settings table (gsvr_batch/settings.py).
@@ -72,6 +83,9 @@ class Manifest:
     # defaults used to build the jobs (kept so a derived manifest can be written back as YAML)
     defaults: dict[str, Any] = field(default_factory=dict)
     date: str = ""  # the {date} used in output names (YYYY-MM-DD)
+    # the journal a run of this manifest uses (--journal / settings.journal / OUTPUT_ROOT/.gsvr/journal.jsonl)
+    journal: Path | None = None
+    settings_lines: dict[str, int | None] = field(default_factory=dict)  # where each settings key was written
 
 
 @dataclass
@@ -99,3 +113,5 @@ class RawManifest:
     settings: dict[str, Any] = field(default_factory=dict)
     settings_lines: dict[str, int | None] = field(default_factory=dict)
     jobs: list[RawJob] = field(default_factory=list)
+    # ``derived_from:`` of a manifest.derived.yaml: the batch it was written for (identity, journal)
+    derived: dict[str, Any] | None = None

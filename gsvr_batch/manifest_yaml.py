@@ -18,10 +18,13 @@ import yaml
 from .manifest_types import Problem, RawJob, RawManifest
 from .settings import MANIFEST_KEYS as MANIFEST_SETTINGS_KEYS
 
-TOP_KEYS = ("defaults", "settings", "jobs", "sandbox", "templates_dir", "base_dir", "name", "description")
-DEFAULT_KEYS = ("template", "model", "output_dir", "output_pattern", "output_format", "params")
+TOP_KEYS = ("defaults", "settings", "jobs", "sandbox", "templates_dir", "base_dir", "name", "description",
+            "derived_from")
+# ``context`` / ``clip_minutes``: how a long video is sent (context.py); per job or for every job.
+DEFAULT_KEYS = ("template", "model", "output_dir", "output_pattern", "output_format", "params", "context",
+                "clip_minutes")
 JOB_KEYS = ("source", "list", "template", "output", "output_pattern", "output_format", "title", "model",
-            "params", "max_duration")
+            "params", "max_duration", "context", "clip_minutes")
 SETTINGS_KEYS = MANIFEST_SETTINGS_KEYS
 
 # Google API keys: "AIza" + 35 characters. Matched, never printed.
@@ -205,11 +208,28 @@ def parse_yaml(text: str, file: str, base_dir: Path) -> tuple[RawManifest | None
             problems.append(Problem(file, data.key_lines[section], f"'{section}' must be a mapping of keys",
                                     f"indent 'key: value' lines under '{section}:'"))
             continue
+        if section == "settings":
+            from .settings import PER_RUN
+
+            for key in [k for k in value if str(k).replace("-", "_") in PER_RUN]:
+                name = str(key).replace("-", "_")
+                problems.append(Problem(file, value.key_lines.get(key), f"'{key}' is not a setting: {PER_RUN[name]}",
+                                        f"pass --{name.replace('_', '-')} on the command line when you mean it"))
+            kept = LMap({k: v for k, v in value.items() if str(k).replace("-", "_") not in PER_RUN})
+            kept.line, kept.key_lines = value.line, value.key_lines
+            value = kept
         problems += unknown_key_problems(value, allowed, section, file)
         for key in value:
             if key in allowed:
                 target[key] = value[key]
                 lines[key] = value.key_lines.get(key)
+
+    derived = data.get("derived_from")
+    if isinstance(derived, LMap):
+        raw.derived = {k: v for k, v in derived.items()}  # checked by the builder (manifest._derived_identity)
+    elif derived is not None:
+        problems.append(Problem(file, data.key_lines["derived_from"], "derived_from must be a mapping",
+                                "gsvr-batch writes it in manifest.derived.yaml; delete the key in a manifest of yours"))
 
     # shortcuts: top-level sandbox / templates_dir mean the same as under settings
     for key in ("sandbox", "templates_dir"):

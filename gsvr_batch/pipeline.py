@@ -140,20 +140,64 @@ def init_worker(cfg: WorkerConfig, queue: Any) -> None:
     child process, so tests may call this in-process without changing pytest itself.
     """
     global _STATE
-    parent = multiprocessing.parent_process()
-    if parent is not None:
+    if multiprocessing.parent_process() is not None:
         # The manager decides what happens to running tasks on Ctrl-C / SIGTERM, including a
         # SIGTERM sent to the whole process group (systemd stop, `timeout`, `kill -- -PGID`).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        parent = os.getppid()  # the manager (spawn) or its forkserver
         _set_parent_death_signal()
-        # The manager may have died (kill -9) between spawning us and the prctl above; then the
+        # The manager may have died (kill -9) between starting us and the prctl above; then the
         # kernel will never send the death signal and we would idle as an orphan forever.
-        if os.getppid() != parent.pid:
+        if not _manager_is(parent, cfg.manager_pid):
             os._exit(1)
+        if cfg.manager_pid and parent != cfg.manager_pid:
+            _watch_manager(cfg.manager_pid)
     client = make_client(cfg)
     _STATE = _Worker(cfg=cfg, client=client, limiter=_make_limiter(cfg.limiter_path), queue=queue,
                      parent_pid=os.getppid(), policy=worker_policy(cfg))
+
+
+def _watch_manager(manager: int) -> None:
+    """A forkserver's child: end this worker the moment the manager dies.
+
+    The parent-death signal follows our real parent, the forkserver, and CPython keeps a
+    forkserver alive as long as any of its children is: so when the manager dies (kill -9, OOM),
+    neither would ever go. A pidfd becomes readable when the manager exits; a daemon thread waits
+    on it (or polls, on kernels without pidfd) and exits the process at once, as the parent-death
+    signal does for spawned workers. An output being written is lost with us, never half-written
+    (atomic rename), and the next run adopts one that made it.
+    """
+    import select
+    import threading
+
+    def wait() -> None:
+        try:
+            fd = os.pidfd_open(manager)
+            select.select([fd], [], [])
+        except (AttributeError, OSError):
+            while True:
+                try:
+                    os.kill(manager, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+                time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=wait, name="gsvr-manager-watch", daemon=True).start()
+
+
+def _manager_is(parent: int, manager: int | None) -> bool:
+    """Our parent is still there, and it is the manager or a process of the manager (forkserver)."""
+    if os.getppid() != parent:
+        return False  # re-parented: whoever started us is gone
+    if manager is None or parent == manager:
+        return True
+    from .channels import parent_pid_of
+
+    return parent_pid_of(parent) == manager
 
 
 def _require_state() -> _Worker:
@@ -344,6 +388,13 @@ class Answer:
     truncated: bool = False
 
 
+def answer_of(response: Any) -> Answer:
+    """An :class:`Answer` from a GenerateContentResponse (batch mode's answers); ContentBlocked if none."""
+    text, finish = _response_text(response)
+    return Answer(text, usage_of(response), getattr(response, "model_version", None),
+                  truncated=finish == "MAX_TOKENS")
+
+
 def usage_of(response: Any) -> dict[str, int]:
     """``{prompt_tokens, candidates_tokens, total_tokens}`` of a GenerateContentResponse, plus
     ``thoughts_tokens``, ``cached_tokens`` and the per-modality prompt breakdown when present
@@ -501,14 +552,60 @@ def _initial_plan(task: _Task, prep: PreparedRequest) -> context.Plan:
     spec = task.spec
     if spec.plan:
         try:
-            return context.Plan.from_record(spec.plan)  # journaled by an earlier attempt: keep its clips
+            plan = context.Plan.from_record(spec.plan)  # journaled by an earlier attempt: keep its clips
         except (KeyError, TypeError, ValueError):
             pass
+        else:
+            if prep.video_duration is None and plan.duration is not None:
+                prep.video_duration = plan.duration  # a YouTube link measured by that attempt
+            return plan
     plan = context.choose(prep.video_duration, len(prep.prompt), input_limit=_input_limit(spec), tpm=spec.tpm,
                           forced=spec.context, clip_minutes=spec.clip_minutes, allow_low=spec.allow_low,
                           template_resolution=prep.generation.get("media_resolution"))
+    if plan.probe and prep.youtube:
+        plan = _plan_from_count(task, prep, plan)
+        if plan.duration is not None:
+            prep.video_duration = plan.duration
     task.emit(EVENT_PLAN, {"plan": plan.to_record(), "duration": prep.video_duration})
     return plan
+
+
+def _plan_from_count(task: _Task, prep: PreparedRequest, probe: context.Plan) -> context.Plan:
+    """A YouTube link's length is unknown until the API has seen it: ask ``models.count_tokens``
+    (no generation, no generate quota, no TPM charge) and size the plan from its total, so not even
+    one probing 400 is needed (invariant 13). If the count cannot be had, ``probe`` is returned and
+    the first generate call probes instead (a 400 whose N sizes the next plan, see context.py).
+
+    countTokens goes through the limiter's ``file`` bucket: it must not use up the generate
+    requests per minute / day that the paid calls need. The Gemini API takes no generation config
+    on countTokens, so the count is at the API's default media resolution, and the plan is sized
+    from a default-resolution probe (a template at low resolution then sends less than planned).
+    """
+    from google.genai import types
+
+    from .errors import Disposition
+
+    spec = task.spec
+    client = task.w.client
+    contents = [video_part(prep), prep.prompt]
+    config = types.CountTokensConfig(http_options=types.HttpOptions(headers=task.headers))
+    try:
+        got = task.call("file", "count_tokens",
+                        lambda: client.models.count_tokens(model=spec.model, contents=contents, config=config))
+    except GsvrError as err:
+        if err.disposition in (Disposition.STOP_BATCH, Disposition.PAUSE, Disposition.PAUSE_UNTIL,
+                               Disposition.REQUEUE):
+            raise
+        log.info("task %s: count_tokens failed (%s); the first request probes the length", spec.task_id, err)
+        return probe
+    total = getattr(got, "total_tokens", None)
+    if not isinstance(total, int) or total <= 0:
+        return probe
+    at_default = context.choose(None, len(prep.prompt), input_limit=_input_limit(spec), tpm=spec.tpm,
+                                clip_minutes=spec.clip_minutes, allow_low=spec.allow_low)
+    return context.from_count(at_default, total, input_limit=_input_limit(spec), duration=None,
+                              prompt_chars=len(prep.prompt), tpm=spec.tpm, allow_low=spec.allow_low,
+                              clip_minutes=spec.clip_minutes, forced=spec.context)
 
 
 def _input_limit(spec: TaskSpec) -> int:
@@ -549,27 +646,67 @@ def read_partial(path: str, sha256: str | None = None) -> tuple[dict[str, Any], 
     return header, body.decode("utf-8", "replace")
 
 
-def _clip_answer(task: _Task, prep: PreparedRequest, plan: context.Plan, clip: context.Clip) -> str:
-    """One clip's partial: read back if an earlier attempt paid for it, else generate and write it."""
-    spec = task.spec
-    known = spec.partials.get(str(clip.index))
-    if known:
-        got = read_partial(str(known.get("path")), known.get("sha256"))
-        if got is not None and float(got[0].get("start", -1)) == clip.start and float(got[0].get("end", -1)) == clip.end:
-            return got[1]
-        log.warning("task %s: partial of clip %d is missing or changed; generating it again", spec.task_id, clip.index)
+def clip_request(prep: PreparedRequest, plan: context.Plan, clip: context.Clip) -> tuple[list[Any], dict[str, Any]]:
+    """``(contents, generation)`` of one clip's request: the video Part clipped with ``VideoMetadata``
+    and the segment prompt. The one builder for online workers and batch mode alike."""
     prompt = context.segment_prompt(prep.prompt, clip, len(plan.clips), plan.duration or prep.video_duration)
-    contents = [video_part(prep, clip, plan.fps), prompt]
-    task.step("generating")
-    tokens = min(plan.tokens_per_request, plan.ceiling)
-    answer = _generate(task, contents, _generation_for(prep, plan), tokens=tokens,
-                       youtube_seconds=clip.seconds if prep.youtube else 0.0)
+    return [video_part(prep, clip, plan.fps), prompt], _generation_for(prep, plan)
+
+
+def whole_request(prep: PreparedRequest, plan: context.Plan) -> tuple[list[Any], dict[str, Any]]:
+    """``(contents, generation)`` of a one-call plan (``full`` or ``low``)."""
+    return [video_part(prep, fps=plan.fps), prep.prompt], _generation_for(prep, plan)
+
+
+def merge_request(prep: PreparedRequest, plan: context.Plan,
+                  partials: list[tuple[context.Clip, str]]) -> tuple[list[Any], dict[str, Any]]:
+    """``(contents, generation)`` of the text-only merge of a clips plan's partial answers."""
+    prompt = context.merge_prompt(prep.prompt, partials, plan.duration or prep.video_duration)
+    gen = {k: v for k, v in prep.generation.items() if k != "media_resolution"}  # text only
+    return [prompt], gen
+
+
+def save_partial(spec: TaskSpec, clip: context.Clip, answer: Answer,
+                 before_replace: Callable[[], None] | None = None) -> tuple[str, str]:
+    """Write one clip's answer durably (atomic, fsynced) under the state folder; ``(path, sha256)``.
+
+    The header names the task, the attempt and the clip's range, so a run that died before
+    journaling it adopts the file instead of paying for the clip again (reconcile.adopt_partials).
+    """
     header = {"kind": "gsvr-partial", "task_id": spec.task_id, "attempt_id": spec.attempt_id, "clip": clip.index,
               "start": clip.start, "end": clip.end, "model": spec.model, "model_version": answer.model_version,
               "usage": answer.usage, "truncated": answer.truncated}
     data = (json.dumps(header, ensure_ascii=False) + "\n" + answer.text).encode("utf-8")
     path = _partial_path(spec, clip)
-    sha = fsutil.atomic_write_bytes(path, data, before_replace=lambda: _check_parent(task))
+    return path, fsutil.atomic_write_bytes(path, data, before_replace=before_replace)
+
+
+def known_partial(spec: TaskSpec, clip: context.Clip) -> str | None:
+    """The text of ``clip``'s partial if the journal has it and the file still matches, else None."""
+    known = spec.partials.get(str(clip.index))
+    if not known:
+        return None
+    got = read_partial(str(known.get("path")), known.get("sha256"))
+    if got is not None and float(got[0].get("start", -1)) == clip.start and float(got[0].get("end", -1)) == clip.end:
+        return got[1]
+    log.warning("task %s: partial of clip %d is missing or changed; generating it again", spec.task_id, clip.index)
+    return None
+
+
+def _clip_answer(task: _Task, prep: PreparedRequest, plan: context.Plan, clip: context.Clip) -> str:
+    """One clip's partial: read back if an earlier attempt paid for it, else generate and write it."""
+    spec = task.spec
+    text = known_partial(spec, clip)
+    if text is not None:
+        return text
+    contents, gen = clip_request(prep, plan, clip)
+    task.step("generating")
+    tokens = min(plan.tokens_per_request, plan.ceiling)
+    answer = _generate(task, contents, gen, tokens=tokens, youtube_seconds=clip.seconds if prep.youtube else 0.0)
+    path, sha = save_partial(spec, clip, answer, before_replace=lambda: _check_parent(task))
+    # Known to this attempt at once: if a later clip is refused for size, the re-plan keeps this one
+    # (after_overflow keeps answered clips) and it must be read back, not paid again.
+    spec.partials[str(clip.index)] = {"path": path, "sha256": sha, "start": clip.start, "end": clip.end}
     # Reported before the next clip is sent: a kill from here on costs nothing already answered.
     task.emit(EVENT_PARTIAL, {"clip": clip.index, "start": clip.start, "end": clip.end, "path": path, "sha256": sha,
                               "usage": answer.usage, "model_version": answer.model_version})
@@ -580,28 +717,38 @@ def _run_plan(task: _Task, prep: PreparedRequest, plan: context.Plan) -> tuple[A
     """The final answer for ``plan`` and how many clips it used (0 for one call)."""
     if plan.strategy != "clips":
         task.step("generating")
-        contents = [video_part(prep, fps=plan.fps), prep.prompt]
+        contents, gen = whole_request(prep, plan)
         tokens = min(max(plan.tokens_per_request, 1), plan.ceiling)
         seconds = prep.video_duration or 0.0
-        answer = _generate(task, contents, _generation_for(prep, plan), tokens=tokens,
-                           youtube_seconds=seconds if prep.youtube else 0.0)
+        answer = _generate(task, contents, gen, tokens=tokens, youtube_seconds=seconds if prep.youtube else 0.0)
         if prep.youtube and prep.video_duration is None:
             # Learnt from the API's own count: lets status, the report and the quota know the length.
             video_tokens = max(0, answer.usage.get("prompt_tokens", 0) - context.prompt_tokens(len(prep.prompt)))
             prep.video_duration = round(context.duration_from_tokens(video_tokens, low=plan.low_resolution,
                                                                      fps=plan.fps), 1)
         return answer, 0
-    partials = [(clip, _clip_answer(task, prep, plan, clip)) for clip in plan.clips]
+    partials: list[tuple[context.Clip, str]] = []
+    for clip in plan.clips:
+        try:
+            partials.append((clip, _clip_answer(task, prep, plan, clip)))
+        except TokenOverflow as err:
+            err.completed = len(partials)  # type: ignore[attr-defined]  # leading clips answered, kept by the re-plan
+            raise
     task.step("merging")
-    prompt = context.merge_prompt(prep.prompt, partials, plan.duration or prep.video_duration)
-    gen = {k: v for k, v in prep.generation.items() if k != "media_resolution"}  # text only
-    answer = _generate(task, [prompt], gen, tokens=context.text_tokens(prompt))
+    contents, gen = merge_request(prep, plan, partials)
+    answer = _generate(task, contents, gen, tokens=context.text_tokens(contents[0]))
     return answer, len(plan.clips)
 
 
 def _check_parent(task: _Task) -> None:
     """Abort the write if our manager died (we were re-parented): it would never journal it."""
-    if os.getppid() != task.w.parent_pid:
+    manager = task.w.cfg.manager_pid
+    gone = os.getppid() != task.w.parent_pid
+    if not gone and manager and manager != task.w.parent_pid:
+        from .fsutil import pid_alive
+
+        gone = not pid_alive(manager)  # a forkserver's child: its parent outlives the manager
+    if gone:
         raise BatchStop("the manager process is gone; output not written")
 
 
@@ -640,8 +787,9 @@ def _write_lesson(task: _Task, prep: PreparedRequest, answer: Answer, *, plan: c
         "template_version": prep.template_version, "model": spec.model, "model_version": answer.model_version,
         "tokens": dict(usage), "created": iso_utc(), "task_id": spec.task_id, "attempt_id": spec.attempt_id,
         "truncated": answer.truncated, "strategy": plan.strategy if plan else None,
-        "media_resolution": plan.media_resolution if plan and plan.media_resolution else
-        prep.generation.get("media_resolution"),
+        # Always said when a plan was followed: "default" = none sent, the API's default resolution.
+        "media_resolution": (plan.media_resolution if plan and plan.media_resolution else
+                             prep.generation.get("media_resolution") or ("default" if plan else None)),
         "clips": clips or None,
     })
     data = formats.get_formatter(spec.output_format).render(answer.text, meta)
@@ -665,7 +813,9 @@ def _run(task: _Task) -> None:
             break
         except TokenOverflow as err:
             # Never final: the next strategy, sized from the API's own numbers (invariant 13).
-            done = sum(1 for c in plan.clips if str(c.index) in spec.partials) if plan.strategy == "clips" else 0
+            # The refused clip is plan.clips[done]: every clip before it is answered (in this attempt or
+            # an earlier one) and kept; counting journaled partials alone would re-plan paid clips.
+            done = int(getattr(err, "completed", 0)) if plan.strategy == "clips" else 0
             plan = context.after_overflow(plan, err.tokens, err.limit, duration=prep.video_duration,
                                           prompt_chars=len(prep.prompt), tpm=spec.tpm, allow_low=spec.allow_low,
                                           clip_minutes=spec.clip_minutes,
@@ -732,15 +882,20 @@ class ManagerSteps:
         """resolve → upload/reuse → ACTIVE → prompt; events (upload, step) go to ``on_event``."""
         return _prepare(_Task(self._w, spec))
 
-    def write(self, spec: TaskSpec, prep: PreparedRequest, response: Any) -> tuple[str, int, dict[str, int], bool]:
+    def write(self, spec: TaskSpec, prep: PreparedRequest, response: Any, *, plan: context.Plan | None = None,
+              clips: int = 0) -> tuple[str, int, dict[str, int], bool]:
         """Check the answer (blocked / empty → ContentBlocked), format and write it atomically.
 
+        ``plan`` / ``clips``: the context plan followed (front matter: strategy, resolution, clips).
         Returns ``(sha256, bytes, usage, truncated)``."""
-        text, finish = _response_text(response)
-        answer = Answer(text, usage_of(response), getattr(response, "model_version", None),
-                        truncated=finish == "MAX_TOKENS")
-        sha, n = _write_lesson(_Task(self._w, spec), prep, answer)
+        answer = answer_of(response)
+        sha, n = _write_lesson(_Task(self._w, spec), prep, answer, plan=plan, clips=clips)
         return sha, n, answer.usage, answer.truncated
+
+    def plan(self, spec: TaskSpec, prep: PreparedRequest) -> context.Plan:
+        """The task's context plan, exactly as a worker makes it (journaled plan kept; a YouTube
+        link measured with count_tokens); a new plan goes to ``on_event`` as a plan event."""
+        return _initial_plan(_Task(self._w, spec), prep)
 
     def call(self, spec: TaskSpec, kind: str, label: str, fn: Callable[[], T], *, retries: int | None = None) -> T:
         """One API call with the limiter and the one retry loop."""

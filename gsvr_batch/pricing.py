@@ -14,7 +14,13 @@ How a call is billed (``PriceTable.cost``):
   AUDIO share gets the audio rate; without it every prompt token is billed at ``input``, which
   under-states a Flash bill by up to ~30 % of its input part;
 * ``candidates_tokens`` + ``thoughts_tokens`` at the ``output`` rate (thinking is billed as output);
-* cached-content discounts are ignored (gsvr-batch does not use context caching).
+* ``cached_tokens`` (``usage_metadata.cached_content_token_count``: the part of the prompt the API
+  served from its cache — implicit caching of a repeated prefix on the 2.5 models) at the
+  ``input_cached`` rate (``input_audio_cached`` for their AUDIO share when ``cache_tokens_details``
+  says so; ``input_cached_long`` above the long-context threshold). They are part of
+  ``prompt_tokens``, so they are taken out of the full-rate part. A model without an
+  ``input_cached`` price bills them at the full rate (no saving assumed). :meth:`PriceTable.cache_saving`
+  is what the cache saved against the full rate.
 
 Estimates before a call (dry run, cost limit) follow Google's video tokenizer: 1 frame per second
 at 258 tokens (66 at low media resolution) + 32 audio tokens per second + a few tokens of
@@ -35,7 +41,8 @@ from .errors import UsageError
 
 BUILTIN = Path(__file__).resolve().parent / "data" / "pricing.json"
 MODES = ("online", "batch")
-_PRICE_FIELDS = ("input", "input_audio", "output", "input_long", "output_long", "input_audio_long")
+_PRICE_FIELDS = ("input", "input_audio", "output", "input_long", "output_long", "input_audio_long",
+                 "input_cached", "input_audio_cached", "input_cached_long")
 _ROW_FIELDS = _PRICE_FIELDS + ("note",)
 _TOP_FIELDS = ("models", "source", "read_on", "checked_on", "currency", "batch_discount",
                "long_context_threshold", "replace")
@@ -59,7 +66,17 @@ class ModelPrice:
     input_long: float | None = None
     output_long: float | None = None
     input_audio_long: float | None = None
+    input_cached: float | None = None  # cached prompt tokens (text / image / video); None: no discount known
+    input_audio_cached: float | None = None  # cached AUDIO tokens (omitted: like input_cached)
+    input_cached_long: float | None = None  # cached tokens of a prompt above the threshold (omitted: input_cached)
     note: str = ""
+
+    def cached_rates(self, long: bool) -> tuple[float, float] | None:
+        """(cached text/video rate, cached audio rate), or None when the model has no cached price."""
+        if self.input_cached is None:
+            return None
+        rate = self.input_cached_long if long and self.input_cached_long is not None else self.input_cached
+        return rate, self.input_audio_cached if self.input_audio_cached is not None else rate
 
     def rates(self, long: bool) -> tuple[float, float, float]:
         """(text/video input, audio input, output) rates for a short or a long prompt."""
@@ -125,9 +142,22 @@ class PriceTable:
         prompt = _int(usage.get("prompt_tokens"))
         out = _int(usage.get("candidates_tokens")) + _int(usage.get("thoughts_tokens"))
         audio = min(audio_tokens_of(usage), prompt)
-        rate_in, rate_audio, rate_out = p.rates(prompt > self.long_context_threshold)
-        usd = ((prompt - audio) * rate_in + audio * rate_audio + out * rate_out) / 1_000_000
+        long = prompt > self.long_context_threshold
+        rate_in, rate_audio, rate_out = p.rates(long)
+        cached_video, cached_audio = _cached_split(usage, prompt, audio)
+        cached = p.cached_rates(long)
+        if cached is None:  # no cached price known: the full rate (a bill is never under-stated)
+            cached = (rate_in, rate_audio)
+        usd = (((prompt - audio) - cached_video) * rate_in + (audio - cached_audio) * rate_audio
+               + cached_video * cached[0] + cached_audio * cached[1] + out * rate_out) / 1_000_000
         return usd * self.batch_discount if mode == "batch" else usd
+
+    def cache_saving(self, model: str, usage: dict[str, Any], *, mode: str = "online") -> float:
+        """USD the cached tokens of one call saved against the full input rate (0 when none or unknown)."""
+        if not _int(usage.get("cached_tokens")):
+            return 0.0
+        full = {k: v for k, v in usage.items() if k not in ("cached_tokens", "cache_tokens_details")}
+        return max(0.0, self.cost(model, full, mode=mode) - self.cost(model, usage, mode=mode))
 
     def estimate_cost(self, model: str, input_tokens: int, output_tokens: int, mode: str = "online",
                       *, audio_tokens: int = 0) -> float:
@@ -150,6 +180,24 @@ def _check_mode(mode: str) -> None:
         raise UsageError(f"unknown pricing mode {mode!r}: use online or batch")
 
 
+def _cached_split(usage: dict[str, Any], prompt: int, audio: int) -> tuple[int, int]:
+    """(cached non-audio, cached audio) tokens, each within its part of the prompt.
+
+    ``cache_tokens_details`` gives the AUDIO share of the cached tokens; without it they are
+    taken from the non-audio part first (video frames are most of a lecture's prompt).
+    """
+    cached = min(_int(usage.get("cached_tokens")), prompt)
+    if not cached:
+        return 0, 0
+    details = usage.get("cache_tokens_details")
+    if details:
+        c_audio = min(audio_tokens_of({"prompt_tokens_details": details}), audio, cached)
+    else:
+        c_audio = max(0, cached - (prompt - audio))
+    c_video = min(cached - c_audio, prompt - audio)
+    return c_video, c_audio
+
+
 def audio_tokens_of(usage: dict[str, Any]) -> int:
     """The AUDIO tokens in ``usage["prompt_tokens_details"]`` (0 when not broken down)."""
     total = 0
@@ -162,8 +210,9 @@ def audio_tokens_of(usage: dict[str, Any]) -> int:
 def usage_from_metadata(meta: Any) -> dict[str, Any]:
     """The fields :meth:`PriceTable.cost` needs, from an SDK ``usage_metadata`` (object or dict).
 
-    Keeps ``thoughts_tokens`` (billed as output) and the AUDIO/VIDEO/TEXT breakdown of the prompt,
-    which ``prompt_tokens`` alone would lose.
+    Keeps ``thoughts_tokens`` (billed as output), ``cached_tokens`` (``cached_content_token_count``,
+    billed at the cached rate) with its ``cache_tokens_details`` breakdown, and the AUDIO/VIDEO/TEXT
+    breakdown of the prompt, which ``prompt_tokens`` alone would lose.
     """
     if meta is None:
         return {}
@@ -181,17 +230,52 @@ def usage_from_metadata(meta: Any) -> dict[str, Any]:
     thoughts = _int(get("thoughts_token_count", "thoughtsTokenCount"))
     if thoughts:
         out["thoughts_tokens"] = thoughts
+    cached = _int(get("cached_content_token_count", "cachedContentTokenCount"))
+    if cached:
+        out["cached_tokens"] = cached  # part of prompt_tokens, billed at the cached rate
+    for name, camel, key in (("prompt_tokens_details", "promptTokensDetails", "prompt_tokens_details"),
+                             ("cache_tokens_details", "cacheTokensDetails", "cache_tokens_details")):
+        details = _modalities(get(name, camel))
+        if details and (key != "cache_tokens_details" or cached):
+            out[key] = details
+    return out
+
+
+def _modalities(items: Any) -> list[dict[str, Any]]:
+    """[{"modality": "AUDIO", "token_count": n}, ...] from SDK ModalityTokenCount objects or dicts."""
     details = []
-    for d in get("prompt_tokens_details", "promptTokensDetails") or []:
+    for d in items or []:
         modality = d.get("modality") if isinstance(d, dict) else getattr(d, "modality", None)
         count = (d.get("token_count", d.get("tokenCount")) if isinstance(d, dict)
                  else getattr(d, "token_count", None))
         modality = getattr(modality, "value", modality)  # SDK enum → "AUDIO"
         if modality:
             details.append({"modality": str(modality), "token_count": _int(count)})
-    if details:
-        out["prompt_tokens_details"] = details
-    return out
+    return details
+
+
+def cache_totals(tasks: Iterable[Any], table: PriceTable | None = None, mode: str = "online") -> tuple[int, float]:
+    """(cached prompt tokens, USD the cache saved) over the tasks' usage, their clips' included.
+
+    What ``status``, ``replay`` and the report show next to the cost. The saving is priced with
+    ``table`` (the built-in one by default); a model it does not know saved nothing.
+    """
+    if table is None:
+        table = _default_table()
+    tokens, saved = 0, 0.0
+    for t in tasks:
+        usages = [getattr(t, "usage", None) or {}]
+        usages += [p.get("usage") or {} for p in (getattr(t, "partials", None) or {}).values() if isinstance(p, dict)]
+        for u in usages:
+            n = _int(u.get("cached_tokens")) if isinstance(u, dict) else 0
+            if not n:
+                continue
+            tokens += n
+            try:
+                saved += table.cache_saving(getattr(t, "model", ""), u, mode=mode if mode in MODES else "online")
+            except UsageError:
+                pass
+    return tokens, saved
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -278,12 +362,16 @@ def load_pricing(override: str | Path | None = None) -> PriceTable:
 _DEFAULT_TABLE: PriceTable | None = None
 
 
+def _default_table() -> PriceTable:
+    global _DEFAULT_TABLE
+    if _DEFAULT_TABLE is None:
+        _DEFAULT_TABLE = load_pricing()
+    return _DEFAULT_TABLE
+
+
 def estimate_cost(model: str, input_tokens: int, output_tokens: int, mode: str = "online", *,
                   audio_tokens: int = 0, table: PriceTable | None = None) -> float:
     """USD for a call not made yet, from the given table (default: the built-in one)."""
-    global _DEFAULT_TABLE
     if table is None:
-        if _DEFAULT_TABLE is None:
-            _DEFAULT_TABLE = load_pricing()
-        table = _DEFAULT_TABLE
+        table = _default_table()
     return table.estimate_cost(model, input_tokens, output_tokens, mode, audio_tokens=audio_tokens)

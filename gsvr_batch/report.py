@@ -184,19 +184,34 @@ def build_report(journal: str | os.PathLike[str]) -> dict[str, Any]:
                  "max": elapsed[-1] if elapsed else None}
 
     # -- tokens and cost by model / template ---------------------------------------------------
+    # Cached prompt tokens (served from the API's cache, billed at the cached rate) and what they
+    # saved against the full input rate, priced with the batch's table.
+    from .pricing import cache_totals, load_pricing
+
+    try:
+        table = load_pricing((state.settings or {}).get("pricing"))
+    except Exception:  # noqa: BLE001 - a moved --pricing file: the built-in table still prices it
+        table = None
+    mode = str((state.settings or {}).get("mode") or "online")
+    saving = {tid: cache_totals([t], table, mode)[1] for tid, t in tasks.items()}
+
     def group(key: str) -> list[dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
         for t in tasks.values():
             name = getattr(t, key) or "(none)"
             r = rows.setdefault(name, {key: name, "tasks": 0, "completed": 0, "prompt_tokens": 0,
-                                       "candidates_tokens": 0, "total_tokens": 0, "cost_usd": 0.0})
+                                       "candidates_tokens": 0, "total_tokens": 0, "cached_tokens": 0,
+                                       "cache_saving_usd": 0.0, "cost_usd": 0.0})
             r["tasks"] += 1
             r["completed"] += t.status is TaskStatus.COMPLETED
-            for k in ("prompt_tokens", "candidates_tokens", "total_tokens"):
-                r[k] += _tokens(t.usage, k)
+            for k in ("prompt_tokens", "candidates_tokens", "total_tokens", "cached_tokens"):
+                # A clips task's own usage is its merge call; its clips' tokens are in its partials.
+                r[k] += _tokens(t.usage, k) + sum(_tokens(p.get("usage") or {}, k) for p in t.partials.values())
             r["cost_usd"] += t.cost_usd
+            r["cache_saving_usd"] += saving[t.task_id]
         for r in rows.values():
             r["cost_usd"] = round(r["cost_usd"], 6)
+            r["cache_saving_usd"] = round(r["cache_saving_usd"], 6)
         return sorted(rows.values(), key=lambda r: (-r["cost_usd"], r[key]))
 
     # -- throughput and cumulative series ------------------------------------------------------
@@ -238,9 +253,14 @@ def build_report(journal: str | os.PathLike[str]) -> dict[str, Any]:
         "generated": _iso(datetime.now(tz=timezone.utc).timestamp()),
         "counts": state.counts(),
         "cost_usd": round(sum(t.cost_usd for t in tasks.values()), 6),
+        "cached_tokens": sum(_tokens(t.usage, "cached_tokens") + sum(_tokens(p.get("usage") or {}, "cached_tokens")
+                                                                    for p in t.partials.values())
+                             for t in tasks.values()),
+        "cache_saving_usd": round(sum(saving.values()), 6),
         "attempts": len(attempts),
         "errors": error_rows,
         "failed_tasks": failed_tasks,
+        "strategies": _strategies(tasks, titles),
         "durations": durations,
         "by_model": group("model"),
         "by_template": group("template"),
@@ -253,6 +273,30 @@ def build_report(journal: str | os.PathLike[str]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # Rendering
+
+
+def _strategies(tasks: dict[str, Any], titles: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per task with a context plan: strategy, clip progress ("clip 3/7" / "7/7"), resolution,
+    input tokens over every request (clips and merge), cost. Tasks without a plan (older journals,
+    skipped before planning) are left out."""
+    from .context import hms
+    from .summary import plan_view
+
+    rows = []
+    for t in tasks.values():
+        view = plan_view(t)
+        if not view["strategy"]:
+            continue
+        clips = "" if view["clips"] is None else (view["progress"] or f"{view['clips_done']}/{view['clips']}")
+        tokens = _tokens(t.usage, "prompt_tokens") + sum(_tokens(p.get("usage") or {}, "prompt_tokens")
+                                                         for p in t.partials.values())
+        duration = t.video_duration if t.video_duration is not None else (t.plan or {}).get("duration")
+        rows.append({"task_id": t.task_id, "title": titles.get(t.task_id, t.task_id), "status": t.status.value,
+                     "duration": hms(duration) if duration is not None else "?", "strategy": view["strategy"],
+                     "clips": clips, "clips_total": view["clips"], "clips_done": view["clips_done"],
+                     "media_resolution": view["media_resolution"], "input_tokens": tokens,
+                     "cost_usd": round(t.cost_usd, 6)})
+    return rows
 
 
 def _num(v: float | None, digits: int = 2) -> str:
@@ -290,14 +334,20 @@ def _sections(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]
     for key, title in (("model", "Tokens and cost by model"), ("template", "Tokens and cost by template")):
         rows = doc[f"by_{key}"]
         out.append((title, [key.capitalize(), "Tasks", "Completed", "Prompt tokens", "Output tokens",
-                            "Total tokens", "Cost (USD)"],
+                            "Total tokens", "Cached tokens", "Cache saving (USD)", "Cost (USD)"],
                     [[r[key], r["tasks"], r["completed"], r["prompt_tokens"], r["candidates_tokens"],
-                      r["total_tokens"], _usd(r["cost_usd"])] for r in rows]))
+                      r["total_tokens"], r.get("cached_tokens", 0), _usd(r.get("cache_saving_usd", 0.0)),
+                      _usd(r["cost_usd"])] for r in rows]))
     tp = doc["throughput"]
     if tp["bucket_seconds"]:
         out.append((f"Throughput (completions per {_fmt_span(tp['bucket_seconds'])})", ["Bucket start (UTC)",
                                                                                         "Completed"],
                     [[b["start"], b["completed"]] for b in tp["buckets"]]))
+    if doc.get("strategies"):
+        out.append(("Long videos: how each video was sent", ["Task", "Title", "Duration", "Strategy", "Clips",
+                                                             "Resolution", "Input tokens", "Cost (USD)"],
+                    [[r["task_id"], r["title"], r["duration"], r["strategy"], r["clips"], r["media_resolution"],
+                      r["input_tokens"], _usd(r["cost_usd"])] for r in doc["strategies"]]))
     if doc["failed_tasks"]:
         out.append(("Failed tasks", ["Task", "Title", "Error class", "Message"],
                     [[f["task_id"], f["title"], f["error_class"], f["message"]] for f in doc["failed_tasks"]]))
@@ -319,7 +369,9 @@ def _header_lines(doc: dict[str, Any]) -> list[tuple[str, str]]:
     return [("Journal", doc["journal"]), ("Manifest", str(doc["manifest"])), ("Batch", str(doc["batch_id"])),
             ("Runs", str(doc["runs"])), ("First record", str(doc["first_record"])),
             ("Last record", str(doc["last_record"])), ("Attempts", str(doc["attempts"])),
-            ("Total cost", _usd(doc["cost_usd"]))]
+            ("Total cost", _usd(doc["cost_usd"]) + (
+                f" (cached input: {doc['cached_tokens']:,} tokens, saved {_usd(doc.get('cache_saving_usd', 0.0))})"
+                if doc.get("cached_tokens") else ""))]
 
 
 def render_markdown(doc: dict[str, Any]) -> str:

@@ -153,9 +153,9 @@ def _s(*a: Any, **kw: Any) -> Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     # -- what to make ------------------------------------------------------------------------
-    _s("template", _text, None, "Template for jobs that name none (default comprehensive_lesson).",
+    _s("template", _text, None, "Template for every job (over the manifest's; default comprehensive_lesson).",
        "-t summary_report", ("--template", "-t"), "NAME", target="defaults", defaults_key="template"),
-    _s("output", _text, None, "Output root folder (default: output/ next to the manifest).",
+    _s("output", _text, None, "Output root folder (default: output/ next to the manifest, in the folder named, or next to the videos named).",
        "-o ./lessons", ("--output", "-o"), "DIR", target="defaults", defaults_key="output_dir",
        aliases=("output_dir",)),
     _s("output_pattern", _text, None, 'Output file names: {stem} {title} {template} {date} {id} {index} {dir} {ext}.',
@@ -164,7 +164,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("format", _choice("md", "json", "html"), None, "Output format: md, json or html.", "--format html",
        ("--format",), None, ("md", "json", "html"), target="defaults", defaults_key="output_format",
        aliases=("output_format",)),
-    _s("model", _text, None, "Gemini model (default gemini-2.5-flash).", "-m gemini-2.5-pro", ("--model", "-m"),
+    _s("model", _text, None, "Gemini model for every job (default gemini-2.5-flash).", "-m gemini-2.5-pro",
+       ("--model", "-m"),
        "NAME", target="defaults", defaults_key="model"),
     _s("templates_dir", _paths, (), "Extra template folder (repeatable).", "--templates ./my_templates",
        ("--templates",), "DIR", multiple=True, aliases=("templates",)),
@@ -236,8 +237,8 @@ JOB_DEFAULTS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.target == "de
 
 #: Options of ``gsvr-batch run`` that are actions of one invocation, not settings, and why.
 PER_RUN: dict[str, str] = {
-    "force": "redo every job, even completed ones: in a manifest it would redo the whole batch at every run",
-    "dry_run": "print the plan and cost and send nothing: a property of one invocation, not of the batch",
+    "force": "in a manifest it would redo the whole batch (and pay for it again) at every run",
+    "dry_run": "what one invocation does (look, send nothing), not a property of the batch",
 }
 
 
@@ -287,7 +288,7 @@ def click_options(func: Callable | None = None, *, exclude: tuple[str, ...] = ()
             long = decls[0]
             decls = [f"{long}/--no-{long[2:]}"] + decls[1:]
         elif s.choices:
-            kwargs["type"] = click.Choice(list(s.choices))
+            kwargs["type"] = _choice_type(click, s)
         if s.metavar:
             kwargs["metavar"] = s.metavar
         if s.multiple:
@@ -295,6 +296,21 @@ def click_options(func: Callable | None = None, *, exclude: tuple[str, ...] = ()
             kwargs["default"] = ()
         func = click.option(*decls, s.name, **kwargs)(func)
     return func
+
+
+def _choice_type(click: Any, s: Setting) -> Any:
+    """click.Choice that also takes the spellings the manifest takes (``--tier tier1`` is ``--tier 1``):
+    one setting, one set of accepted values, on the command line and in ``settings:``."""
+
+    class AliasChoice(click.Choice):
+        def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+            try:
+                value = s.parse(value)
+            except SettingError:
+                pass  # click's own message names the choices
+            return super().convert(value, param, ctx)
+
+    return AliasChoice(list(s.choices or ()))
 
 
 def cli_values(kwargs: dict[str, Any]) -> dict[str, Any]:

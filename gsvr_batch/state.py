@@ -31,7 +31,7 @@ ends the attempt. ``cost_usd`` of a task is the sum over all its records.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Iterable
 
 from .errors import IllegalTransition
@@ -104,10 +104,24 @@ class TaskState:
         d["status"] = self.status.value
         return d
 
+    def to_sparse_dict(self) -> dict[str, Any]:
+        """``to_dict`` without the fields that still hold their default (what a snapshot stores:
+        a 10,000-task snapshot is ~3x smaller, so it is written and read ~3x faster)."""
+        d = {}
+        for name, default in _TASK_SPARSE:
+            v = getattr(self, name)
+            if v is not default and (v != default or type(v) is not type(default)):
+                d[name] = v
+        d["status"] = self.status.value
+        return d
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TaskState:
         # _TASK_FIELD_SET, not fields(cls) per call: that was a third of loading a 10,000-task snapshot.
-        t = cls(**{k: v for k, v in d.items() if k in _TASK_FIELD_SET})
+        if cls is TaskState:  # defaults, then what the dict holds (a sparse snapshot holds only changes)
+            t = _new_task(d if d.keys() <= _TASK_FIELD_SET else {k: v for k, v in d.items() if k in _TASK_FIELD_SET})
+        else:
+            t = cls(**{k: v for k, v in d.items() if k in _TASK_FIELD_SET})
         t.status = TaskStatus(t.status)
         return t
 
@@ -118,6 +132,37 @@ class TaskState:
 
 _TASK_FIELDS = tuple(f.name for f in fields(TaskState))
 _TASK_FIELD_SET = frozenset(_TASK_FIELDS)
+_RUNNING, _PENDING = TaskStatus.RUNNING, TaskStatus.PENDING
+_ONLY_RUNNING = frozenset({TaskStatus.RUNNING})
+_RUNNING_OR_PENDING = frozenset({TaskStatus.RUNNING, TaskStatus.PENDING})
+# What the generated __init__ would set when a field is not given (see _new_task).
+_TASK_DEFAULTS = {f.name: f.default for f in fields(TaskState) if f.default is not MISSING}
+_TASK_FACTORIES = tuple((f.name, f.default_factory) for f in fields(TaskState) if f.default_factory is not MISSING)
+_TASK_REQUIRED = frozenset(f.name for f in fields(TaskState)
+                           if f.default is MISSING and f.default_factory is MISSING)
+# (field, default) for to_sparse_dict: required fields always written (no default matches them).
+_NO_DEFAULT = object()
+_TASK_SPARSE = tuple((f.name, f.default if f.default is not MISSING else
+                      (f.default_factory() if f.default_factory is not MISSING else _NO_DEFAULT))
+                     for f in fields(TaskState) if f.name != "status")
+
+
+def _new_task(values: dict[str, Any]) -> TaskState:
+    """``TaskState(**values)`` without the generated ``__init__``'s 37 keyword assignments.
+
+    The same instance (defaults, fresh mutable defaults, then ``values``), ~4x cheaper: a
+    1M-record replay makes one per task and a 10,000-task snapshot load 10,000. Anything
+    unusual (a required field missing, an unknown key) takes the real constructor, which raises.
+    """
+    if not (_TASK_REQUIRED <= values.keys() <= _TASK_FIELD_SET):
+        return TaskState(**values)
+    t = object.__new__(TaskState)
+    d = t.__dict__
+    d.update(_TASK_DEFAULTS)
+    for name, factory in _TASK_FACTORIES:
+        d[name] = factory()
+    d.update(values)
+    return t
 
 
 @dataclass
@@ -172,7 +217,7 @@ class BatchState:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tasks"}
-        d["tasks"] = {k: t.to_dict() for k, t in self.tasks.items()}
+        d["tasks"] = {k: t.to_sparse_dict() for k, t in self.tasks.items()}
         return d
 
     @classmethod
@@ -199,7 +244,7 @@ def _task(state: BatchState, rec: dict[str, Any]) -> TaskState:
 
 
 def _need(rec: dict[str, Any], t: TaskState, allowed: Iterable[TaskStatus], *, live: bool = True) -> None:
-    allowed = frozenset(allowed)
+    # ``allowed`` is a set (the hot handlers pass the module-level ones below): no copy per record.
     if t.status not in allowed:
         names = "/".join(sorted(s.value for s in allowed))
         raise _illegal(rec, f"task {t.task_id} is {t.status.value}, must be {names}")
@@ -225,9 +270,24 @@ def apply(state: BatchState, rec: dict[str, Any]) -> BatchState:
 
 
 def fold(records: Iterable[dict[str, Any]], state: BatchState | None = None) -> BatchState:
+    """``apply`` each record in turn. The loop is :func:`apply` inlined, with its lookups hoisted
+    (a million-record replay spends ~1 us per record here): a record its checks would refuse
+    goes through ``apply`` itself, which raises exactly as it always did."""
     state = state if state is not None else BatchState()
+    handlers = _HANDLERS
+    last = state.last_seq
     for rec in records:
-        apply(state, rec)
+        seq = rec.get("seq")
+        typ = rec.get("type")
+        handler = handlers.get(typ)  # type: ignore[arg-type]
+        if handler is None or type(seq) is not int or (last and seq != last + 1) or (
+                state.batch_id is None and typ != "batch_created"):
+            apply(state, rec)  # raises IllegalTransition with its message (or, for a bool seq, applies it)
+            last = state.last_seq
+            continue
+        handler(state, rec)
+        state.last_seq = last = seq
+        state.last_ts = rec.get("ts")
     return state
 
 
@@ -277,7 +337,7 @@ def _task_added(s: BatchState, r: dict[str, Any]) -> None:
     if old is not None:
         old.dropped = False  # the job came back into the manifest: keep its history
         return
-    s.tasks[tid] = TaskState(**{k: v for k, v in r.items() if k in _ADDED_FIELDS})
+    s.tasks[tid] = _new_task({k: v for k, v in r.items() if k in _ADDED_FIELDS})
 
 
 # TaskState fields a task_added record may set; computed once (dataclasses.fields() per record
@@ -294,7 +354,8 @@ def _task_dropped(s: BatchState, r: dict[str, Any]) -> None:
 
 def _task_started(s: BatchState, r: dict[str, Any]) -> None:
     t = _task(s, r)
-    _need(r, t, RUNNABLE)
+    if t.status is not _PENDING or t.dropped:  # identity first: an enum's hash is a Python call
+        _need(r, t, RUNNABLE)
     attempt = int(r.get("attempt", t.attempts + 1))
     if attempt != t.attempts + 1:
         raise _illegal(r, f"task {t.task_id} attempt {attempt} does not follow {t.attempts}")
@@ -315,7 +376,8 @@ def _task_started(s: BatchState, r: dict[str, Any]) -> None:
 
 def _task_step(s: BatchState, r: dict[str, Any]) -> None:
     t = _task(s, r)
-    _need(r, t, {TaskStatus.RUNNING})
+    if t.status is not _RUNNING or t.dropped:  # identity first: an enum's hash is a Python call
+        _need(r, t, _ONLY_RUNNING)
     t.step = r.get("step")
     if r.get("worker") is not None:
         t.worker = r["worker"]
@@ -361,7 +423,8 @@ def _upload_deleted(s: BatchState, r: dict[str, Any]) -> None:
 def _task_completed(s: BatchState, r: dict[str, Any]) -> None:
     t = _task(s, r)
     # An adopted output may belong to an attempt a signal already put back to pending.
-    _need(r, t, {TaskStatus.RUNNING, TaskStatus.PENDING} if r.get("adopted") else {TaskStatus.RUNNING})
+    if t.status is not _RUNNING or t.dropped:  # identity first: an enum's hash is a Python call
+        _need(r, t, _RUNNING_OR_PENDING if r.get("adopted") else _ONLY_RUNNING)
     if not r.get("sha256"):
         raise _illegal(r, "completed record without sha256")
     t.status = TaskStatus.COMPLETED
@@ -376,6 +439,8 @@ def _task_completed(s: BatchState, r: dict[str, Any]) -> None:
     t.adopted = bool(r.get("adopted"))
     t.truncated = bool(r.get("truncated"))
     t.done_fingerprint = r.get("fingerprint") or t.fingerprint
+    if r.get("plan"):
+        t.plan = dict(r["plan"])  # a one-call plan is recorded with the outcome
     t.step = None
     t.last_error = None
     _charge(s, t, r)
@@ -387,7 +452,7 @@ def _error_of(r: dict[str, Any]) -> dict[str, Any]:
 
 def _task_failed(s: BatchState, r: dict[str, Any]) -> None:
     t = _task(s, r)
-    _need(r, t, {TaskStatus.RUNNING})
+    _need(r, t, _ONLY_RUNNING)
     t.status = TaskStatus.FAILED
     t.last_error = _error_of(r)
     t.finished_ts = r.get("ts")
@@ -398,7 +463,7 @@ def _task_failed(s: BatchState, r: dict[str, Any]) -> None:
 
 def _retry_scheduled(s: BatchState, r: dict[str, Any]) -> None:
     t = _task(s, r)
-    _need(r, t, {TaskStatus.RUNNING})
+    _need(r, t, _ONLY_RUNNING)
     t.status = TaskStatus.PENDING
     t.not_before = r.get("not_before")
     t.last_error = _error_of(r)

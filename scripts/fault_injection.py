@@ -2,6 +2,14 @@
 """Fault injection: a 100-task batch against a sandbox that fails 20 % of calls and sends 429 bursts.
 
     python scripts/fault_injection.py --tasks 100 --fail-rate 0.2 --bursts 5 --seed 1
+    python scripts/fault_injection.py --tasks 100 --fail-rate 0.2 --bursts 5 --seed 1 \
+        --upload-lost-rate 0.2 --distinct
+
+``--upload-lost-rate P``: a fraction P of upload finalizes take effect at the server but lose their
+answer (503 without an upload status; the SDK re-sends the chunk and gets 400 "Upload session is
+already finalized"), as issue 11 (10) reproduced against an independent server. ``--distinct`` makes
+every video a different file (tests/videos.py), so each task uploads its own (the same copies share
+one upload).
 
 The sandbox (in this process, real HTTP) answers 20 % of generate calls and upload starts with
 500, 503 or a dropped connection; every few seconds the next N generate calls answer 429 with a
@@ -33,11 +41,17 @@ from torture import GSVR, base_env, read_records  # noqa: E402
 SAMPLE = REPO / "jobs" / "videos" / "lecture-01-introduction.mp4"
 
 
-def make_batch(root: Path, n: int, workers: int, max_attempts: int) -> Path:
+def make_batch(root: Path, n: int, workers: int, max_attempts: int, distinct: bool = False) -> Path:
     vids = root / "videos"
     vids.mkdir(parents=True, exist_ok=True)
+    if distinct:
+        sys.path.insert(0, str(REPO / "tests"))
+        from videos import make_video
     for i in range(n):
-        shutil.copyfile(SAMPLE, vids / f"talk-{i:03d}.mp4")
+        if distinct:
+            make_video(vids / f"talk-{i:03d}.mp4", 6 + i / 1000, audio=False)
+        else:
+            shutil.copyfile(SAMPLE, vids / f"talk-{i:03d}.mp4")
     jobs = "\n".join(f"  - source: videos/talk-{i:03d}.mp4" for i in range(n))
     m = root / "manifest.yaml"
     m.write_text(f"defaults:\n  template: summary_report\n  output_dir: out\n"
@@ -47,12 +61,13 @@ def make_batch(root: Path, n: int, workers: int, max_attempts: int) -> Path:
 
 
 def fault_injection(root: Path, *, tasks: int = 100, fail_rate: float = 0.2, bursts: int = 5, burst_size: int = 3,
-                    latency: float = 0.1, workers: int = 4, max_attempts: int = 6, seed: int | None = 1) -> dict:
+                    latency: float = 0.1, workers: int = 4, max_attempts: int = 6, seed: int | None = 1,
+                    upload_lost_rate: float = 0.0, distinct: bool = False) -> dict:
     from gsvr_batch.sandbox import SandboxConfig, SandboxServer
 
-    m = make_batch(root, tasks, workers, max_attempts)
+    m = make_batch(root, tasks, workers, max_attempts, distinct)
     server = SandboxServer(SandboxConfig(fail_rate=fail_rate, seed=seed, latency=latency, processing_delay=0.05,
-                                         retry_delay=1.0))
+                                         retry_delay=1.0, upload_lost_answer_rate=upload_lost_rate))
     url = server.start()
     stop = threading.Event()
 
@@ -82,6 +97,7 @@ def fault_injection(root: Path, *, tasks: int = 100, fail_rate: float = 0.2, bur
     per_task = [retries.get(r["task_id"], 0) for r in recs if r["type"] == "task_added"]
     injected = Counter(str(q.get("injected")) for q in requests if q.get("injected"))
     gen = [q for q in requests if q.get("kind") == "generate"]
+    paid = Counter(q.get("task_id") for q in gen if q.get("status") == 200)
     # call-level retries: failed requests a task made (each one was retried inside the task)
     call_fail = Counter(q.get("task_id") for q in requests
                         if q.get("task_id") and q.get("kind") in ("generate", "upload_start") and q.get("status") != 200)
@@ -96,6 +112,9 @@ def fault_injection(root: Path, *, tasks: int = 100, fail_rate: float = 0.2, bur
         "call_retries_total": sum(per_call), "call_retries_max": max(per_call, default=0),
         "tasks_with_call_retries": sum(1 for x in per_call if x),
         "generate_requests": len(gen), "generate_429": sum(1 for q in gen if q.get("status") == 429),
+        "generate_paid": sum(paid.values()), "paid_beyond_one": sum(max(0, n - 1) for n in paid.values()),
+        "lost_calls": sum(int(r.get("lost_calls") or 0) for r in recs),
+        "uploads_finalized": sum(1 for q in requests if q.get("kind") == "upload_finalize"),
         "faults_injected": dict(injected), "seconds": round(time.monotonic() - t0, 1),
         "failed_messages": [f["message"] for f in failed][:5], "tail": out[-600:] if proc.returncode else "",
     }
@@ -110,11 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--max-attempts", type=int, default=6)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--upload-lost-rate", type=float, default=0.0)
+    ap.add_argument("--distinct", action="store_true", help="a different video file per task (one upload each)")
     a = ap.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="gsvr-faults-"))
     try:
         res = fault_injection(root, tasks=a.tasks, fail_rate=a.fail_rate, bursts=a.bursts, burst_size=a.burst_size,
-                              workers=a.workers, max_attempts=a.max_attempts, seed=a.seed)
+                              workers=a.workers, max_attempts=a.max_attempts, seed=a.seed,
+                              upload_lost_rate=a.upload_lost_rate, distinct=a.distinct)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(res, indent=1))

@@ -28,6 +28,7 @@ def server(sandbox):
     return sandbox(batch_duration=BATCH_DURATION)
 
 
+@pytest.mark.slow
 def test_pending_exits_75_then_wait_completes_and_verifies(tmp_path, server):
     m = make_batch(tmp_path, 3, extra_settings="mode: batch")
     r1 = run(m, server)
@@ -53,6 +54,7 @@ def test_pending_exits_75_then_wait_completes_and_verifies(tmp_path, server):
     assert kinds(server)["batch_create"] == 1
 
 
+@pytest.mark.slow
 def test_kill_9_after_submission_never_submits_twice(tmp_path, sandbox):
     server = sandbox(batch_duration=3.0)
     m = make_batch(tmp_path, 2, extra_settings="mode: batch")
@@ -77,6 +79,7 @@ def test_kill_9_after_submission_never_submits_twice(tmp_path, sandbox):
     assert not [x for x in records(j) if x["type"] == "task_requeued"]
 
 
+@pytest.mark.slow
 def test_crash_between_create_and_journal_adopts_remote_job(tmp_path, server, monkeypatch):
     """The create call succeeded but its answer never reached the journal: adopt by display name."""
     from gsvr_batch import lifecycle
@@ -108,6 +111,7 @@ def test_crash_between_create_and_journal_adopts_remote_job(tmp_path, server, mo
     assert len(list((tmp_path / "out").glob("*.md"))) == 2
 
 
+@pytest.mark.slow
 def test_expired_job_tasks_complete_on_next_run(tmp_path, server):
     m = make_batch(tmp_path, 1, extra_settings="mode: batch", names=["talk.mp4"])
     text = m.read_text()
@@ -126,6 +130,7 @@ def test_expired_job_tasks_complete_on_next_run(tmp_path, server):
     assert len(list((tmp_path / "out").glob("*.md"))) == 1
 
 
+@pytest.mark.slow
 def test_per_request_errors_fail_only_their_tasks(tmp_path, server):
     m = make_batch(tmp_path, 3, extra_settings="mode: batch",
                    names=["a.mp4", "b-sandbox-block.mp4", "c.mp4"])
@@ -138,6 +143,7 @@ def test_per_request_errors_fail_only_their_tasks(tmp_path, server):
     assert sorted(p.name for p in (tmp_path / "out").glob("*.md")) == ["a_summary_report.md", "c_summary_report.md"]
 
 
+@pytest.mark.slow
 def test_file_input_split_into_several_jobs(tmp_path, server, monkeypatch):
     from gsvr_batch import batchmode
     from gsvr_batch.runner import RunOptions, run_batch
@@ -155,6 +161,7 @@ def test_file_input_split_into_several_jobs(tmp_path, server, monkeypatch):
     assert len(list((tmp_path / "out").glob("*.md"))) == 3
 
 
+@pytest.mark.slow
 def test_cancel_without_a_run_cancels_remote_jobs(tmp_path, sandbox):
     server = sandbox(batch_duration=30.0)
     m = make_batch(tmp_path, 2, extra_settings="mode: batch")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from conftest import env_for, make_batch, records, run_cli
 
 
@@ -25,6 +27,7 @@ def run_one(tmp_path: Path, server) -> dict:
                 if x["type"] == "task_completed")
 
 
+@pytest.mark.slow
 def test_actual_cost_is_journaled_from_usage_and_priced(tmp_path, sandbox):
     from gsvr_batch.pricing import load_pricing
 
@@ -37,6 +40,7 @@ def test_actual_cost_is_journaled_from_usage_and_priced(tmp_path, sandbox):
     assert abs(done["cost_usd"] - expected) < 1e-9
 
 
+@pytest.mark.slow
 def test_cost_limit_stops_dispatching_journals_why_and_exits_75(tmp_path, sandbox):
     from gsvr_batch.costs import estimate_job
     from gsvr_batch.manifest import load_manifest

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import shutil
 
+import pytest
+
 from conftest import REPO, env_for, make_batch, records, run_cli
 
 
@@ -28,6 +30,7 @@ def test_dry_run_prints_table_and_touches_nothing(tmp_path, sandbox):
     assert not (tmp_path / "out").exists()  # no journal, no lock file, no folder
 
 
+@pytest.mark.slow
 def test_dry_run_input_tokens_match_what_the_server_counts(tmp_path, sandbox):
     server = sandbox()
     m = make_batch(tmp_path, 1)

@@ -61,7 +61,8 @@ REJECTED = [
      "resolves outside the output root"),
     ("output .. in the middle", "m.yaml", HEAD + "  - source: ok.mp4\n    output: sub/../../x.md\n",
      "resolves outside the output root"),
-    ("absolute output", "m.yaml", HEAD + "  - source: ok.mp4\n    output: /tmp/gsvr-abs-escape.md\n",
+    # {ABS}: an absolute path outside the output root, filled in per test (no machine path here)
+    ("absolute output", "m.yaml", HEAD + "  - source: ok.mp4\n    output: {ABS}\n",
      "resolves outside the output root"),
     ("symlinked folder outside", "m.yaml", HEAD + "  - source: ok.mp4\n    output: link/x.md\n", "through a symlink"),
     ("two jobs, one output", "m.yaml",
@@ -83,10 +84,11 @@ def test_bad_input_through_run_exits_2_with_message_and_writes_nothing(tmp_path,
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "link").symlink_to(tmp_path / "elsewhere")
     m = tmp_path / fname
+    escape = tmp_path / "elsewhere" / "abs-escape.md"  # absolute, outside the output root
     if text is None:
         m.mkdir()
     else:
-        m.write_text(text, encoding="utf-8")
+        m.write_text(text.replace("{ABS}", str(escape)), encoding="utf-8")
     before = snapshot(tmp_path)
     # In-process (the real `run` command through click) to keep 17 cases fast: each is refused
     # before any worker, socket or journal exists, so there is nothing a subprocess would add.
@@ -99,7 +101,7 @@ def test_bad_input_through_run_exits_2_with_message_and_writes_nothing(tmp_path,
     assert fragment in r.stderr, r.stderr
     assert r.exception is None or isinstance(r.exception, SystemExit)  # no traceback
     assert snapshot(tmp_path) == before  # no journal, no output, nothing outside touched
-    assert not Path("/tmp/gsvr-abs-escape.md").exists()
+    assert not escape.exists()
 
 
 def test_api_key_in_manifest_is_flagged_and_never_echoed(tmp_path, sandbox):
@@ -190,8 +192,8 @@ def test_flipped_byte_mid_journal_exits_2_with_line_and_repair_hint(tmp_path, sa
     bad[i] ^= 0x01  # "type" -> "uype": still JSON-ish, wrong checksum
     lines[k] = bytes(bad)
     j.write_bytes(b"".join(lines))
-    # The snapshot lets `run` start without reading the prefix it covers (startup < 1 s for 10,000
-    # tasks); without one (an older journal, or corruption after it) every record is checked.
+    # Without a snapshot (an older journal): every record is read. With one covering the damaged
+    # line, the snapshot's prefix digest must catch it: tests/test_journal_faults.py.
     for snap in j.parent.glob("journal.jsonl.snapshot"):
         snap.unlink()
     before = j.read_bytes()

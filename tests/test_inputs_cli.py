@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import SAMPLE, env_for, records, run_cli
@@ -30,6 +31,7 @@ def copy_videos(dest: Path, n: int = 2) -> list[Path]:
     return out
 
 
+@pytest.mark.slow
 def test_folder_run_writes_derived_manifest_and_rerun_continues_same_batch(tmp_path, sandbox):
     server = sandbox()
     copy_videos(tmp_path / "course_videos", 2)
@@ -60,6 +62,7 @@ def test_folder_run_writes_derived_manifest_and_rerun_continues_same_batch(tmp_p
     assert len(yaml.safe_load(derived.read_text(encoding="utf-8"))["jobs"]) == 3
 
 
+@pytest.mark.slow
 def test_list_file_with_comments_and_mixed_local_and_url(tmp_path, sandbox):
     server = sandbox()
     vids = copy_videos(tmp_path / "v", 1)
@@ -76,6 +79,7 @@ def test_list_file_with_comments_and_mixed_local_and_url(tmp_path, sandbox):
     assert (journal.parent / "manifest.derived.yaml").exists()
 
 
+@pytest.mark.slow
 def test_csv_rows_choose_template_and_params(tmp_path, sandbox):
     server = sandbox()
     copy_videos(tmp_path / "videos", 2)
@@ -95,6 +99,7 @@ def test_csv_rows_choose_template_and_params(tmp_path, sandbox):
     assert not (journal.parent / "manifest.derived.yaml").exists()  # a CSV is already a manifest
 
 
+@pytest.mark.slow
 def test_max_duration_skips_longer_videos_with_reason(tmp_path, sandbox):
     server = sandbox()
     src = tmp_path / "v"

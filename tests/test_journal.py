@@ -182,3 +182,103 @@ def test_a_failed_append_leaves_memory_and_disk_in_step(tmp_path, monkeypatch):
     monkeypatch.setattr(_os, "write", real_write)
     bl.close()
     assert p.read_bytes() == before
+
+
+# -- the fast read path (issue 12): same meaning, same errors, whichever decoder reads a line ------
+
+
+def test_encoding_is_byte_for_byte_what_json_dumps_writes():
+    rec = {"seq": 7, "ts": "2026-01-01T00:00:00.000Z", "type": "task_added", "task_id": "讲座 ✓", "f": 0.1,
+           "n": None, "big": 2**70, "nested": {"a": [1, 2.5e-07, True]}}
+    body = json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode()
+    assert jr.encode_record(rec) == body[:-1] + b',"crc":"%08x"}\n' % (jr.zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def test_values_orjson_refuses_are_decoded_by_json_the_same_as_before(monkeypatch):
+    # json writes NaN and integers beyond 64 bits; orjson refuses both: the line is not "damaged".
+    rec = {"seq": 1, "ts": "t", "type": "task_step", "cost_usd": float("nan"), "big": 2**70, "s": "é"}
+    line = jr.encode_record(rec)[:-1]
+    got = jr.decode_line(line)
+    assert got is not None and got["big"] == 2**70 and got["cost_usd"] != got["cost_usd"] and "crc" not in got
+    monkeypatch.setattr(jr, "_orjson", None)  # the reference decoder alone gives the same record
+    ref = jr.decode_line(line)
+    assert ref["big"] == got["big"] and ref["s"] == "é" and set(ref) == set(got)
+
+
+def test_fast_and_reference_decoders_agree_on_a_real_journal(tmp_path, monkeypatch):
+    p = _batch(tmp_path / "j.jsonl", n=7)
+    fast = [r for _, _, r in jr.iter_records(p, expect_seq=1)]
+    monkeypatch.setattr(jr, "_orjson", None)
+    monkeypatch.setattr(jr, "_fast_loads", jr._no_fast_loads)
+    ref = [r for _, _, r in jr.iter_records(p, expect_seq=1)]
+    assert fast == ref and all("crc" not in r for r in fast)
+
+
+def test_a_line_that_is_json_but_not_a_record_is_damage():
+    for body in (b'[1,2]', b'{"seq":1}', b'"x"'):
+        crc = jr.zlib.crc32(body[:-1] + b"}") if body.endswith(b"}") else 0
+        line = body[:-1] + b',"crc":"%08x"}' % crc if body.endswith(b"}") else body
+        assert jr.decode_line(line) is None
+
+
+@pytest.mark.parametrize("batch", [1, 3, 4096])
+def test_batches_hand_out_every_good_record_before_mid_file_damage(tmp_path, batch):
+    p = _batch(tmp_path / "j.jsonl", n=6)
+    lines = p.read_bytes().split(b"\n")
+    bad = 9  # a line in the middle (1-based)
+    damaged = bytearray(lines[bad - 1])
+    damaged[25] ^= 0x01
+    lines[bad - 1] = bytes(damaged)
+    p.write_bytes(b"\n".join(lines))
+    got = []
+    digest = {"crc": 0}
+    with pytest.raises(JournalCorrupt) as err:
+        for records, ends in jr.iter_batches(p, expect_seq=1, digest=digest, batch=batch):
+            got += records
+            assert len(records) == len(ends) and ends == sorted(ends)
+    assert err.value.line == bad and len(got) == bad - 1
+    good_prefix = b"\n".join(lines[: bad - 1]) + b"\n"
+    assert digest["crc"] == jr.zlib.crc32(good_prefix)  # the digest covers exactly what was handed out
+    with pytest.raises(JournalCorrupt):
+        replay(p, use_snapshot=False)
+
+
+def test_file_crc_matches_a_whole_file_crc_in_any_chunking(tmp_path):
+    p = tmp_path / "f"
+    data = bytes(range(256)) * 9000  # > 2 MiB: several 1 MiB blocks
+    p.write_bytes(data)
+    assert jr.file_crc(p, len(data)) == jr.zlib.crc32(data)
+    assert jr.file_crc(p, 1_500_000, start=100, crc=jr.zlib.crc32(data[:100])) == jr.zlib.crc32(data[:1_500_000])
+    assert jr.file_crc(p, 0) == 0
+
+
+def test_replay_gives_the_same_state_as_applying_each_record(tmp_path):
+    from gsvr_batch.state import BatchState, apply
+
+    p = _batch(tmp_path / "j.jsonl", n=9)
+    one_by_one = BatchState()
+    for _, _, rec in jr.iter_records(p):
+        apply(one_by_one, rec)
+    assert replay(p, use_snapshot=False).state.to_dict() == one_by_one.to_dict()
+
+
+def test_group_commit_makes_one_fsync_for_the_durable_records_of_a_block(tmp_path, monkeypatch):
+    p = _batch(tmp_path / "j.jsonl", n=4, complete=False)
+    bl, _ = BatchLog.open(p)
+    syncs = []
+    real = jr.os.fsync
+    monkeypatch.setattr(jr.os, "fsync", lambda fd: (syncs.append(fd), real(fd))[1])
+    for i in range(4):
+        bl.start_task(f"t{i}", attempt_id=f"a{i}", model="m")
+    with bl.group_commit():
+        with bl.group_commit():  # nested: only the outermost block syncs
+            for i in range(3):
+                bl.complete_task(f"t{i}", output=f"o{i}.md", sha256="ab" * 32, bytes_=1, usage={}, cost_usd=0.0,
+                                 model_version=None, video_duration=None, elapsed=None)
+        assert syncs == [] and bl.writer._dirty  # written, not yet durable
+    assert len(syncs) == 1 and not bl.writer._dirty
+    bl.complete_task("t3", output="o3.md", sha256="ab" * 32, bytes_=1, usage={}, cost_usd=0.0, model_version=None,
+                     video_duration=None, elapsed=None)
+    assert len(syncs) == 2  # outside a block a durable record is fsynced at once, as before
+    bl.close()
+    assert replay(p).state.counts()["completed"] == 4

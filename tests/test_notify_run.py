@@ -49,6 +49,7 @@ def dead_url() -> str:
     return f"http://127.0.0.1:{port}/hook"
 
 
+@pytest.mark.slow
 def test_batch_finished_webhook_received_and_journaled(tmp_path, sandbox, webhook):
     server = sandbox()
     url, received = webhook
@@ -70,6 +71,7 @@ def test_batch_finished_webhook_received_and_journaled(tmp_path, sandbox, webhoo
     assert types.index("notification") < max(i for i, t in enumerate(types) if t == "run_finished")
 
 
+@pytest.mark.slow
 def test_dead_webhook_is_retried_journaled_and_does_not_change_exit_code(tmp_path, sandbox):
     server = sandbox()
     m = make_batch(tmp_path, 1)
@@ -92,6 +94,7 @@ def test_invalid_notify_target_is_a_usage_error_before_any_work(tmp_path, sandbo
     assert not [q for q in server.requests if q.get("kind") == "generate"]
 
 
+@pytest.mark.slow
 def test_cost_limit_stop_sends_cost_limit_event(tmp_path, sandbox, webhook):
     server = sandbox()
     url, received = webhook
@@ -143,6 +146,7 @@ def test_unset_url_variable_is_a_usage_error_naming_it(tmp_path, sandbox):
     assert not (tmp_path / "out" / ".gsvr" / "journal.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_secret_notify_url_never_reaches_the_derived_manifest_and_retry_says_what_to_do(tmp_path, sandbox, webhook):
     server = sandbox()
     url, received = webhook
@@ -162,6 +166,7 @@ def test_secret_notify_url_never_reaches_the_derived_manifest_and_retry_says_wha
     assert len(received) == 1
 
 
+@pytest.mark.slow
 def test_failure_warnings_tell_two_targets_on_one_host_apart_without_their_tokens(tmp_path, sandbox):
     server = sandbox()
     m = make_batch(tmp_path, 1)

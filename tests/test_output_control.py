@@ -8,6 +8,8 @@ import json
 import textwrap
 from collections import Counter
 
+import pytest
+
 from conftest import env_for, make_batch, records, run_cli
 
 
@@ -15,6 +17,7 @@ def generate_calls(server) -> int:
     return sum(1 for q in server.requests if q.get("kind") == "generate" and q.get("status") == 200)
 
 
+@pytest.mark.slow
 def test_skip_existing_journals_skip_and_sends_nothing_for_that_job(tmp_path, sandbox):
     server = sandbox()
     m = make_batch(tmp_path, 2)
@@ -34,6 +37,7 @@ def test_skip_existing_journals_skip_and_sends_nothing_for_that_job(tmp_path, sa
     assert "1 completed, 1 skipped" in r.stdout
 
 
+@pytest.mark.slow
 def test_force_reprocesses_completed_jobs_and_keeps_history(tmp_path, sandbox):
     server = sandbox()
     m = make_batch(tmp_path, 2)
@@ -50,6 +54,7 @@ def test_force_reprocesses_completed_jobs_and_keeps_history(tmp_path, sandbox):
     assert "Nothing to do" in run_cli(["run", m], env=env_for(server)).stdout
 
 
+@pytest.mark.slow
 def test_output_pattern_and_format_from_the_command_line(tmp_path, sandbox):
     server = sandbox()
     m = make_batch(tmp_path, 1)
@@ -66,6 +71,7 @@ def test_output_pattern_and_format_from_the_command_line(tmp_path, sandbox):
     assert text.lstrip().lower().startswith("<!doctype html") or "<html" in text.lower()
 
 
+@pytest.mark.slow
 def test_per_job_output_format_and_template(tmp_path, sandbox):
     server = sandbox()
     make_batch(tmp_path, 2)

@@ -164,6 +164,7 @@ def test_multi_chunk_upload(tmp_path, sandbox, worker):
     assert result.upload.size_bytes == big.stat().st_size
 
 
+@pytest.mark.slow
 def test_waits_while_processing(tmp_path, sandbox, worker):
     sandbox.update_config(processing_delay=0.6)
     worker(poll_interval=0.1)
@@ -287,6 +288,7 @@ def test_disk_full_before_write(tmp_path, sandbox, worker, monkeypatch):
 # --------------------------------------------------------------------------- retries and batch errors
 
 
+@pytest.mark.slow
 def test_429_retry_delay_is_honoured(tmp_path, sandbox, worker):
     q = worker()
     sandbox.inject_429(1, retry_delay=2.0)
@@ -307,6 +309,7 @@ def test_daily_quota_ends_task_with_quota_day(tmp_path, sandbox, worker):
     assert len(log_of(sandbox, "generate")) == 1  # no retry burnt on a spent daily quota
 
 
+@pytest.mark.slow
 def test_503_is_retried(tmp_path, sandbox, worker):
     worker()
     sandbox.inject_errors(1, 503)
@@ -315,6 +318,7 @@ def test_503_is_retried(tmp_path, sandbox, worker):
     assert [e["status"] for e in log_of(sandbox, "generate")] == [503, 200]
 
 
+@pytest.mark.slow
 def test_transient_after_retries_exhausted(tmp_path, sandbox, worker):
     worker(max_call_retries=1)
     sandbox.inject_errors(2, 500)
@@ -332,6 +336,7 @@ def test_invalid_key_is_fatal(tmp_path, sandbox, worker):
     assert KEY not in repr(result)
 
 
+@pytest.mark.slow
 def test_hung_request_is_a_lost_call_not_a_free_retry(tmp_path, sandbox, worker):
     # The request reached the model; its answer never came back. It may have been billed, so it
     # is not retried inside the task (call retries would multiply the bill): the attempt ends,
@@ -354,6 +359,7 @@ def test_worker_refuses_to_write_after_manager_died(tmp_path, sandbox, worker, m
     assert not [p for p in out_dir.iterdir() if p.name.startswith(fsutil.TMP_PREFIX)]
 
 
+@pytest.mark.slow
 def test_shared_limiter_learns_from_429_and_daily_quota(tmp_path, sandbox, worker):
     from gsvr_batch.quota import Limits
     from gsvr_batch.ratelimit import RateLimiter

@@ -165,3 +165,96 @@ def test_estimate_cost_prices_the_audio_share():
     assert estimate_cost("gemini-2.5-flash", tin, tout) == pytest.approx((tin * 0.30 + tout * 2.50) / 1e6)
 
 
+
+
+# -- cached tokens (issue 12) ------------------------------------------------------------------
+
+
+def test_cached_tokens_are_read_from_sdk_metadata_and_priced_at_the_cached_rate():
+    meta = types.GenerateContentResponseUsageMetadata(
+        prompt_token_count=100_000, candidates_token_count=1_000, total_token_count=101_000,
+        cached_content_token_count=90_000,
+        prompt_tokens_details=[types.ModalityTokenCount(modality=types.MediaModality.VIDEO, token_count=89_000),
+                               types.ModalityTokenCount(modality=types.MediaModality.AUDIO, token_count=10_000),
+                               types.ModalityTokenCount(modality=types.MediaModality.TEXT, token_count=1_000)],
+        cache_tokens_details=[types.ModalityTokenCount(modality=types.MediaModality.VIDEO, token_count=81_000),
+                              types.ModalityTokenCount(modality=types.MediaModality.AUDIO, token_count=9_000)])
+    usage = usage_from_metadata(meta)
+    assert usage["cached_tokens"] == 90_000
+    assert {"modality": "AUDIO", "token_count": 9_000} in usage["cache_tokens_details"]
+    p = load_pricing()
+    flash = p.price("gemini-2.5-flash")
+    assert flash.input_cached is not None and flash.input_cached < flash.input  # a discount, whatever its size
+    expected = (9_000 * flash.input + 1_000 * flash.input_audio + 81_000 * flash.input_cached
+                + 9_000 * flash.input_audio_cached + 1_000 * flash.output) / 1e6
+    assert p.cost("gemini-2.5-flash", usage) == pytest.approx(expected, rel=1e-12)
+    full = (90_000 * flash.input + 10_000 * flash.input_audio + 1_000 * flash.output) / 1e6
+    assert p.cache_saving("gemini-2.5-flash", usage) == pytest.approx(full - expected, rel=1e-9)
+    assert p.cache_saving("gemini-2.5-flash", usage, mode="batch") == pytest.approx((full - expected) / 2, rel=1e-9)
+
+
+def test_cached_tokens_without_a_breakdown_or_a_cached_price():
+    p = load_pricing()
+    u = {"prompt_tokens": 10_000, "candidates_tokens": 0, "cached_tokens": 4_000}
+    assert p.cost("gemini-2.5-flash", u) == pytest.approx((6_000 * 0.30 + 4_000 * p.price("gemini-2.5-flash").input_cached)
+                                                          / 1e6, rel=1e-12)
+    # more cached than prompt (a malformed answer): never a negative part
+    assert p.cost("gemini-2.5-flash", dict(u, cached_tokens=50_000)) >= 0
+    # a model the table has no cached price for bills them at the full rate: a bill is never under-stated
+    assert p.price("gemini-2.0-flash-lite").input_cached is None
+    assert p.cost("gemini-2.0-flash-lite", u) == p.cost("gemini-2.0-flash-lite", {"prompt_tokens": 10_000})
+    assert p.cache_saving("gemini-2.0-flash-lite", u) == 0.0
+    # long prompts of Pro use the long cached rate
+    pro = p.price("gemini-2.5-pro")
+    long = {"prompt_tokens": 300_000, "cached_tokens": 300_000}
+    assert p.cost("gemini-2.5-pro", long) == pytest.approx(300_000 * pro.input_cached_long / 1e6, rel=1e-12)
+
+
+def test_every_cached_price_names_where_it_came_from():
+    doc = json.loads(__import__("gsvr_batch.pricing", fromlist=["BUILTIN"]).BUILTIN.read_text())
+    for name, row in doc["models"].items():
+        if "input_cached" in row:
+            assert row["input_cached"] < row["input"] and "input_cached" in row["note"], name
+
+
+def test_cache_totals_count_tasks_and_their_clips():
+    from types import SimpleNamespace
+
+    from gsvr_batch.pricing import cache_totals
+
+    p = load_pricing()
+    u = {"prompt_tokens": 10_000, "cached_tokens": 8_000}
+    tasks = [SimpleNamespace(model="gemini-2.5-flash", usage=u, partials={"0": {"usage": u}, "1": {"usage": {}}}),
+             SimpleNamespace(model="no-such-model", usage=u, partials={}),
+             SimpleNamespace(model="gemini-2.5-flash", usage={}, partials={})]
+    tokens, saved = cache_totals(tasks, p)
+    assert tokens == 24_000  # the unknown model's tokens are counted, its saving is not known
+    assert saved == pytest.approx(2 * p.cache_saving("gemini-2.5-flash", u), rel=1e-12)
+
+
+def test_status_replay_and_report_show_cached_tokens_and_their_saving(tmp_path):
+    from gsvr_batch.lifecycle import BatchLog
+    from gsvr_batch.report import build_report, render_markdown
+    from gsvr_batch.summary import batch_document, render_replay
+
+    j = tmp_path / "journal.jsonl"
+    bl, _ = BatchLog.open(j)
+    bl.create_batch(manifest="m.yaml", manifest_identity="id", manifest_hash="h", settings={}, version="t")
+    bl.run_started()
+    usage = {"prompt_tokens": 100_000, "candidates_tokens": 1_000, "cached_tokens": 90_000}
+    table = load_pricing()
+    for i in range(2):
+        bl.add_task(task_id=f"t{i}", source=f"v{i}.mp4", model="gemini-2.5-flash", template="summary_report")
+        bl.start_task(f"t{i}", attempt_id=f"a{i}", model="gemini-2.5-flash")
+        bl.complete_task(f"t{i}", output=f"o{i}.md", sha256="ab" * 32, bytes_=10, usage=usage,
+                         cost_usd=table.cost("gemini-2.5-flash", usage), model_version="m", video_duration=6.0,
+                         elapsed=1.0)
+    bl.close()
+    saving = 2 * table.cache_saving("gemini-2.5-flash", usage)
+    doc = batch_document(j)
+    assert doc["cached_tokens"] == 180_000 and doc["cache_saving_usd"] == pytest.approx(saving, abs=1e-6)
+    assert "cached input 180,000 tokens saved $" in render_replay(doc)
+    rep = build_report(j)
+    assert rep["cached_tokens"] == 180_000 and rep["by_model"][0]["cached_tokens"] == 180_000
+    md = render_markdown(rep)
+    assert "Cached tokens" in md and "Cache saving (USD)" in md and f"${saving:.4f}" in md

@@ -20,7 +20,7 @@ import pytest
 
 from gsvr_batch.ratelimit import TEST_HOLD_ENV, Limits, RateLimiter
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 
 M = "gemini-2.5-flash"
 

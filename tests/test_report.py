@@ -362,6 +362,7 @@ def assert_inert(dom: _Dom) -> None:
     assert all(CANARY not in attrs for _t, attrs in dom.elements), "a script ran"
 
 
+@pytest.mark.slow
 def test_chromium_renders_the_report(journal: Path, tmp_path: Path) -> None:
     page = write_report(journal, "html", tmp_path / "r.html")
     source_tables = page.read_text(encoding="utf-8").count("<table>")
@@ -415,6 +416,7 @@ LESSON_PAGE = f"""# Lesson: the cell membrane 细胞膜
 """
 
 
+@pytest.mark.slow
 def test_chromium_renders_a_lesson_page(tmp_path: Path) -> None:
     """One `--format html` lesson, as the pipeline writes it, opened in the browser."""
     meta = LessonMeta(title=EVIL, source="https://youtu.be/dQw4w9WgXcQ", source_url="https://youtu.be/dQw4w9WgXcQ",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 
+import pytest
+
 from conftest import SAMPLE, env_for, make_batch, records, run_cli
 
 
@@ -12,6 +14,7 @@ def generate_calls(server) -> Counter:
     return Counter(q.get("task_id") for q in server.requests if q.get("kind") == "generate" and q.get("status") == 200)
 
 
+@pytest.mark.slow
 def test_retry_failed_of_a_folder_batch_completes_and_keeps_history(tmp_path, sandbox):
     server = sandbox()
     src = tmp_path / "course"
@@ -45,6 +48,7 @@ def test_retry_failed_of_a_folder_batch_completes_and_keeps_history(tmp_path, sa
     assert calls[bad] == 2 and sum(calls.values()) == 3  # the good task was not sent again
 
 
+@pytest.mark.slow
 def test_retry_ids_reruns_a_chosen_completed_task(tmp_path, sandbox):
     server = sandbox()
     m = make_batch(tmp_path, 2)
@@ -57,6 +61,7 @@ def test_retry_ids_reruns_a_chosen_completed_task(tmp_path, sandbox):
     assert done[tid] == 2 and sum(done.values()) == 3
 
 
+@pytest.mark.slow
 def test_retry_needs_a_choice_and_known_ids(tmp_path, sandbox):
     server = sandbox()
     m = make_batch(tmp_path, 1)

@@ -50,6 +50,7 @@ def find(client: genai.Client, display_name: str) -> list[types.File]:
     return [f for f in client.files.list() if f.display_name == display_name]
 
 
+@pytest.mark.slow
 def test_lost_finalize_answer_raises_failed_precondition_yet_the_file_exists(client, srv, tmp_path):
     video = make_video(tmp_path / "lecture.mp4", 600)
     name = "lecture-07 sandbox-upload-lost"

@@ -319,6 +319,7 @@ def _leaks(blobs: dict[str, bytes]) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_no_secret_in_any_artifact_of_any_kind_of_batch(tmp_path, sandbox, receiver, smtp, request):
     hook_base, received = receiver
     smtp_port, mails = smtp
@@ -408,6 +409,7 @@ def test_no_secret_in_any_artifact_of_any_kind_of_batch(tmp_path, sandbox, recei
     assert leaks == [], "\n".join(leaks[:20])
 
 
+@pytest.mark.slow
 def test_derived_manifest_keeps_env_references_and_retry_uses_them(tmp_path, sandbox, receiver):
     """`--notify '${VAR}'` survives into the derived manifest, so `retry` of a folder batch notifies."""
     hook_base, received = receiver

@@ -197,3 +197,50 @@ def test_sequence_gap_is_illegal():
 def test_terminal_set():
     assert TERMINAL == {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.SKIPPED}
     assert TaskStatus.COMPLETED == "completed"  # str enum: journal values compare directly
+
+
+def test_fold_fast_path_is_apply_record_by_record():
+    """state.fold inlines apply (issue 12): same state, and a refused record raises the same error."""
+    from gsvr_batch.errors import IllegalTransition
+    from gsvr_batch.state import BatchState, TaskState, _new_task, apply, fold
+
+    recs = [
+        {"seq": 1, "ts": "a", "type": "batch_created", "batch_id": "b"},
+        {"seq": 2, "ts": "b", "type": "task_added", "task_id": "t1", "source": "v.mp4", "title": "T", "extra": 1},
+        {"seq": 3, "ts": "c", "type": "task_started", "task_id": "t1", "attempt": 1, "attempt_id": "x", "model": "m"},
+        {"seq": 4, "ts": "d", "type": "task_step", "task_id": "t1", "step": "uploading", "worker": 7},
+        {"seq": 5, "ts": "e", "type": "task_completed", "task_id": "t1", "sha256": "ab", "cost_usd": 0.5,
+         "usage": {"prompt_tokens": 3}},
+    ]
+    slow = BatchState()
+    for r in recs:
+        apply(slow, r)
+    assert fold(recs).to_dict() == slow.to_dict()
+    t = _new_task({"task_id": "t9", "source": "s"})
+    assert vars(t) == vars(TaskState(task_id="t9", source="s")) and t.partials is not TaskState("a", "b").partials
+    assert TaskState.from_dict(slow.tasks["t1"].to_dict()) == slow.tasks["t1"]
+    for bad in ({"seq": 7, "ts": "f", "type": "task_step", "task_id": "t1", "step": "x"},  # gap
+                {"seq": 6, "ts": "f", "type": "no_such_type"},
+                {"seq": 6, "ts": "f", "type": "task_step", "task_id": "t1", "step": "x"}):  # completed: not running
+        st = fold(recs)
+        before = st.to_dict()
+        with pytest.raises(IllegalTransition) as e1:
+            fold([bad], st)
+        with pytest.raises(IllegalTransition) as e2:
+            apply(fold(recs), bad)
+        assert str(e1.value) == str(e2.value) and st.to_dict() == before
+
+
+def test_sparse_snapshot_dicts_round_trip_exactly():
+    from gsvr_batch.state import TaskState
+
+    plain = TaskState(task_id="t", source="s")
+    assert set(plain.to_sparse_dict()) == {"task_id", "source", "status"}
+    busy = TaskState(task_id="t", source="s", attempts=2, cost_usd=0, usage={"prompt_tokens": 5}, partials={},
+                     status=TaskStatus.COMPLETED, not_before=0.0, adopted=True)
+    d = busy.to_sparse_dict()
+    assert d["cost_usd"] == 0 and type(d["cost_usd"]) is int  # equal to the default but not the same value
+    for t in (plain, busy):
+        back = TaskState.from_dict(t.to_sparse_dict())
+        assert back == t and back.to_dict() == t.to_dict() and back.partials is not t.partials
+    assert TaskState.from_dict(dict(plain.to_dict(), from_a_newer_version=1)) == plain

@@ -1,7 +1,7 @@
-"""Fast torture: kill -9 the manager and its workers at random moments; nothing is lost or doubled.
+"""Fast torture: the four kinds of kill of scripts/torture.py on a small batch; nothing lost or doubled.
 
-The same code as scripts/torture.py (which runs ≥ 100 tasks and ≥ 20 kills for docs/RELIABILITY.md),
-with ~12 tasks and 4 kills so it fits the suite.
+The same code as scripts/torture.py (which runs ≥ 100 tasks and ≥ 40 kills for docs/RELIABILITY.md),
+with 16 tasks and 8 kills (two of each kind) so it fits the suite.
 """
 
 from __future__ import annotations
@@ -18,15 +18,23 @@ import torture  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def test_kill_9_manager_and_workers_repeatedly_loses_nothing_and_doubles_nothing(tmp_path):
-    rep = torture.torture(tmp_path / "t", tasks=12, kills=4, latency=0.5, workers=2, seed=7, max_seconds=150)
-    assert rep.problems == []
-    assert rep.kills >= 3  # 4 planned; a loaded machine may finish the batch before the last one
+def test_kills_of_every_kind_lose_nothing_charge_nobody_and_pay_only_what_a_kill_explains(tmp_path):
+    # cache_ttl=0: the sandbox's implicit cache is off here. With it on, a worker kill that hits while
+    # its siblings are on a retried attempt loses their (cached) answers to a library bug that
+    # test_exactly_once.py::test_a_killed_worker_charges_only_its_task_also_when_the_siblings_answers_come_from_the_cache
+    # pins down deterministically (xfail, strict); turn the cache back on here once it is fixed.
+    rep = torture.torture(tmp_path / "t", tasks=16, kills=8, latency=0.8, workers=3, seed=7, max_seconds=240,
+                          cache_ttl=0)
+    assert rep.problems == [], torture.summary(rep)
+    assert rep.kills_by_kind == {"manager": 2, "worker": 2, "sigterm": 2, "stop-kill": 2}
     assert rep.exit_codes[-1] == 0  # the last run finished the batch by itself
-    assert rep.outputs == 12 and rep.temp_files == 0 and rep.verify_rc == 0
-    # every generate call beyond the first is explained by a kill while that job was in flight
-    assert rep.excess_calls == 0
-    assert rep.generate_calls >= 12
+    assert rep.completed == 16 == rep.outputs and rep.failed == 0
+    assert rep.adopted >= 1  # a kill between answer and journal left an output that was adopted
+    assert rep.temp_files == 0 and rep.stragglers == 0 and rep.verify_rc == 0
+    assert rep.charged_other == 0 and rep.charged_crash <= 2
+    # every generate call beyond one per task is an answer a kill kept from the manager
+    assert rep.paid_beyond_one <= rep.provably_unreceived and rep.unexplained == 0
+    assert rep.generate_calls == 16 + rep.paid_beyond_one
 
 
 def test_running_tasks_fold_tracks_start_and_end_records():
@@ -34,3 +42,9 @@ def test_running_tasks_fold_tracks_start_and_end_records():
             {"type": "task_completed", "task_id": "a"}, {"type": "retry_scheduled", "task_id": "b"},
             {"type": "task_started", "task_id": "c"}]
     assert torture.running_tasks(recs) == {"c"}
+
+
+def test_the_kill_plan_has_the_asked_share_of_each_kind(tmp_path):
+    t = torture.Torturer(tmp_path, tasks=1, kills=10, latency=0.1, workers=1, seed=3, max_seconds=1,
+                         mix={"manager": 2, "worker": 1, "sigterm": 1, "stop-kill": 1}, echo=print)
+    assert sorted(t.plan) == sorted(["manager"] * 4 + ["worker"] * 2 + ["sigterm"] * 2 + ["stop-kill"] * 2)

@@ -43,7 +43,11 @@ def run_batch(opts: RunOptions, *, echo: Callable[[str], None] | None = None) ->
     echo = echo if isinstance(echo, Console) else Console(echo, display)
     for w in prepared.warnings:
         echo(w)
-    lock = RunLock(prepared.journal)
+    try:
+        lock = RunLock(prepared.journal)  # makes the state folder
+    except OSError as exc:  # a path that cannot be made (read-only, /proc, a file in the way): the user's to fix
+        raise UsageError(f"cannot create the state folder {prepared.journal.parent}: {exc.strerror or exc} "
+                         f"(check --output / --journal)") from None
     lock.acquire()  # LockHeld → exit 75, nothing touched
     try:
         blog, _rp = BatchLog.open(prepared.journal, warn=lambda m: echo(f"Warning: {m}"))
@@ -102,7 +106,7 @@ def write_derived_manifest(sources: list[str], manifest, journal_path: Path) -> 
             return None
     target = journal_path.parent / DERIVED_MANIFEST
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_manifest_yaml(manifest, target)
+    write_manifest_yaml(manifest, target, journal=journal_path, sources=sources)  # derived_from: this batch
     return target
 
 

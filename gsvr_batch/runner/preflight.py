@@ -62,7 +62,7 @@ def prepare(opts: RunOptions, *, echo: Callable[[str], None]) -> Prepared:
     from ..templates import load_templates
 
     manifest = load_sources(opts.manifest, dict(opts.settings))
-    warnings = [f"Warning: {w}" for w in manifest.warnings]
+    warnings = [str(w) for w in manifest.warnings]  # a Problem says "FILE:LINE: warning: ..." itself
     settings = manifest.settings
     journal = resolve_journal(opts.get("journal"), manifest)
     # The key must be usable before anything starts (exit 2, never echoed).
@@ -127,10 +127,14 @@ def resolve_run_limits(manifest: Any, opts: RunOptions) -> tuple[dict[str, Limit
             sources[name] = _source_of(name, opts, getattr(s, name)) or "sandbox: none"
         return limits, sources
     limits = {m: resolve_limits(m, str(s.tier), rpm=s.rpm, tpm=s.tpm, rpd=s.rpd) for m in models}
-    tier = "free tier" if str(s.tier) == "free" else f"tier {s.tier}"
+    # Where the tier came from, as the user would write it: "--tier 1", "settings.tier: 1", or the default.
     tier_src = _source_of("tier", opts, s.tier if s.tier != settings_mod.BY_NAME["tier"].default else None)
+    if tier_src is None:
+        tier = "free tier" if str(s.tier) == "free" else f"tier {s.tier}"
+    else:
+        tier = f"{tier_src} {s.tier}" if tier_src.startswith("--") else f"{tier_src}: {s.tier}"
     for name in ("rpm", "tpm", "rpd"):
-        sources[name] = _source_of(name, opts, getattr(s, name)) or (f"{tier}, {tier_src}" if tier_src else tier)
+        sources[name] = _source_of(name, opts, getattr(s, name)) or tier
     return limits, sources
 
 
@@ -146,7 +150,8 @@ def limits_line_of(limits: dict[str, Limits], sources: dict[str, str], requests_
     if lim is not None and all(getattr(lim, n) is None for n in ("rpm", "tpm", "rpd")) and \
             all(str(sources.get(n, "")).startswith("sandbox") for n in ("rpm", "tpm", "rpd")):
         return (f"limits{models}: none (offline sandbox: only --rpm, --tpm and --rpd apply there)"
-                + (f" — this batch needs about {requests_needed:,} requests" if requests_needed else ""))
+                + (f" — this batch needs about {requests_needed:,} request{'s' if requests_needed != 1 else ''}"
+                   if requests_needed else ""))
     parts = []
     for name, unit in (("rpm", "RPM"), ("tpm", "TPM"), ("rpd", "RPD")):
         value = getattr(lim, name, None) if lim else None
@@ -158,6 +163,7 @@ def limits_line_of(limits: dict[str, Limits], sources: dict[str, str], requests_
         line += f" — this batch needs about {requests_needed:,} request{'s' if requests_needed != 1 else ''}"
         if rpd is not None and requests_needed > rpd:
             days = -(-requests_needed // rpd)
-            line += (f", more than {rpd:,} a day: it will stop at the daily limit and continue after midnight "
-                     f"Pacific (about {days} days); set --tier or --rpd if your project allows more")
+            line += (f", more than {rpd:,} a day. Warning: the daily limit will stop it before the end (exit 75; "
+                     f"the next run after midnight Pacific continues, or --wait sleeps until then; about {days} "
+                     f"days in all); set --tier or --rpd if your project allows more")
     return line

@@ -34,6 +34,10 @@ def public_options(s: Session) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for name, value in s.opts.settings.items():
+        if name in _PATH_OPTIONS:
+            # absolute: `retry` may run from another folder (cron runs from /)
+            value = [os.path.abspath(os.fspath(v)) for v in value] if isinstance(value, (list, tuple)) \
+                else os.path.abspath(os.fspath(value))
         if name == "notify":
             out[name] = [notify_mod.storable(t) for t in value]
         elif isinstance(value, (str, int, float, bool)):
@@ -41,6 +45,9 @@ def public_options(s: Session) -> dict[str, Any]:
         elif isinstance(value, (list, tuple)):
             out[name] = [str(v) for v in value]
     return out
+
+
+_PATH_OPTIONS = ("output", "journal", "pricing", "templates_dir")
 
 
 def settings_record(settings: Any) -> dict[str, Any]:
@@ -228,6 +235,7 @@ def adopt_output(s: Session, tid: str) -> bool:
                         fingerprint=t.fingerprint)
     s.echo(f"Adopted {os.path.relpath(path, s.manifest.output_root)}: written by a run that ended before "
            f"recording it (not paid again).")
+    s.drop_partials(tid)
     return True
 
 

@@ -59,6 +59,14 @@ NOTIFY_EVENTS = {"fatal": "batch_aborted", "quota_day": "quota_exhausted", "cost
 FREE_TIER_YOUTUBE_SECONDS = 8 * 3600.0
 
 
+def _plan_summary(plan: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a completed task records of a one-call plan (a clips plan has its own record)."""
+    if not plan:
+        return None
+    return {k: plan.get(k) for k in ("strategy", "media_resolution", "tokens_per_request", "requests", "reason")
+            if plan.get(k) is not None}
+
+
 def lost_in_flight(step: str | None) -> int:
     """1 when a task was stopped while a generate request was out: the model may have answered
     (and billed) into a process that no longer exists. Counted, so the money is accounted for."""
@@ -84,6 +92,9 @@ class Session:
         self.echo = echo if isinstance(echo, Console) else Console(echo)
         self.jobs = {j.job_id: j for j in self.manifest.jobs}
         self.order = [j.job_id for j in self.manifest.jobs]
+        self.by_source: dict[str, list[str]] = {}  # one video, its tasks (one upload serves them all)
+        for j in self.manifest.jobs:
+            self.by_source.setdefault(j.source, []).append(j.job_id)
         self.now = self.opts.now
         self.mode = str(self.settings.mode or "online")
         self.policy = RetryPolicy(max_attempts=int(self.settings.max_attempts),
@@ -107,6 +118,10 @@ class Session:
         self.fingerprints: dict[str, str] = {}
         self._estimates: dict[str, float] = {}
         self._requests: Counter[str] = Counter()  # generate requests seen, not yet journaled
+        self._steps: dict[str, tuple[str, int | None]] = {}  # latest step per running task, not yet journaled
+        self._steps_flushed = 0.0
+        self._plans: dict[str, dict[str, Any]] = {}  # one-call plans, journaled with the outcome
+        self._to_delete: list[str] = []  # uploads to delete once this turn's records are on disk
         self._youtube_seconds = 0.0
         self._old_handlers: dict[int, Any] = {}
         self.report_path: str | None = None
@@ -144,7 +159,7 @@ class Session:
         self.worker_config = WorkerConfig(base_url=base_url, api_version=None, api_key_env=api_key_env,
                                           request_timeout=float(s.request_timeout), limiter_path=limiter_path,
                                           backend=backend, active_timeout=float(s.active_timeout),
-                                          max_call_retries=int(s.max_call_retries))
+                                          max_call_retries=int(s.max_call_retries), manager_pid=os.getpid())
         self.client = make_client(self.worker_config)
         from .janitor import Janitor
 
@@ -322,8 +337,12 @@ class Session:
                   spent_usd=round(spent, 6), limit_usd=float(limit))
         return False
 
-    def quota_left(self, model: str) -> bool:
-        """Do not even upload for a task whose model has no requests left today (journaled count)."""
+    def quota_left(self, model: str, tid: str | None = None) -> bool:
+        """Do not even upload for a task whose model has no requests left today (journaled count).
+
+        ``tid``: the task about to start. The YouTube budget (free tier) then applies only to YouTube
+        tasks, and a task whose length is already known (a plan journaled by an earlier attempt) is
+        held when it would pass the day's budget, not only once the budget is spent."""
         now = self.now()
         blocked = self.state.quota_blocks.get(model) or self.state.quota_blocks.get("*")
         if blocked:
@@ -340,19 +359,49 @@ class Session:
                 self.stop("quota_day", f"daily request budget for {model} is spent ({used} of {lim.rpd} today, "
                                        f"Pacific time); it resets at {resets}", resets_at=resets, model=model)
                 return False
-        if self._youtube_limit() is not None:
+        limit_s = self._youtube_limit()
+        job = self.jobs.get(tid) if tid is not None else None
+        if limit_s is not None and (job is None or job.source_kind == "youtube"):
+            # Counted per Pacific day from the journal (requests_charged.youtube_seconds) plus what
+            # workers reported since the last flush: the same one source of truth as the RPD.
             used_s = self.state.youtube_seconds_by_day.get(pacific_day(now), 0.0) + self._youtube_seconds
-            if used_s >= self._youtube_limit():
+            need = self._youtube_seconds_left(tid) if job is not None else 0.0
+            if used_s >= limit_s or (need and used_s + need > limit_s):
                 resets = iso_utc(next_pacific_midnight(now))
-                self.stop("quota_day", f"the free tier's {self._youtube_limit() / 3600:g} hours of YouTube video a "
-                                       f"day are spent; it resets at {resets}", resets_at=resets, model="youtube")
+                what = (f"{used_s / 3600:.2f} h used today, this link needs {need / 3600:.2f} h more"
+                        if need and used_s < limit_s else f"{used_s / 3600:.2f} h used today")
+                self.stop("quota_day", f"the free tier's {limit_s / 3600:g} hours of YouTube video a day are spent "
+                                       f"({what}, Pacific time); it resets at {resets}", resets_at=resets,
+                          model="youtube")
                 return False
         return True
+
+    def _youtube_seconds_left(self, tid: str) -> float:
+        """Seconds of YouTube video ``tid`` still has to send, when its plan is journaled (else 0: unknown
+        until its count_tokens, and the API's own 429 then stops the batch at the limit)."""
+        t = self.state.tasks.get(tid)
+        plan = (t.plan if t is not None else None) or {}
+        clips = plan.get("clips") or []
+        if clips:
+            done = t.partials if t is not None else {}
+            return float(sum(float(c["end"]) - float(c["start"]) for c in clips if str(c.get("index")) not in done))
+        return float(plan.get("duration") or 0.0)
 
     def _youtube_limit(self) -> float | None:
         if self.settings.sandbox or str(self.settings.tier) != "free":
             return None
         return FREE_TIER_YOUTUBE_SECONDS
+
+    def flush_steps(self, *, every: float = 1.0) -> None:
+        """Journal the latest step of each running task, at most once a second (status and
+        progress refresh every second; more would only make the journal longer)."""
+        now = time.monotonic()
+        if now - self._steps_flushed < every:
+            return
+        self._steps_flushed = now
+        steps, self._steps = self._steps, {}
+        for tid, (step, pid) in steps.items():
+            self.log.step(tid, step, worker=pid)  # (nothing if the task has ended meanwhile)
 
     def flush_requests(self) -> None:
         """Journal the generate requests counted since the last flush (one record per model)."""
@@ -377,16 +426,16 @@ class Session:
 
     # -- tasks ---------------------------------------------------------------------------------
     def context_of(self, tid: str) -> dict[str, Any]:
+        """How ``tid``'s video is sent: job > --context / --clip-minutes > template (context.effective_options,
+        the one rule the estimate and batch mode use too)."""
+        from ..context import effective_options
+
         job = self.jobs[tid]
         template = self.prepared.templates.get(job.template)
-        opts = dict(getattr(template, "context", None) or {})
-        job_ctx = getattr(job, "context", None) or {}
-        opts.update({k: v for k, v in job_ctx.items() if v is not None})
-        strategy = opts.get("strategy") or "auto"
-        if strategy == "auto" and self.settings.context and self.settings.context != "auto":
-            strategy = self.settings.context
-        clip = opts.get("clip_minutes") or self.settings.clip_minutes
-        return {"context": strategy, "clip_minutes": clip, "allow_low": opts.get("allow_low_resolution", True)}
+        opts = effective_options(getattr(template, "context", None), getattr(job, "context", None),
+                                 strategy=self.settings.context, clip_minutes=self.settings.clip_minutes)
+        return {"context": opts["strategy"], "clip_minutes": opts["clip_minutes"],
+                "allow_low": bool(opts["allow_low_resolution"]), "fps": opts["fps"]}
 
     def spec_for(self, tid: str) -> TaskSpec:
         job = self.jobs[tid]
@@ -467,10 +516,17 @@ class Session:
                 info.pid = int(payload["pid"])
             return None
         if kind == EVENT_STEP:
+            # Kept in memory and journaled at the next tick, latest step only: a task that finishes
+            # within the tick needs no step record at all (fewer records, cheaper replay).
             info = running.get(tid)
-            self.log.step(tid, str(payload["step"]), worker=getattr(info, "pid", None))
+            self._steps[tid] = (str(payload["step"]), getattr(info, "pid", None))
         elif kind == EVENT_PLAN:
-            self.log.plan(tid, dict(payload["plan"]), payload.get("duration"))
+            plan = dict(payload["plan"])
+            if plan.get("strategy") == "clips" or t.plan is not None:
+                # Journaled at once (durable): partials already paid only fit these clip boundaries.
+                self.log.plan(tid, plan, payload.get("duration"))
+            else:
+                self._plans[tid] = plan  # one call: recorded with the task's outcome
         elif kind == EVENT_PARTIAL:
             if str(payload["clip"]) not in t.partials:
                 self.log.clip_completed(tid, clip=int(payload["clip"]), start=float(payload["start"]),
@@ -493,9 +549,11 @@ class Session:
             d = r.upload.to_dict()
             d["uploaded_by"] = tid
             self.log.upload_finished(d, task_id=tid)  # its upload event was lost: the result has the facts
-        if r.plan and r.plan != t.plan:
-            self.log.plan(tid, r.plan, r.video_duration)
         billed = sum(self.price(t.model, u) for u in r.billed)
+        self._steps.pop(tid, None)
+        plan = self._plans.pop(tid, None) or r.plan
+        if plan and plan.get("strategy") == "clips" and plan != t.plan:
+            self.log.plan(tid, plan, r.video_duration)
         if r.skipped_reason and not r.error:
             self.log.skip_task(tid, r.skipped_reason, video_duration=r.video_duration)
             self.release_uploads(tid)
@@ -506,8 +564,10 @@ class Session:
                                    bytes_=r.bytes_written, usage=r.usage, cost_usd=cost,
                                    model_version=r.model_version, video_duration=r.video_duration,
                                    elapsed=round(r.elapsed, 3), calls=1 + len(r.billed), lost_calls=r.lost_calls,
-                                   truncated=r.truncated, fingerprint=self.fingerprints.get(tid))
+                                   truncated=r.truncated, fingerprint=self.fingerprints.get(tid),
+                                   plan=_plan_summary(plan))
             self.release_uploads(tid)
+            self.drop_partials(tid)
             return None
         err = ErrorRecord.from_dict(r.error or {"error_class": "Error", "message": "unknown error"})
         return self.fail_attempt(tid, err, cost_usd=billed, calls=len(r.billed), lost_calls=r.lost_calls)
@@ -550,15 +610,26 @@ class Session:
         job = self.jobs.get(tid)
         t = self.state.tasks[tid]
         source = job.source if job else t.source
+        tasks = self.state.tasks
+        if any(tasks[o].live for o in self.by_source.get(source, ()) if o in tasks):
+            return  # another task of the same video still needs its upload
         for name, up in list(self.state.uploads.items()):
-            if up.get("source") != source and up.get("uploaded_by") != tid:
-                continue
-            if up.get("source") and any(o.live and o.source == up["source"] for o in self.state.live_tasks()):
-                continue
-            self.janitor.delete(name)
+            if up.get("source") == source or up.get("uploaded_by") == tid:
+                self._to_delete.append(name)  # handed over after this turn's fsync (collect_deletions)
+
+    def drop_partials(self, tid: str) -> None:
+        """A completed task's clip partials served their purpose (the merged lesson is durable)."""
+        import shutil
+
+        folder = self.prepared.state_dir / "partials" / tid
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
     def collect_deletions(self) -> None:
         if self.janitor is not None:
+            todo, self._to_delete = self._to_delete, []
+            for name in todo:
+                self.janitor.delete(name)
             for name, ok, why in self.janitor.results():
                 self._journal_deleted(name, ok, why)
 
@@ -577,7 +648,7 @@ class Session:
             owner = self.state.tasks.get(str(up.get("uploaded_by")))
             if not up.get("source") and owner is not None and owner.live:
                 continue  # a downloaded link's upload: its task still needs it
-            self.janitor.delete(name)
+            self._to_delete.append(name)
 
     # -- the end -------------------------------------------------------------------------------
     def result(self, code: int, message: str) -> RunResult:
