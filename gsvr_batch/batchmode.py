@@ -381,6 +381,7 @@ class BatchMode:
         s = self.s
         answered: set[str] = set()
         errors: list[tuple[str, str, int | None, dict[str, Any]]] = []
+        blocked: dict[str, tuple[GsvrError, float]] = {}  # task → (why, cost): failed once all are in
         for key, response, err in self._results(job, j.get("model") or ""):
             if key is None:
                 continue
@@ -394,9 +395,15 @@ class BatchMode:
             if err is not None:
                 errors.append((tid, kind, idx, err))
             elif kind == "clip":
-                self._clip_answer(j, tid, int(idx or 0), response)
+                why = self._clip_answer(j, tid, int(idx or 0), response)
+                if why is not None:
+                    prev = blocked.get(tid)
+                    blocked[tid] = (prev[0] if prev else why[0], (prev[1] if prev else 0.0) + why[1])
             else:
                 self._final_answer(j, tid, kind, response)
+        for tid, (why, cost) in blocked.items():  # every sibling's answer is journaled by now
+            if self.state.tasks[tid].status is TaskStatus.RUNNING:
+                s.fail_attempt(tid, why.to_record(), cost_usd=cost, calls=1)
         refused: dict[str, tuple[str, int | None, int, int]] = {}
         for tid, kind, idx, err in errors:
             if self.state.tasks[tid].status is not TaskStatus.RUNNING:
@@ -444,8 +451,11 @@ class BatchMode:
         except (KeyError, TypeError, ValueError):
             return None
 
-    def _clip_answer(self, j: dict[str, Any], tid: str, idx: int, response: Any) -> None:
-        """One clip's answer: its partial file (atomic, fsynced), then ``clip_completed`` at batch price."""
+    def _clip_answer(self, j: dict[str, Any], tid: str, idx: int, response: Any) -> tuple[GsvrError, float] | None:
+        """One clip's answer: its partial file (atomic, fsynced), then ``clip_completed`` at batch price.
+
+        A blocked or empty answer is returned ``(why, cost)`` instead: the caller fails the task once
+        every other answer of the job is journaled."""
         from .pipeline import answer_of, save_partial
 
         s = self.s
@@ -453,19 +463,19 @@ class BatchMode:
         plan = self._plan_of(tid)
         clip = next((c for c in (plan.clips if plan else ()) if c.index == idx), None)
         if clip is None or str(idx) in t.partials:
-            return  # an answer for clip boundaries no longer planned, or journaled by an earlier poll
+            return None  # an answer for clip boundaries no longer planned, or journaled by an earlier poll
         usage = _usage_or_empty(response)
         try:
             answer = answer_of(response)
         except DiskFull:
             raise
         except GsvrError as e:  # blocked / empty: the task fails, the answer was paid all the same
-            s.fail_attempt(tid, e.to_record(), cost_usd=s.price(t.model, usage, mode="batch"), calls=1 if usage else 0)
-            return
+            return e, s.price(t.model, usage, mode="batch")
         spec = s.spec_for(tid)
         path, sha = save_partial(spec, clip, answer)
         self.blog.clip_completed(tid, clip=idx, start=clip.start, end=clip.end, path=path, sha256=sha,
                                  usage=answer.usage, cost_usd=s.price(t.model, answer.usage, mode="batch"))
+        return None
 
     def _final_answer(self, j: dict[str, Any], tid: str, kind: str, response: Any) -> None:
         """A one-call answer or a merge: the lesson, written as online mode writes it, then ``task_completed``."""
@@ -646,8 +656,12 @@ class BatchMode:
         if prep.skipped_reason:
             self.blog.skip_task(tid, prep.skipped_reason, video_duration=prep.video_duration)
             return []
-        plan = self.steps.plan(bspec, prep)  # journaled (task_plan) through on_event when it is new
+        plan = self.steps.plan(bspec, prep)
         duration = prep.video_duration if prep.video_duration is not None else plan.duration
+        if self.state.tasks[tid].plan != plan.to_record():
+            # Journaled before the job is created, whatever the strategy: the answer may come back
+            # hours later to another run, which needs the plan to read it (and to re-plan from it).
+            self.blog.plan(tid, plan.to_record(), duration)
         if plan.strategy != "clips":
             contents, gen = whole_request(prep, plan)
             return [self._item(tid, spec.model, request_key(tid), contents, gen, duration)]

@@ -23,7 +23,7 @@ import random
 import time
 from typing import Any, Callable, TypeVar
 
-from .errors import GsvrError, NetworkError, QuotaExhausted, RateLimited, TransientError
+from .errors import GsvrError, NetworkError, QuotaExhausted, RateLimited, TransientError, UploadAmbiguous
 from .gemini import classify
 from .policy import RetryPolicy
 
@@ -63,11 +63,16 @@ def call_api(limiter: Any, kind: str, model: str, fn: Callable[[], T], *, policy
         except Exception as exc:  # noqa: BLE001 - translated right here
             err = classify(exc)
             if isinstance(err, QuotaExhausted):
-                err.model = err.model or model
-                limiter.record_quota_day_exhausted(model)
+                if "youtube" in (err.quota_id or "").lower():
+                    err.model = "youtube"  # the YouTube hours of the day: local videos may go on
+                else:
+                    err.model = err.model or model
+                    limiter.record_quota_day_exhausted(model)
                 raise err from exc
             if isinstance(err, RateLimited):
                 limiter.record_rate_limited(kind, model, err.retry_delay)
+            if isinstance(err, UploadAmbiguous):
+                raise err from exc  # the upload may exist at the server: the caller looks before uploading again
             if paid and isinstance(err, NetworkError) and err.delivered is not False:
                 raise CallLost(f"{label or 'generate'} answer lost after the request may have reached the model "
                                f"({err}); it may have been billed", delivered=err.delivered) from exc

@@ -175,13 +175,17 @@ class EventReceiver:
             # Too long a path for a socket name: a private folder named after the journal, so the
             # next run finds (and removes) what a killed run left behind.
             tag = hashlib.sha256(str(Path(journal).resolve()).encode()).hexdigest()[:12]
-            d = Path(tempfile.gettempdir()) / f"gsvr-{os.geteuid()}-{tag}"
+            base = tempfile.gettempdir()
+            if len(base) + 60 > _MAX_SOCKET_PATH:
+                base = "/tmp"  # a long TMPDIR too: a socket name must fit sun_path (108 bytes)
+            d = Path(base) / f"gsvr-{os.geteuid()}-{tag}"
             d.mkdir(mode=0o700, exist_ok=True)
             if d.stat().st_uid != os.geteuid() or d.is_symlink():
-                return Path(tempfile.mkdtemp(prefix="gsvr-"))
+                return Path(tempfile.mkdtemp(prefix="gsvr-", dir=base))
             os.chmod(d, 0o700)
             return d
-        return Path(tempfile.mkdtemp(prefix="gsvr-"))
+        base = tempfile.gettempdir()
+        return Path(tempfile.mkdtemp(prefix="gsvr-", dir=base if len(base) + 60 <= _MAX_SOCKET_PATH else "/tmp"))
 
     def sender(self) -> EventSender:
         return EventSender(self.address)
@@ -255,6 +259,7 @@ def clean_run_dir(journal: str | os.PathLike[str]) -> int:
     dirs = [run_dir(journal)]
     tag = hashlib.sha256(str(Path(journal).resolve()).encode()).hexdigest()[:12]
     dirs.append(Path(tempfile.gettempdir()) / f"gsvr-{os.geteuid()}-{tag}")
+    dirs.append(Path("/tmp") / f"gsvr-{os.geteuid()}-{tag}")
     for d in dirs:
         if not d.is_dir() or d.is_symlink():
             continue

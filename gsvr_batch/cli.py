@@ -107,6 +107,8 @@ def validate_cmd(sources: tuple[str, ...], force: bool, **kw) -> None:
     result = validate_batch(list(sources), force=force, **settings_mod.cli_values(kw))
     for problem in result.problems:
         click.echo(str(problem))
+    for note in result.notes:
+        click.echo(note)
     errors, warnings = len(result.errors), len(result.warnings)
     shown = sources[0] if len(sources) == 1 else f"{len(sources)} inputs"
     if not result.ok or result.manifest is None:

@@ -59,7 +59,7 @@ def estimate_rows(opts: Any, *, probe: Callable[[str], float | None] | None = No
 
     manifest = load_sources(opts.manifest, dict(opts.settings))
     check_notify_targets(manifest.settings.notify)
-    notes = [f"Warning: {w}" for w in manifest.warnings]
+    notes = [str(w) for w in manifest.warnings]
     journal = resolve_journal(opts.get("journal"), manifest)
     state = None
     if journal.exists():  # read only: replay() never writes, and no lock is taken

@@ -284,7 +284,15 @@ def _try_reuse(task: _Task, src: inputs.ResolvedInput, now: _dt.datetime | None 
     except RequestRejected as err:  # 403/404: expired or deleted on the server
         log.info("task %s: upload %s is gone (%s); uploading again", task.spec.task_id, ref.name, err)
         return None
-    if _state_name(f) != "ACTIVE":
+    state = _state_name(f)
+    if state == "PROCESSING":
+        # Another task of the same video uploaded it a moment ago and the Files API is still
+        # processing it: wait for it, as that task does, rather than send the same bytes again
+        # (one upload serves every template and every clip of a video). If processing fails, it
+        # fails for this task as for that one: the same video would fail again.
+        _wait_active(task, ref, f)
+        return ref
+    if state != "ACTIVE":
         return None
     return ref
 
@@ -561,7 +569,7 @@ def _initial_plan(task: _Task, prep: PreparedRequest) -> context.Plan:
             return plan
     plan = context.choose(prep.video_duration, len(prep.prompt), input_limit=_input_limit(spec), tpm=spec.tpm,
                           forced=spec.context, clip_minutes=spec.clip_minutes, allow_low=spec.allow_low,
-                          template_resolution=prep.generation.get("media_resolution"))
+                          template_resolution=prep.generation.get("media_resolution"), fps=spec.fps)
     if plan.probe and prep.youtube:
         plan = _plan_from_count(task, prep, plan)
         if plan.duration is not None:
@@ -602,7 +610,7 @@ def _plan_from_count(task: _Task, prep: PreparedRequest, probe: context.Plan) ->
     if not isinstance(total, int) or total <= 0:
         return probe
     at_default = context.choose(None, len(prep.prompt), input_limit=_input_limit(spec), tpm=spec.tpm,
-                                clip_minutes=spec.clip_minutes, allow_low=spec.allow_low)
+                                clip_minutes=spec.clip_minutes, allow_low=spec.allow_low, fps=spec.fps)
     return context.from_count(at_default, total, input_limit=_input_limit(spec), duration=None,
                               prompt_chars=len(prep.prompt), tpm=spec.tpm, allow_low=spec.allow_low,
                               clip_minutes=spec.clip_minutes, forced=spec.context)

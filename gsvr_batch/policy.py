@@ -63,6 +63,7 @@ class Stop:
     kind: str
     message: str
     resets_at: str | None = None
+    model: str | None = None  # a daily quota of one model ("youtube": the free tier's YouTube hours)
 
     @property
     def exit_code(self) -> int:

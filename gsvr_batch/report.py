@@ -260,6 +260,13 @@ def build_report(journal: str | os.PathLike[str]) -> dict[str, Any]:
         "attempts": len(attempts),
         "errors": error_rows,
         "failed_tasks": failed_tasks,
+        # Outputs worth a second look: cut at max_output_tokens, or adopted after a crash (paid once).
+        "notable_outputs": [{"task_id": t.task_id, "title": titles.get(t.task_id, t.task_id), "output": t.output,
+                             "note": ", ".join(n for n, on in (("truncated at max_output_tokens", t.truncated),
+                                                                ("adopted after a crash", t.adopted)) if on)}
+                            for t in tasks.values() if t.status is TaskStatus.COMPLETED and (t.truncated or t.adopted)],
+        "calls": sum(t.calls for t in tasks.values()),
+        "lost_calls": sum(t.lost_calls for t in tasks.values()),
         "strategies": _strategies(tasks, titles),
         "durations": durations,
         "by_model": group("model"),
@@ -348,6 +355,9 @@ def _sections(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]
                                                              "Resolution", "Input tokens", "Cost (USD)"],
                     [[r["task_id"], r["title"], r["duration"], r["strategy"], r["clips"], r["media_resolution"],
                       r["input_tokens"], _usd(r["cost_usd"])] for r in doc["strategies"]]))
+    if doc.get("notable_outputs"):
+        out.append(("Outputs to check", ["Task", "Title", "Output", "Note"],
+                    [[r["task_id"], r["title"], r["output"], r["note"]] for r in doc["notable_outputs"]]))
     if doc["failed_tasks"]:
         out.append(("Failed tasks", ["Task", "Title", "Error class", "Message"],
                     [[f["task_id"], f["title"], f["error_class"], f["message"]] for f in doc["failed_tasks"]]))

@@ -387,9 +387,11 @@ def _task_plan(s: BatchState, r: dict[str, Any]) -> None:
     t = _task(s, r)
     _need(r, t, {TaskStatus.RUNNING})
     plan = dict(r["plan"])
-    old = t.plan or {}
-    if old.get("clips") != plan.get("clips"):
-        t.partials = {}  # partials of other clip boundaries cannot be merged with these
+    # Partials of clips the new plan keeps (same index, start and end) stay paid for; those of
+    # clips it cut differently cannot be merged with it.
+    keep = {str(c.get("index")): (c.get("start"), c.get("end")) for c in plan.get("clips") or []}
+    t.partials = {k: p for k, p in t.partials.items()
+                  if k in keep and (p.get("start"), p.get("end")) == keep[k]}
     t.plan = plan
     if r.get("video_duration") is not None:
         t.video_duration = r["video_duration"]
@@ -439,8 +441,8 @@ def _task_completed(s: BatchState, r: dict[str, Any]) -> None:
     t.adopted = bool(r.get("adopted"))
     t.truncated = bool(r.get("truncated"))
     t.done_fingerprint = r.get("fingerprint") or t.fingerprint
-    if r.get("plan"):
-        t.plan = dict(r["plan"])  # a one-call plan is recorded with the outcome
+    if r.get("plan") and (t.plan or {}).get("strategy") != "clips":
+        t.plan = dict(r["plan"])  # a one-call plan is recorded with the outcome; a clips plan has its own
     t.step = None
     t.last_error = None
     _charge(s, t, r)

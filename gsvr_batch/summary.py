@@ -29,8 +29,12 @@ def plan_view(t: Any) -> dict[str, Any]:
                 "media_resolution": None}
     clips = [c for c in plan.get("clips") or [] if isinstance(c, dict)]
     partials = getattr(t, "partials", None) or {}
-    done = sum(1 for c in clips if str(c.get("index")) in partials)
-    n = len(clips)
+    if clips:
+        done = sum(1 for c in clips if str(c.get("index")) in partials)
+        n = len(clips)
+    else:  # the summary a completed task's record carries: no clip list, its request count
+        n = max(0, int(plan.get("requests") or 1) - 1)
+        done = min(n, len(partials))
     if strategy == "clips":
         label = f"{n} clip{'s' if n != 1 else ''} + merge"
     else:
@@ -121,7 +125,9 @@ def _batch_document(journal: str | os.PathLike[str], *, verify: bool = False) ->
             {"id": t.task_id, "source": t.source, "title": t.title, "template": t.template, "model": t.model,
              "status": t.status.value, "attempts": t.attempts, "output": t.output, "sha256": t.sha256,
              "cost_usd": round(t.cost_usd, 6), "usage": t.usage, "step": t.step,
-             "skipped_reason": t.skipped_reason, "last_error": t.last_error, **plan_view(t)}
+             "skipped_reason": t.skipped_reason, "last_error": t.last_error, "truncated": t.truncated,
+             "adopted": t.adopted, "calls": t.calls, "lost_calls": t.lost_calls,
+             "failures": t.failures, "crashes": t.crashes, "interruptions": t.interruptions, **plan_view(t)}
             for t in s.live_tasks()
         ],
     }
@@ -162,7 +168,9 @@ def render_replay(doc: dict[str, Any]) -> str:
         lines.append("")
         lines.append("Outputs:")
         for t in done:
-            lines.append(f"  {t['id']}  {t['output']}{_plan_text(t)}")
+            flags = (" [truncated: cut at max_output_tokens]" if t.get("truncated") else "") + \
+                (" [adopted after a crash]" if t.get("adopted") else "")
+            lines.append(f"  {t['id']}  {t['output']}{_plan_text(t)}{flags}")
     if "verify_problems" in doc:
         lines.append("")
         if doc["verify_problems"]:

@@ -75,6 +75,7 @@ class TaskSpec:
     context: str = "auto"  # auto | full | low | clips
     clip_minutes: float | None = None
     allow_low: bool = True
+    fps: float | None = None  # frames a second sent (VideoMetadata.fps); None: the API's default, 1
     input_limit: int | None = None  # the model's input window (models.get), None: built-in table
     output_limit: int | None = None  # the model's output cap, for the one MAX_TOKENS retry
     tpm: float | None = None  # per-minute token quota: a request larger than it can never be admitted
@@ -150,7 +151,7 @@ def _usage_ok(usage: Any) -> bool:
     if not isinstance(usage, dict):
         return False
     for key, value in usage.items():
-        if key == "prompt_tokens_details":
+        if key.endswith("_tokens_details"):  # prompt_tokens_details, cache_tokens_details, …
             if not isinstance(value, list) or not all(isinstance(d, dict) and _count(d.get("token_count", 0))
                                                       for d in value):
                 return False

@@ -6,7 +6,7 @@ answers for the exact command the user is about to type, and it reports:
 
 * every manifest problem (``FILE:LINE: message (hint)``), outputs onto files the batch owns included;
 * notification targets ``run`` would refuse (``notify.validate_targets``);
-* a missing API key (a warning: validating on a machine without the key is normal);
+* a missing API key (a note, not a problem: validating on a machine without the key is normal);
 * a pricing table that cannot be read, or a cost limit that cannot be enforced;
 * a journal that belongs to another manifest (``run`` refuses it);
 * outputs that exist and were not made by this batch (``run`` refuses them unless
@@ -32,7 +32,8 @@ class Validation:
     manifest: Manifest | None
     problems: list[Problem] = field(default_factory=list)
     journal: Path | None = None
-    journal_note: str = ""  # "a new batch" / "4 tasks, 4 completed" / why it was not read
+    journal_note: str = ""  # "a new batch" / "4 tasks so far: …"
+    notes: list[str] = field(default_factory=list)  # about this machine, not the batch (a missing key)
 
     @property
     def errors(self) -> list[Problem]:
@@ -59,10 +60,10 @@ def validate_batch(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[
     where = os.fspath(items[0]) if len(items) == 1 and manifest.path is not None else CLI
     result.journal = manifest.journal
     result.problems += _notify_problems(manifest, where, "notify" in given)
-    result.problems += _key_problems(manifest)
+    result.notes += _key_notes(manifest)
     result.problems += _pricing_problems(manifest, where)
     state = _read_journal(manifest, result)
-    result.problems += _existing_outputs(manifest, state, given, force)
+    result.problems += _existing_outputs(manifest, state, force)
     return result
 
 
@@ -83,13 +84,13 @@ def _notify_problems(manifest: Manifest, where: str, from_cli: bool) -> list[Pro
             for message in validate_targets(targets)]
 
 
-def _key_problems(manifest: Manifest) -> list[Problem]:
+def _key_notes(manifest: Manifest) -> list[str]:
     from .gemini import resolve_credentials
 
     try:
         resolve_credentials(manifest.settings.api_key_env, sandbox=bool(manifest.settings.sandbox))
     except GsvrError as exc:  # never echoes the key: the message names the variable only
-        return [Problem("environment", None, f"{exc}", "`run` stops here, exit 2, before any work", "warning")]
+        return [f"Note: in this environment `run` would stop before any work (exit 2): {exc}"]
     return []
 
 
@@ -142,7 +143,7 @@ def _read_journal(manifest: Manifest, result: Validation) -> Any:
     return state
 
 
-def _existing_outputs(manifest: Manifest, state: Any, given: dict[str, Any], force: bool) -> list[Problem]:
+def _existing_outputs(manifest: Manifest, state: Any, force: bool) -> list[Problem]:
     """Outputs that exist and were not made by this batch: run refuses them (exit 2) unless told."""
     s = manifest.settings
     if s.skip_existing or s.overwrite:

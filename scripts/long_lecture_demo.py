@@ -81,10 +81,13 @@ def run_once(name: str, root: Path, video: Path, server, template: str, template
     gens = [e for e in server.requests[seen:] if e["kind"] == "generate" and e["status"] == 200]
     state = replay(root / "out" / ".gsvr" / "journal.jsonl").state
     task = next(iter(state.tasks.values()))
+    from gsvr_batch.summary import plan_view
+
     plan = task.plan or {}
     return {
         "name": name,
         "plan": plan,
+        "label": plan_view(task)["strategy"],
         "requests": len(gens),
         "clips": sum(1 for g in gens if g.get("clip")),
         "input_tokens": sum(g["tokens"]["prompt"] for g in gens),
@@ -135,8 +138,7 @@ def main() -> int:
         print("| Run | Plan | Requests | Largest request | Input tokens | Output tokens | Cost (online) |")
         print("|---|---|---|---|---|---|---|")
         for r in (auto, low):
-            p = context.Plan.from_record(r["plan"])
-            print(f"| {r['name']} | {p.label()} at {r['resolution']} | {r['requests']} ({r['clips']} clips + 1 merge) "
+            print(f"| {r['name']} | {r['label']} at {r['resolution']} | {r['requests']} ({r['clips']} clips + 1 merge) "
                   f"| {r['largest_request']:,} | {r['input_tokens']:,} | {r['output_tokens']:,} | ${r['cost']:.4f} |")
         print(f"| one call at low resolution (for comparison) | refused: {one_in:,} > 1,048,576 | 1 | {one_in:,} "
               f"| {one_in:,} | {one_out:,} | ${one_cost:.4f} |")

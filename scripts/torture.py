@@ -206,14 +206,18 @@ def children(pid: int) -> list[int]:
 
 
 def workers_of(pid: int) -> list[int]:
-    """Pool workers of the manager: spawn children (the resource tracker is a child too, but not spawn_main)."""
+    """Pool workers of the manager: its spawned children (``spawn_main``; the resource tracker is a
+    child too, but not that), or the children of its forkserver (forked workers keep its cmdline)."""
     out = []
     for k in children(pid):
         try:
-            if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text(errors="ignore"):
-                out.append(k)
+            line = Path(f"/proc/{k}/cmdline").read_text(errors="ignore")
         except OSError:
-            pass
+            continue
+        if "spawn_main" in line:
+            out.append(k)
+        elif "forkserver" in line:
+            out += children(k)
     return out
 
 

@@ -77,8 +77,16 @@ def cmdline(pid: int) -> str:
 
 
 def worker_pids(manager: int) -> list[int]:
-    """Pool workers of a manager: its spawned children (``spawn_main``; the resource tracker is not one)."""
-    return [k for k in children(manager) if "spawn_main" in cmdline(k)]
+    """Pool workers of a manager: its spawned children (``spawn_main``; the resource tracker is not
+    one), or the children of its forkserver (a forked worker keeps the forkserver's command line)."""
+    out = []
+    for k in children(manager):
+        line = cmdline(k)
+        if "spawn_main" in line:
+            out.append(k)
+        elif "forkserver" in line:
+            out += children(k)
+    return out
 
 
 def process_group(pgid: int) -> list[int]:

@@ -72,15 +72,17 @@ def test_no_socket_of_a_run_is_in_the_abstract_namespace(tmp_path, sandbox):
     # Positive control (the table read is the right one): the run's event socket is there, bound
     # to a file in a private folder (``<journal>.run/``, or a per-journal folder in the temp dir
     # when that path is too long for a socket name).
-    files = [p for _, p in ours if p]
-    assert len(files) == 1 and Path(files[0]).name.startswith("ev-"), ours
-    assert (Path(files[0]).parent.name == j.name + ".run") or Path(files[0]).parent.name.startswith("gsvr-")
+    # (A forkserver's listener, when workers are forked from one, is also a socket file, in a private
+    # folder multiprocessing makes: allowed; what matters is that nothing is abstract.)
+    events = [Path(p) for _, p in ours if p and Path(p).name.startswith("ev-")]
+    assert len(events) == 1, ours
+    assert events[0].parent.name == j.name + ".run" or events[0].parent.name.startswith("gsvr-"), ours
 
 
 def event_socket(pid: int) -> Path | None:
     """The path of the Unix socket file the process ``pid`` has bound (its event receiver)."""
     mine = socket_inodes(pid)
-    paths = [p for i, p in unix_sockets() if i in mine and p and not p.startswith("@")]
+    paths = [p for i, p in unix_sockets() if i in mine and p and Path(p).name.startswith("ev-")]
     return Path(paths[0]) if paths else None
 
 

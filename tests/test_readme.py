@@ -18,7 +18,6 @@ The README's run-options table is generated from gsvr_batch/settings.py (scripts
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -26,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -360,7 +358,7 @@ def test_readme_limits_line_is_what_a_run_prints():
     assert shown == line
 
 
-def test_exit_code_table_is_the_code_s():
+def test_exit_code_table_says_what_the_code_says():
     from gsvr_batch.exitcodes import DESCRIPTIONS
 
     for code, desc in DESCRIPTIONS.items():

@@ -104,24 +104,15 @@ def test_second_overlapping_run_exits_75_at_once_and_first_is_unharmed(tmp_path,
     assert sum(r["type"] == "task_completed" for r in records(j)) == 6
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            kids += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return kids
-
-
 def test_killed_worker_does_not_take_the_batch_down(tmp_path, sandbox):
     server = sandbox(latency=0.8)
     m = make_batch(tmp_path, 6)
     j = journal_of(tmp_path)
     p = start_run(m, server)
     assert wait_for(lambda: any(r["type"] == "task_step" and r["step"] == "generating" for r in records(j)))
-    # spawn workers run `spawn_main`; the resource tracker (also a child) does not
-    workers = [k for k in _children(p.pid) if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text(errors="ignore")]
+    from procs import worker_pids
+
+    workers = worker_pids(p.pid)  # spawned children, or the children of the manager's forkserver
     assert workers, "no worker processes found"
     os.kill(workers[0], signal.SIGKILL)
     out, err = p.communicate(timeout=120)

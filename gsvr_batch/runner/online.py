@@ -49,7 +49,7 @@ class Running:
 
 # Imported once in the forkserver, then shared copy-on-write by every worker it forks (~30 % less
 # memory for 8 workers, and a pool is ready sooner than with spawn, which imports them per worker).
-FORKSERVER_PRELOAD = ["gsvr_batch.pipeline", "gsvr_batch.formats", "gsvr_batch.inputs", "gsvr_batch.context",
+FORKSERVER_PRELOAD = ["gsvr_batch.forkserver_init", "gsvr_batch.pipeline", "gsvr_batch.formats", "gsvr_batch.inputs", "gsvr_batch.context",
                       "google.genai", "google.genai.types", "av"]
 
 
@@ -173,6 +173,9 @@ class OnlineRun:
                 self._pool_broke(pending)
                 continue
             if not self.running:
+                if not pending and s.youtube_held is not None and s.stop_reason is None:
+                    held = s.youtube_held  # nothing left but YouTube links held until midnight Pacific
+                    s.stop(held.kind, held.message, resets_at=held.resets_at, model=held.model)
                 if s.stop_reason is not None or not pending:
                     break
                 time.sleep(TICK)  # paused, or every pending task waits for its retry time
@@ -212,7 +215,13 @@ class OnlineRun:
                 break
             model = s.jobs[tid].model
             busy = list(self.running) + [t for t, _ in starting]
-            if not s.quota_left(model) or not s.within_cost_limit(tid, busy) or not self._models_known():
+            block = s.quota_block(model, tid)
+            if block is not None and block.model == "youtube" and s.jobs[tid].source_kind == "youtube":
+                s.youtube_held = block  # only the YouTube hours are spent: the other videos go on
+                continue
+            if block is not None:
+                s.stop(block.kind, block.message, resets_at=block.resets_at, model=block.model)
+            if block is not None or not s.within_cost_limit(tid, busy) or not self._models_known():
                 pending.appendleft(tid)  # peeked, not started
                 break
             starting.append((tid, s.start(tid)))

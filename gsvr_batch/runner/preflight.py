@@ -76,8 +76,47 @@ def prepare(opts: RunOptions, *, echo: Callable[[str], None]) -> Prepared:
     limits, sources = resolve_run_limits(manifest, opts)
     if opts.accept_identity:
         manifest.identity = opts.accept_identity
+    refuse_foreign_outputs(manifest, journal, force=opts.force)
     return Prepared(opts=opts, manifest=manifest, journal=journal, templates=templates, pricing=pricing,
                     limits=limits, limit_sources=sources, warnings=warnings)
+
+
+def refuse_foreign_outputs(manifest: Any, journal: Path, *, force: bool = False) -> None:
+    """Outputs that exist and were not made by this batch: refused (exit 2) before the run lock, the
+    journal or a single file is created — unless --skip-existing or --overwrite says what to do."""
+    s = manifest.settings
+    if s.skip_existing or s.overwrite:
+        return
+    state = None
+    if journal.is_file():
+        from ..errors import JournalError
+        from ..lifecycle import replay
+
+        try:
+            state = replay(journal).state  # read only; a damaged journal is reported by the run itself
+        except JournalError:
+            return
+        if state.manifest_identity and state.manifest_identity != manifest.identity:
+            return  # another batch's journal: the run refuses that, with its own message
+    from ..state import TaskStatus
+    from .reconcile import output_is_ours
+
+    import os
+
+    foreign = []
+    for job in manifest.jobs:
+        t = state.tasks.get(job.job_id) if state is not None else None
+        if t is not None and t.status is TaskStatus.COMPLETED and not force:
+            continue
+        if output_is_ours(job.output_path, job.job_id) is False:
+            foreign.append(job.output_path)
+    if foreign:
+        shown = ", ".join(os.path.relpath(p, manifest.output_root) for p in foreign[:5])
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise UsageError(
+            f"{len(foreign)} output file(s) already exist and were not made by this batch: {shown}{more}. "
+            f"Nothing was started. Pass --skip-existing to keep them (those jobs are skipped) or --overwrite to "
+            f"replace them")
 
 
 def check_notify_targets(targets: list[Any]) -> None:

@@ -113,7 +113,7 @@ def reconcile(s: Session) -> None:
         raise JournalMismatch(
             f"journal {blog.path} belongs to another manifest ({st.manifest}); refusing to mix two batches in one "
             f"journal. To start fresh, move that journal away or pass --journal NEW_PATH")
-    check_existing_outputs(s)
+    check_existing_outputs(s)  # (preflight refused these already; a guard for library callers)
     if st.batch_id is None:
         blog.create_batch(manifest=str(m.path or m.base_dir), manifest_identity=m.identity,
                           manifest_hash=m.content_hash, settings=settings_record(s.settings), version=__version__)

@@ -125,6 +125,7 @@ class Session:
         self._youtube_seconds = 0.0
         self._old_handlers: dict[int, Any] = {}
         self.report_path: str | None = None
+        self.youtube_held: Stop | None = None  # YouTube links held for the day; other videos go on
         self.cost_at_start = blog.state.total_cost_usd
         for tid, job in self.jobs.items():
             self.fingerprints[tid] = fingerprint(job, prepared.templates.get(job.template))
@@ -319,7 +320,9 @@ class Session:
             from ..costs import estimate_job
 
             est = estimate_job(self.jobs[tid], templates_dirs=self.manifest.templates_dirs, pricing=self.pricing,
-                               state=self.state, limits=self.prepared.limits)
+                               state=self.state, limits=self.prepared.limits,
+                               settings_context={"strategy": self.settings.context,
+                                                 "clip_minutes": self.settings.clip_minutes, "mode": self.mode})
             self._estimates[tid] = est.cost(self.mode)
         return self._estimates[tid]
 
@@ -338,30 +341,38 @@ class Session:
         return False
 
     def quota_left(self, model: str, tid: str | None = None) -> bool:
-        """Do not even upload for a task whose model has no requests left today (journaled count).
+        """Do not even upload for a task whose model has no requests left today: stop the batch."""
+        block = self.quota_block(model, tid)
+        if block is None:
+            return True
+        self.stop(block.kind, block.message, resets_at=block.resets_at, model=block.model)
+        return False
+
+    def quota_block(self, model: str, tid: str | None = None) -> Stop | None:
+        """Why ``tid`` (of ``model``) may not start today, or None (journaled counts; no side effect).
 
         ``tid``: the task about to start. The YouTube budget (free tier) then applies only to YouTube
         tasks, and a task whose length is already known (a plan journaled by an earlier attempt) is
         held when it would pass the day's budget, not only once the budget is spent."""
         now = self.now()
-        blocked = self.state.quota_blocks.get(model) or self.state.quota_blocks.get("*")
-        if blocked:
-            until = parse_iso_ts(blocked)
-            if until is not None and now < until:
-                self.stop("quota_day", f"daily quota for {model} is spent (the API said so earlier today, "
-                                       f"Pacific time); it resets at {blocked}", resets_at=blocked, model=model)
-                return False
+        job = self.jobs.get(tid) if tid is not None else None
+        youtube = job is not None and job.source_kind == "youtube"
+        blocks = self.state.quota_blocks
+        for name in (model, "*", "youtube") if youtube or job is None else (model, "*"):
+            until = blocks.get(name)
+            if until and (parse_iso_ts(until) or 0) > now:
+                what = "the free tier's YouTube hours" if name == "youtube" else f"daily quota for {model}"
+                return Stop("quota_day", f"{what} spent (the API said so earlier today, Pacific time); it resets "
+                                         f"at {until}", until, "youtube" if name == "youtube" else model)
         lim = self.prepared.limits.get(model)
         if lim is not None and lim.rpd is not None:
             used = self.state.requests_by_day.get(pacific_day(now), {}).get(model, 0) + self._requests[model]
             if used >= lim.rpd:
                 resets = iso_utc(next_pacific_midnight(now))
-                self.stop("quota_day", f"daily request budget for {model} is spent ({used} of {lim.rpd} today, "
-                                       f"Pacific time); it resets at {resets}", resets_at=resets, model=model)
-                return False
+                return Stop("quota_day", f"daily request budget for {model} is spent ({used} of {lim.rpd} today, "
+                                         f"Pacific time); it resets at {resets}", resets, model)
         limit_s = self._youtube_limit()
-        job = self.jobs.get(tid) if tid is not None else None
-        if limit_s is not None and (job is None or job.source_kind == "youtube"):
+        if limit_s is not None and (job is None or youtube):
             # Counted per Pacific day from the journal (requests_charged.youtube_seconds) plus what
             # workers reported since the last flush: the same one source of truth as the RPD.
             used_s = self.state.youtube_seconds_by_day.get(pacific_day(now), 0.0) + self._youtube_seconds
@@ -370,11 +381,9 @@ class Session:
                 resets = iso_utc(next_pacific_midnight(now))
                 what = (f"{used_s / 3600:.2f} h used today, this link needs {need / 3600:.2f} h more"
                         if need and used_s < limit_s else f"{used_s / 3600:.2f} h used today")
-                self.stop("quota_day", f"the free tier's {limit_s / 3600:g} hours of YouTube video a day are spent "
-                                       f"({what}, Pacific time); it resets at {resets}", resets_at=resets,
-                          model="youtube")
-                return False
-        return True
+                return Stop("quota_day", f"the free tier's {limit_s / 3600:g} hours of YouTube video a day are spent "
+                                         f"({what}, Pacific time); it resets at {resets}", resets, "youtube")
+        return None
 
     def _youtube_seconds_left(self, tid: str) -> float:
         """Seconds of YouTube video ``tid`` still has to send, when its plan is journaled (else 0: unknown
@@ -454,6 +463,7 @@ class Session:
             download_dir=str(self.prepared.state_dir / "downloads"),
             plan=t.plan, partials=dict(t.partials), partials_dir=str(self.prepared.state_dir / "partials"),
             context=ctx["context"], clip_minutes=ctx["clip_minutes"], allow_low=bool(ctx["allow_low"]),
+            fps=ctx.get("fps"),
             input_limit=model_info.get("input"), output_limit=model_info.get("output"),
             tpm=lim.tpm if lim is not None else None,
         )
@@ -522,8 +532,11 @@ class Session:
             self._steps[tid] = (str(payload["step"]), getattr(info, "pid", None))
         elif kind == EVENT_PLAN:
             plan = dict(payload["plan"])
-            if plan.get("strategy") == "clips" or t.plan is not None:
-                # Journaled at once (durable): partials already paid only fit these clip boundaries.
+            if plan.get("strategy") == "clips" or t.plan is not None or tid in self._plans:
+                # Journaled at once (durable): partials already paid only fit these clip boundaries;
+                # and a second plan in one attempt was learnt from a refusal (400 with N and L), which
+                # a crash must not make us pay for again with another refused request.
+                self._plans.pop(tid, None)
                 self.log.plan(tid, plan, payload.get("duration"))
             else:
                 self._plans[tid] = plan  # one call: recorded with the task's outcome
@@ -565,7 +578,7 @@ class Session:
                                    model_version=r.model_version, video_duration=r.video_duration,
                                    elapsed=round(r.elapsed, 3), calls=1 + len(r.billed), lost_calls=r.lost_calls,
                                    truncated=r.truncated, fingerprint=self.fingerprints.get(tid),
-                                   plan=_plan_summary(plan))
+                                   plan=_plan_summary(plan) if (plan or {}).get("strategy") != "clips" else None)
             self.release_uploads(tid)
             self.drop_partials(tid)
             return None
@@ -586,7 +599,13 @@ class Session:
         else:
             self.log.requeue(tid, f"put back: {d.message}", **money)
         if d.stop is not None:
-            self.stop(d.stop.kind, d.stop.message, resets_at=d.stop.resets_at, model=err.model)
+            if err.model == "youtube" and self.jobs.get(tid) is not None and self.jobs[tid].source_kind == "youtube":
+                # The YouTube hours of the day are spent, not the model's quota: journaled (so the next
+                # run holds YouTube links until midnight Pacific) while local videos go on.
+                self.log.stop("quota_day", d.stop.message, resets_at=d.stop.resets_at, model="youtube")
+                self.youtube_held = d.stop
+            else:
+                self.stop(d.stop.kind, d.stop.message, resets_at=d.stop.resets_at, model=err.model)
         return d
 
     def worker_died(self, tid: str, detail: str = "") -> Decision | None:
@@ -615,7 +634,19 @@ class Session:
             return  # another task of the same video still needs its upload
         for name, up in list(self.state.uploads.items()):
             if up.get("source") == source or up.get("uploaded_by") == tid:
-                self._to_delete.append(name)  # handed over after this turn's fsync (collect_deletions)
+                if not self._wanted_elsewhere(up.get("source_sha256"), source):
+                    self._to_delete.append(name)  # handed over after this turn's fsync (collect_deletions)
+
+    def _wanted_elsewhere(self, sha: str | None, source: str) -> bool:
+        """Another live task's video has the same bytes (a copy under another name): it reuses this upload."""
+        if not sha:
+            return False
+        tasks = self.state.tasks
+        for other, info in self.state.sources.items():
+            if other != source and info.get("sha256") == sha and \
+                    any(tasks[o].live for o in self.by_source.get(other, ()) if o in tasks):
+                return True
+        return False
 
     def drop_partials(self, tid: str) -> None:
         """A completed task's clip partials served their purpose (the merged lesson is durable)."""
@@ -642,8 +673,9 @@ class Session:
         if self.settings.keep_uploads or self.janitor is None:
             return
         live_sources = {t.source for t in self.state.live_tasks() if t.live}
+        live_shas = {self.state.sources.get(src, {}).get("sha256") for src in live_sources} - {None}
         for name, up in list(self.state.uploads.items()):
-            if up.get("source") in live_sources:
+            if up.get("source") in live_sources or up.get("source_sha256") in live_shas:
                 continue
             owner = self.state.tasks.get(str(up.get("uploaded_by")))
             if not up.get("source") and owner is not None and owner.live:
@@ -679,6 +711,11 @@ class Session:
     def conclude(self) -> RunResult:
         counts = self.state.counts()
         stop = self.stop_reason
+        only = self.opts.only_ids
+        if only is not None:  # `retry`: the tasks asked for decide the outcome, not the rest of the batch
+            asked = [self.state.tasks[t] for t in only if t in self.state.tasks]
+            counts = {k: sum(1 for t in asked if t.status.value == k) for k in counts if k != "total"}
+            counts["total"] = len(asked)
         if stop is not None:
             code, msg = stop.exit_code, stop.message
         elif counts["pending"] or counts["running"]:
@@ -691,12 +728,14 @@ class Session:
             return self.result(ExitCode.TEMPFAIL, msg)
         if code in (ExitCode.OK, ExitCode.TASKS_FAILED) and self.state.is_complete() and not self.state.finished:
             self.log.finish()
+        all_counts = self.state.counts()
         self.notify(int(code), msg)
         self.log.run_finished(code)
         self.log.maybe_snapshot(force=True)
-        counts = self.state.counts()
+        counts = all_counts if only is None else counts
+        what = "" if only is None else " of the tasks asked for"
         summary = (f"{counts['completed']} completed, {counts['skipped']} skipped, {counts['failed']} failed, "
-                   f"{counts['pending']} pending of {counts['total']}; {self.cost_text()}")
+                   f"{counts['pending']} pending of {counts['total']}{what}; {self.cost_text()}")
         return self.result(code, f"{msg}. {summary}")
 
     def notify_event(self, code: int) -> str | None:
