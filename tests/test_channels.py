@@ -198,9 +198,10 @@ def test_malformed_payloads_from_a_trusted_sender_are_dropped_one_by_one(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="library bug: channels.EventReceiver._private_dir falls back to "
-                                       "tempfile.gettempdir() without checking that the socket path fits "
-                                       "sun_path: a long journal path + a long TMPDIR → bind() fails, exit 70")
+@pytest.mark.xfail(strict=True, reason="library bug: with a long TMPDIR, CPython's forkserver binds its listener "
+                                       "at TMPDIR/pymp-*/listener-* (multiprocessing.util.get_temp_dir), a path too "
+                                       "long for AF_UNIX: the pool cannot start, exit 70 (the event socket itself "
+                                       "now falls back to /tmp)")
 def test_a_long_journal_path_and_a_long_tmpdir_still_run(tmp_path, sandbox):
     server = sandbox()
     deep = tmp_path / ("d" * 60)

@@ -117,9 +117,6 @@ def test_a_killed_worker_charges_only_its_task_and_siblings_are_not_sent_again(t
         assert not [x for x in recs if x["type"] == "task_requeued" and x["task_id"] == tid]
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: tasks._usage_ok rejects a result whose usage has "
-                                       "cache_tokens_details (an implicitly cached answer), so the manager drops "
-                                       "the siblings' results as 'malformed' and charges them WorkerDied")
 def test_a_killed_worker_charges_only_its_task_also_when_the_siblings_answers_come_from_the_cache(tmp_path, sandbox):
     """The same as above, on the tasks' second attempt: they reuse their uploads, so the model serves
     the video from its (implicit) cache and the answers' usage carries ``cache_tokens_details``.
@@ -234,10 +231,6 @@ def test_an_upload_whose_answer_is_lost_is_found_not_failed(tmp_path, sandbox, t
     assert any(q.get("injected", "") and q["injected"].startswith("upload_lost_answer") for q in server.requests)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: after a lost upload answer the worker uploads again in a new "
-                                       "session without looking for the file the server finalized (no files.list); "
-                                       "that file is never journaled nor deleted and fills the 20 GB Files quota "
-                                       "until it expires (48 h)")
 def test_a_lost_upload_answer_leaves_no_orphan_file_at_the_server(tmp_path, sandbox):
     """A finished batch keeps no upload at the server. The file whose finalize answer was lost exists
     there all the same (the server finalized it): it must be found and used, or deleted."""

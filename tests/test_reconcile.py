@@ -138,8 +138,6 @@ def test_answer_cut_at_max_tokens_is_asked_once_more_then_kept_as_truncated(tmp_
     assert "truncated: true" in text  # in the output's front matter
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: summary.py (replay, --json) and report.py never show "
-                                       "TaskState.truncated; issue 11 asks for it in replay and report")
 def test_a_truncated_answer_is_visible_in_replay_and_report(tmp_path, sandbox):
     j = _truncating_batch(tmp_path, sandbox())
     rp = run_cli(["replay", j])
