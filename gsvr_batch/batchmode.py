@@ -855,7 +855,12 @@ def cancel_batch_jobs(journal: str | Path, *, echo: Callable[[str], None] = prin
             blog.close()
     finally:
         lock.release()
-    echo(f"Cancelled {_plural(n, 'batch job')}; their tasks are pending again (rerun to resubmit).")
+    left = len(open_jobs(replay(journal).state))
+    if n:
+        echo(f"Cancelled {_plural(n, 'batch job')}; their tasks are pending again (rerun to resubmit).")
+    if left:
+        echo(f"{_plural(left, 'batch job')} could not be cancelled and keep their tasks; the next run collects "
+             f"their answers (or try `gsvr-batch cancel` again).")
     return n
 
 

@@ -43,7 +43,7 @@ class CallLost(NetworkError):
 def call_api(limiter: Any, kind: str, model: str, fn: Callable[[], T], *, policy: RetryPolicy,
              label: str = "", tokens: int = 0, paid: bool = False, retries: int | None = None,
              on_request: Callable[[], None] | None = None, sleep: Callable[[float], Any] = time.sleep,
-             clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> T:
+             rng: random.Random | None = None) -> T:
     """Run ``fn`` (one SDK call) under the limiter's ``kind`` bucket for ``model``.
 
     ``paid``: a generate call (billed when answered): lost answers are not retried.
@@ -57,7 +57,6 @@ def call_api(limiter: Any, kind: str, model: str, fn: Callable[[], T], *, policy
         limiter.acquire(kind, model, tokens=tokens)  # may raise QuotaExhausted / Cancelled
         if on_request is not None:
             on_request()
-        sent_at = clock()
         try:
             out = fn()
         except Exception as exc:  # noqa: BLE001 - translated right here
@@ -79,11 +78,9 @@ def call_api(limiter: Any, kind: str, model: str, fn: Callable[[], T], *, policy
             if not isinstance(err, TransientError) or n >= max_retries:
                 raise err from exc
             n += 1
+            # A 429's retryDelay counts from its answer (now): the limiter's acquire also holds every
+            # worker until then; waiting here too makes the server's delay hold without a limiter.
             delay = policy.call_delay(n, err.retry_delay if isinstance(err, RateLimited) else None, rng)
-            if isinstance(err, RateLimited) and err.retry_delay is not None:
-                # The limiter's acquire also holds every worker until then; waiting here too makes
-                # the server's delay hold even without a shared limiter.
-                delay = max(0.0, delay - (clock() - sent_at))
             if waited + delay > policy.max_call_wait:
                 raise err from exc  # bounded: a failing server costs minutes, not hours
             waited += delay

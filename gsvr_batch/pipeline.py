@@ -145,6 +145,8 @@ def init_worker(cfg: WorkerConfig, queue: Any) -> None:
         # SIGTERM sent to the whole process group (systemd stop, `timeout`, `kill -- -PGID`).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # SIGUSR1: our pool broke (a sibling died); finish the task in hand, take no other.
+        signal.signal(signal.SIGUSR1, _retire)
         parent = os.getppid()  # the manager (spawn) or its forkserver
         _set_parent_death_signal()
         # The manager may have died (kill -9) between starting us and the prctl above; then the
@@ -156,6 +158,14 @@ def init_worker(cfg: WorkerConfig, queue: Any) -> None:
     client = make_client(cfg)
     _STATE = _Worker(cfg=cfg, client=client, limiter=_make_limiter(cfg.limiter_path), queue=queue,
                      parent_pid=os.getppid(), policy=worker_policy(cfg))
+
+
+_RETIRING = False
+
+
+def _retire(_signum: int, _frame: Any) -> None:
+    global _RETIRING
+    _RETIRING = True
 
 
 def _watch_manager(manager: int) -> None:
@@ -846,6 +856,8 @@ def _run(task: _Task) -> None:
 
 def run_task(spec: TaskSpec) -> TaskResult:
     """Run one task; errors come back in ``TaskResult.error`` (never raised)."""
+    if _RETIRING:
+        os._exit(0)  # a stale item of a broken pool: the manager has already given it to a new worker
     w = _require_state()
     task = _Task(w, spec)
     result = task.result
@@ -870,6 +882,8 @@ def run_task(spec: TaskSpec) -> TaskResult:
     # First on the event channel: if the pool is torn down now (a sibling worker died), the
     # result still reaches the manager; the executor's copy is then simply a duplicate.
     task.emit(EVENT_RESULT, result.to_dict())
+    if _RETIRING:
+        os._exit(0)  # our pool is broken: the result is delivered, take nothing else from its queue
     return result
 
 

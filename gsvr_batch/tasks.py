@@ -180,6 +180,8 @@ def check_event(event: Any) -> Event | None:
             return None
     if kind == EVENT_STEP and payload["step"] not in _STEPS:
         return None
+    if kind == EVENT_STARTED and not 1 < payload["pid"] < 2**22:  # the manager signals this pid later
+        return None
     if kind == EVENT_REQUEST:
         yt = payload.get("youtube_seconds", 0)
         if isinstance(yt, bool) or not isinstance(yt, _NUM) or not 0 <= yt <= 24 * 3600:

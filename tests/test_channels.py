@@ -198,10 +198,6 @@ def test_malformed_payloads_from_a_trusted_sender_are_dropped_one_by_one(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="library bug: with a long TMPDIR, CPython's forkserver binds its listener "
-                                       "at TMPDIR/pymp-*/listener-* (multiprocessing.util.get_temp_dir), a path too "
-                                       "long for AF_UNIX: the pool cannot start, exit 70 (the event socket itself "
-                                       "now falls back to /tmp)")
 def test_a_long_journal_path_and_a_long_tmpdir_still_run(tmp_path, sandbox):
     server = sandbox()
     deep = tmp_path / ("d" * 60)

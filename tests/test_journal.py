@@ -91,7 +91,9 @@ def test_snapshot_is_used_and_agrees_with_full_replay(tmp_path):
     p = tmp_path / "j.jsonl"
     bl, _ = BatchLog.open(p)
     bl.create_batch(manifest="m", manifest_identity="i", manifest_hash="h", settings={}, version="t")
-    for i in range(25):
+    from gsvr_batch.lifecycle import SNAPSHOT_EVERY_COMPLETIONS
+
+    for i in range(SNAPSHOT_EVERY_COMPLETIONS + 5):  # one snapshot on the way, then a short tail
         bl.add_task(task_id=f"t{i}", source="s")
         bl.start_task(f"t{i}", attempt_id=f"a{i}", model="gemini-2.5-flash")
         bl.complete_task(f"t{i}", output="o", sha256="x", bytes_=1, usage={}, cost_usd=0.0, model_version=None,

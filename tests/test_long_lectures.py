@@ -376,9 +376,6 @@ def test_kill_9_mid_way_through_seven_clips_pays_each_answered_clip_once(tmp_pat
     assert len({x["clip"] for x in by_type(recs, "clip_completed")}) == 7  # each clip journaled once
 
 
-@pytest.mark.xfail(strict=True, reason="tasks.check_event drops a partial/result event whose usage has "
-                                       "cache_tokens_details (only prompt_tokens_details may be a list), so a clip "
-                                       "answered from the implicit cache is never journaled or charged")
 def test_a_clip_answered_from_the_implicit_cache_is_journaled(tmp_path, sandbox):
     """The same clip of the same upload sent again within minutes (a second template of the video, a
     retry, a rerun after a crash) is answered from the implicit cache: its usage then has cached

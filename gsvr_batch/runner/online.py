@@ -61,7 +61,12 @@ def worker_context() -> Any:
     spawned); workers are forked from it. It exits when the manager dies, and the workers' parent-
     death signal then ends them too. ``GSVR_WORKER_START=spawn`` falls back to spawned workers.
     """
-    if os.environ.get("GSVR_WORKER_START") == "spawn" or "forkserver" not in multiprocessing.get_all_start_methods():
+    import tempfile
+
+    if os.environ.get("GSVR_WORKER_START") == "spawn" or "forkserver" not in multiprocessing.get_all_start_methods() \
+            or len(tempfile.gettempdir()) > 70:
+        # (CPython's forkserver listens on a socket under TMPDIR/pymp-*/: with a long TMPDIR its name
+        # would not fit the 108 bytes a socket name may have, and the pool could not start.)
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
@@ -337,6 +342,9 @@ class OnlineRun:
                 pending.appendleft(tid)
             elif pid_alive(r.pid):
                 r.orphan = True
+                # Finish this task, then exit: a worker of a broken pool must never take another
+                # item from the old pool's queue (a task the manager has already put back and restarted).
+                self._signal(r.pid, signal.SIGUSR1)
             else:
                 self.running.pop(tid)
                 culprits += 1
@@ -358,6 +366,13 @@ class OnlineRun:
             self.pool = self._make_pool()
 
     # -- stopping ----------------------------------------------------------------------------------
+    @staticmethod
+    def _signal(pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
     @staticmethod
     def _kill(pid: int) -> None:
         try:
