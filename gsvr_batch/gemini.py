@@ -163,9 +163,12 @@ def make_client(cfg: WorkerConfig) -> Any:
     from google import genai
     from google.genai import types
 
-    key = _lookup_key(cfg.api_key_env)
-    if key is None and cfg.backend == "sandbox":
-        key = SANDBOX_PLACEHOLDER_KEY
+    if cfg.backend == "sandbox":
+        # The run's own offline sandbox takes any key: never send it a real one, and never depend
+        # on an environment variable a long-lived forkserver may have missed.
+        key: str | None = SANDBOX_PLACEHOLDER_KEY
+    else:
+        key = _lookup_key(cfg.api_key_env)
     if key is None:
         # Raises CredentialsError with the full explanation.
         resolve_credentials(cfg.api_key_env, sandbox=False)

@@ -730,7 +730,7 @@ def run_bare(root: Path, n: int, workers: int, new_api: bool) -> dict[str, Any]:
     manifest = load_manifest(str(m))
     key = "sandbox-" + os.urandom(6).hex()
     os.environ[key_env] = key
-    server = SandboxServer(SandboxConfig(api_key=key, processing_delay=0.0))
+    server = SandboxServer(SandboxConfig(api_key=None, processing_delay=0.0))
     base_url = server.start()
     s = manifest.settings
     lim_path = str(root / "bare.ratelimit")  # the same shared limiter the runner gives its workers
@@ -988,7 +988,7 @@ def forkserver_experiment(w: int) -> dict[str, Any]:
             vids.mkdir()
             key = "sandbox-" + os.urandom(6).hex()
             os.environ[key_env] = key
-            server = SandboxServer(SandboxConfig(api_key=key, processing_delay=0.0))
+            server = SandboxServer(SandboxConfig(api_key=None, processing_delay=0.0))
             base_url = server.start()
             lim_path = str(root / "x.ratelimit")
             limiter = RateLimiter.create(lim_path, {MODEL: Limits(rpm=None, tpm=None, rpd=None, file_rpm=None)})

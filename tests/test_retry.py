@@ -73,3 +73,47 @@ def test_retry_needs_a_choice_and_known_ids(tmp_path, sandbox):
     r = run_cli(["retry", journal, "--ids", "nosuchid"], env=env_for(server))
     assert r.returncode == 2 and "nosuchid" in r.stderr
     assert journal.read_bytes() == before  # nothing journaled for a typo
+
+
+def _outputs(folder) -> dict[str, str]:
+    """Every file under ``folder`` except the state folder, with its sha256."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and ".gsvr" not in p.parts and "state" not in p.parts}
+
+
+@pytest.mark.slow
+def test_retry_reruns_exactly_the_chosen_task_of_exactly_that_batch_with_its_own_options(tmp_path, sandbox):
+    """Issue 14.1: `retry` used the manifest's defaults (output/, md) instead of the options the batch
+    was run with, re-ran every task of a batch run with other options, and overwrote another batch's
+    files. Two batches of one manifest, run with different --output / --format / --journal."""
+    server = sandbox()
+    m = make_batch(tmp_path, 3)
+    alt_a, alt_b, j_b = tmp_path / "alt", tmp_path / "alt2", tmp_path / "state" / "journal.jsonl"
+    ra = run_cli(["run", m, "-o", alt_a, "--progress", "log"], env=env_for(server))
+    rb = run_cli(["run", m, "--format", "html", "-o", alt_b, "--journal", j_b, "--progress", "log"],
+                 env=env_for(server))
+    assert ra.returncode == 0 and rb.returncode == 0, ra.stdout + ra.stderr + rb.stdout + rb.stderr
+    j_a = alt_a / ".gsvr" / "journal.jsonl"
+    before_a, before_b = _outputs(alt_a), _outputs(alt_b)
+    assert len(before_a) == 3 and len(before_b) == 3 and all(k.endswith(".html") for k in before_b)
+    calls = generate_calls(server)
+    tid_a = next(x["task_id"] for x in records(j_a) if x["type"] == "task_added")
+    tid_b = [x["task_id"] for x in records(j_b) if x["type"] == "task_added"][1]
+
+    r = run_cli(["retry", j_a, "--ids", tid_a, "--progress", "log"], env=env_for(server), cwd="/")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli(["retry", j_b, "--ids", tid_b, "--progress", "log"], env=env_for(server), cwd="/")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    after = generate_calls(server)
+    assert after - calls == Counter({tid_a: 1, tid_b: 1})  # exactly the two tasks asked for, once each
+    assert not (tmp_path / "out").exists()  # nothing went to the manifest's default output folder
+    after_a, after_b = _outputs(alt_a), _outputs(alt_b)
+    assert set(after_a) == set(before_a) and set(after_b) == set(before_b)  # same files, same formats
+    changed_a = {k for k in after_a if after_a[k] != before_a[k]}
+    changed_b = {k for k in after_b if after_b[k] != before_b[k]}
+    # Each retry rewrote its own task's output only; the other batch's files did not change a byte.
+    assert len(changed_a) == 1 and len(changed_b) == 1, (changed_a, changed_b)
+    assert all(x["type"] != "task_dropped" for x in records(j_a) + records(j_b))

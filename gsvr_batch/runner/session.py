@@ -51,7 +51,6 @@ from .preflight import Prepared
 
 log = logging.getLogger("gsvr_batch.runner")
 
-SANDBOX_KEY_ENV = "GSVR_SANDBOX_API_KEY"
 NOTIFY_EVENTS = {"fatal": "batch_aborted", "quota_day": "quota_exhausted", "cost_limit": "cost_limit_reached",
                  "cancelled": "batch_cancelled"}
 # Free tier: "you can't upload more than 8 hours of YouTube video per day" (Gemini API docs,
@@ -149,11 +148,10 @@ class Session:
         if self.settings.sandbox:
             from ..sandbox import SandboxConfig, SandboxServer
 
-            key = "sandbox-" + os.urandom(6).hex()
-            os.environ[SANDBOX_KEY_ENV] = key  # inherited by spawned workers; not a real secret
-            self.sandbox_server = SandboxServer(SandboxConfig(api_key=key, **self.opts.sandbox_options))
+            # Any key goes: the clients send a placeholder (gemini.make_client), never the user's key.
+            self.sandbox_server = SandboxServer(SandboxConfig(api_key=None, **self.opts.sandbox_options))
             base_url = self.sandbox_server.start()
-            api_key_env = SANDBOX_KEY_ENV
+            api_key_env = None
             backend = "sandbox"
         limiter_path = self._start_limiter()
         s = self.settings
@@ -787,4 +785,4 @@ class Session:
             return None
 
 
-__all__ = ["Session", "fingerprint", "SANDBOX_KEY_ENV"]
+__all__ = ["Session", "fingerprint"]
