@@ -48,6 +48,11 @@ log = logging.getLogger("gsvr_batch.channels")
 
 # -- events ------------------------------------------------------------------------------------
 
+try:  # the decoder the journal uses; the standard library's when it is not installed
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover
+    _loads = json.loads
+
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 _MAX_SOCKET_PATH = 100  # sockaddr_un.sun_path is 108 bytes on Linux; keep a margin
 MAX_EVENT_BYTES = 65536
@@ -219,8 +224,8 @@ class EventReceiver:
                 log.warning("dropped an event from pid %s (not one of this run's processes)", pid)
                 continue
             try:
-                event = check_event(json.loads(data))
-            except (ValueError, TypeError, RecursionError):
+                event = check_event(_loads(data))
+            except (ValueError, TypeError, RecursionError):  # orjson.JSONDecodeError is a ValueError
                 event = None
             if event is None:
                 self.dropped += 1

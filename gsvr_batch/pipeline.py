@@ -85,6 +85,7 @@ OUTPUT_DISK_MARGIN = 10 * 1024**2
 POLL_CAP = 10.0
 MAX_REPLANS = 3  # 400 "input token count … exceeds" answers one task may turn into a new plan
 _OK_FINISH = {"STOP", "MAX_TOKENS"}
+_BRIEF_STEPS = frozenset({"resolving", "writing"})
 
 
 @dataclass
@@ -246,7 +247,10 @@ class _Task:
             log.warning("task %s: cannot report %s event: %s", self.spec.task_id, kind, exc)
 
     def step(self, name: str) -> None:
-        self.emit(EVENT_STEP, {"step": name})
+        # Only the steps that take time are worth an event: resolving and writing take
+        # milliseconds, and the result event follows the write at once.
+        if name not in _BRIEF_STEPS:
+            self.emit(EVENT_STEP, {"step": name})
 
     def http(self) -> dict[str, Any]:
         return {"http_options": {"headers": self.headers}}

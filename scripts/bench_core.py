@@ -360,7 +360,7 @@ if NEW:
             finally:
                 steps[name] = steps.get(name, 0.0) + time.perf_counter() - t0
         setattr(rc, name, f)
-    for name in ("check_existing_outputs", "clean_leftovers", "adopt_output", "adopt_partials",
+    for name in ("clean_leftovers", "adopt_output", "adopt_partials",
                  "_check_completed_outputs", "_report_changed"):
         timed(name)
     prepared = prepare(RunOptions(m), echo=lambda s: None)
@@ -377,6 +377,9 @@ t_man = time.perf_counter()
 blog, rp = BatchLog.open(journal)
 t_open = time.perf_counter()
 if NEW:
+    from gsvr_batch.runner.preflight import refuse_foreign_outputs
+
+    refuse_foreign_outputs(manifest, blog.state)  # run_batch does this right after opening the journal
     s = Session(prepared, blog, echo=lambda s: None)
     t_sess = time.perf_counter()
     rc.reconcile(s)
@@ -942,28 +945,10 @@ PRELOAD = ["gsvr_batch.pipeline", "gsvr_batch.gemini", "gsvr_batch.formats", "gs
 
 
 def _fs_init(cfg: Any, sender: Any) -> None:
-    """init_worker for the forkserver experiment: the parent check compares the manager pid the
-    way a forkserver worker would have to (its parent is the forkserver, not the manager)."""
-    import multiprocessing
-
+    """init_worker for the pool experiments: the real one (it handles forkserver workers itself)."""
     from gsvr_batch import pipeline
 
-    real = os.getppid
-    manager = multiprocessing.parent_process()
-    calls = [0]
-
-    def first_call_says_manager() -> int:
-        # pipeline.init_worker first checks os.getppid() == parent_process().pid, which is false
-        # under a forkserver (ppid = the forkserver): pass that check, for this measurement only.
-        # Its second call records the real parent, which _check_parent compares before a write.
-        calls[0] += 1
-        return manager.pid if calls[0] == 1 and manager is not None else real()
-
-    os.getppid = first_call_says_manager  # type: ignore[assignment]
-    try:
-        pipeline.init_worker(cfg, sender)
-    finally:
-        os.getppid = real  # type: ignore[assignment]
+    pipeline.init_worker(cfg, sender)
 
 
 def forkserver_experiment(w: int) -> dict[str, Any]:
@@ -993,7 +978,7 @@ def forkserver_experiment(w: int) -> dict[str, Any]:
             lim_path = str(root / "x.ratelimit")
             limiter = RateLimiter.create(lim_path, {MODEL: Limits(rpm=None, tpm=None, rpd=None, file_rpm=None)})
             wcfg = WorkerConfig(base_url=base_url, api_version=None, api_key_env=key_env, request_timeout=60.0,
-                                limiter_path=lim_path, backend="sandbox")
+                                limiter_path=lim_path, backend="sandbox", manager_pid=os.getpid())
             receiver = EventReceiver()
             stop = threading.Event()
 

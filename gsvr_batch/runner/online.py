@@ -252,7 +252,7 @@ class OnlineRun:
     def _housekeeping(self) -> None:
         s = self.s
         s.flush_steps()
-        s.flush_requests()
+        s.flush_requests(every=1.0)
         s.collect_deletions()
         assert self.progress is not None
         self.progress.tick([{"task_id": t, "step": s.state.tasks[t].step, "title": s.state.tasks[t].title}

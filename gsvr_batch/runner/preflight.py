@@ -76,32 +76,23 @@ def prepare(opts: RunOptions, *, echo: Callable[[str], None]) -> Prepared:
     limits, sources = resolve_run_limits(manifest, opts)
     if opts.accept_identity:
         manifest.identity = opts.accept_identity
-    refuse_foreign_outputs(manifest, journal, force=opts.force)
     return Prepared(opts=opts, manifest=manifest, journal=journal, templates=templates, pricing=pricing,
                     limits=limits, limit_sources=sources, warnings=warnings)
 
 
-def refuse_foreign_outputs(manifest: Any, journal: Path, *, force: bool = False) -> None:
-    """Outputs that exist and were not made by this batch: refused (exit 2) before the run lock, the
-    journal or a single file is created — unless --skip-existing or --overwrite says what to do."""
+def refuse_foreign_outputs(manifest: Any, state: Any, *, force: bool = False) -> None:
+    """Outputs that exist and were not made by this batch: refused (exit 2) before anything is
+    written — unless --skip-existing or --overwrite says what to do. ``state``: the batch's journal
+    state (None for a batch not started yet, whose journal does not exist)."""
     s = manifest.settings
     if s.skip_existing or s.overwrite:
         return
-    state = None
-    if journal.is_file():
-        from ..errors import JournalError
-        from ..lifecycle import replay
+    if state is not None and state.manifest_identity and state.manifest_identity != manifest.identity:
+        return  # another batch's journal: the run refuses that, with its own message
+    import os
 
-        try:
-            state = replay(journal).state  # read only; a damaged journal is reported by the run itself
-        except JournalError:
-            return
-        if state.manifest_identity and state.manifest_identity != manifest.identity:
-            return  # another batch's journal: the run refuses that, with its own message
     from ..state import TaskStatus
     from .reconcile import output_is_ours
-
-    import os
 
     foreign = []
     for job in manifest.jobs:

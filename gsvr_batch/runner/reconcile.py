@@ -2,16 +2,16 @@
 
 Runs under the run lock, before any task is dispatched:
 
-1. outputs that exist but were not made by this batch are refused (exit 2, nothing journaled)
-   unless ``--skip-existing`` (keep them) or ``--overwrite`` (replace them);
-2. a new batch is created, or a journal of another manifest refused, or an edit noted;
-3. tasks are added / dropped for an edited manifest;
-4. what a killed run left behind is cleaned (temp files of dead processes, downloads, sockets);
-5. tasks in flight at the crash: an output or clip partial that carries the task's id and its
+(Outputs that exist but were not made by this batch were refused before: preflight.refuse_foreign_outputs.)
+
+1. a new batch is created, or a journal of another manifest refused, or an edit noted;
+2. tasks are added / dropped for an edited manifest;
+3. what a killed run left behind is cleaned (temp files of dead processes, downloads, sockets);
+4. tasks in flight at the crash: an output or clip partial that carries the task's id and its
    attempt nonce is **adopted** (journaled as completed; the answer was paid once and is not
    paid again); anything else goes back to pending, charged to nobody;
-6. ``--force``, ``retry``, ``--skip-existing``; completed outputs that vanished are redone;
-7. completed jobs whose model, template version or parameters changed are reported.
+5. ``--force``, ``retry``, ``--skip-existing``; completed outputs that vanished are redone;
+6. completed jobs whose model, template version or parameters changed are reported.
 """
 
 from __future__ import annotations
@@ -81,28 +81,6 @@ def output_is_ours(path: str, tid: str) -> bool | None:
     return bool(meta and meta.get("task_id") == tid)
 
 
-def check_existing_outputs(s: Session) -> None:
-    """Refuse to overwrite files this batch did not make (exit 2 before anything is journaled)."""
-    st = s.state
-    if s.settings.overwrite or s.settings.skip_existing:
-        return
-    foreign = []
-    for tid in s.order:
-        t = st.tasks.get(tid)
-        if t is not None and t.status is TaskStatus.COMPLETED and not s.opts.force:
-            continue
-        path = s.jobs[tid].output_path
-        if output_is_ours(path, tid) is False:
-            foreign.append(path)
-    if foreign:
-        shown = ", ".join(os.path.relpath(p, s.manifest.output_root) for p in foreign[:5])
-        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-        raise UsageError(
-            f"{len(foreign)} output file(s) already exist and were not made by this batch: {shown}{more}. "
-            f"Nothing was started. Pass --skip-existing to keep them (those jobs are skipped) or --overwrite to "
-            f"replace them")
-
-
 def reconcile(s: Session) -> None:
     m, st, blog = s.manifest, s.state, s.log
     wanted = set(s.opts.retry_ids)
@@ -113,7 +91,6 @@ def reconcile(s: Session) -> None:
         raise JournalMismatch(
             f"journal {blog.path} belongs to another manifest ({st.manifest}); refusing to mix two batches in one "
             f"journal. To start fresh, move that journal away or pass --journal NEW_PATH")
-    check_existing_outputs(s)  # (preflight refused these already; a guard for library callers)
     if st.batch_id is None:
         blog.create_batch(manifest=str(m.path or m.base_dir), manifest_identity=m.identity,
                           manifest_hash=m.content_hash, settings=settings_record(s.settings), version=__version__)
@@ -316,5 +293,5 @@ def _dead_writer(rest: str) -> bool:
     return not pid_alive(int(head))
 
 
-__all__ = ["reconcile", "adopt_output", "adopt_partials", "clean_leftovers", "check_existing_outputs",
+__all__ = ["reconcile", "adopt_output", "adopt_partials", "clean_leftovers",
            "changed_jobs", "Path"]

@@ -119,6 +119,7 @@ class Session:
         self._requests: Counter[str] = Counter()  # generate requests seen, not yet journaled
         self._steps: dict[str, tuple[str, int | None]] = {}  # latest step per running task, not yet journaled
         self._steps_flushed = 0.0
+        self._requests_flushed = 0.0
         self._plans: dict[str, dict[str, Any]] = {}  # one-call plans, journaled with the outcome
         self._to_delete: list[str] = []  # uploads to delete once this turn's records are on disk
         self._youtube_seconds = 0.0
@@ -410,10 +411,17 @@ class Session:
         for tid, (step, pid) in steps.items():
             self.log.step(tid, step, worker=pid)  # (nothing if the task has ended meanwhile)
 
-    def flush_requests(self) -> None:
-        """Journal the generate requests counted since the last flush (one record per model)."""
+    def flush_requests(self, *, every: float = 0.0) -> None:
+        """Journal the generate requests counted since the last flush (one record per model).
+
+        ``every``: at most that often (the loop flushes once a second; the quota checks read the
+        in-memory count as well, so a late record never lets a request through)."""
         if not self._requests and not self._youtube_seconds:
             return
+        now = time.monotonic()
+        if every and now - self._requests_flushed < every:
+            return
+        self._requests_flushed = now
         day = pacific_day(self.now())
         yt = self._youtube_seconds
         for model, n in sorted(self._requests.items()):
