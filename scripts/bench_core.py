@@ -35,7 +35,8 @@ Sections (docs/BENCHMARKS.md explains each figure):
   workers on the sandbox (manager + workers, sampled while every worker has run tasks; peak), and
   the manager's peak RSS on the finished 10,000-task batch. The after tree also measures a pool of
   8 workers started by ``forkserver`` with the heavy imports preloaded against the same pool
-  started by ``spawn`` (an experiment: the runner itself is not changed).
+  started by ``spawn`` (the runner uses the forkserver since issue 12; the spawn pool is what
+  ``GSVR_WORKER_START=spawn`` gives).
 
 Nothing here is a test; figures vary with the machine and its load.
 """
@@ -485,8 +486,13 @@ def encode(rec: dict[str, Any]) -> bytes:
     return body[:-1] + b',"crc":"%08x"}\n' % (zlib.crc32(body) & 0xFFFFFFFF)
 
 
-def write_synthetic_journal(path: Path, n_tasks: int, root: str = "/data/out") -> int:
-    """batch_created + 8 records per task, in order per task. Returns the record count."""
+def write_synthetic_journal(path: Path, n_tasks: int, root: str = "/data/out", shape: str = "before") -> int:
+    """batch_created + the records of n_tasks one-call tasks, in order per task. Returns the count.
+
+    ``shape="before"``: 8 records per task, as 31b53ba wrote them (``task_step`` x3 among them).
+    ``shape="now"``: the same history as the runner writes it today, 5 records per task (steps of
+    instant work are not recorded; the one-call plan and request count ride on ``task_completed``).
+    """
     seq = 0
     ts = "2026-11-28T12:00:00.000Z"
 
@@ -510,8 +516,9 @@ def write_synthetic_journal(path: Path, n_tasks: int, root: str = "/data/out") -
                            origin=f"/data/manifest.yaml:{i + 5}"))
             buf.append(rec("task_started", task_id=tid, attempt=1, attempt_id=f"{i:016x}", model=MODEL,
                            fingerprint=f"{i:016x}"))
-            for k, st in enumerate(STEPS):
-                buf.append(rec("task_step", task_id=tid, step=st, **({"worker": 4242} if k == 0 else {})))
+            if shape == "before":
+                for k, st in enumerate(STEPS):
+                    buf.append(rec("task_step", task_id=tid, step=st, **({"worker": 4242} if k == 0 else {})))
             buf.append(rec("upload_finished", task_id=tid, upload={
                 "name": name, "uri": f"https://generativelanguage.googleapis.com/v1beta/{name}",
                 "mime_type": "video/mp4", "expires_at": "2026-11-30T12:00:00Z", "size_bytes": 51237,
@@ -520,7 +527,9 @@ def write_synthetic_journal(path: Path, n_tasks: int, root: str = "/data/out") -
             buf.append(rec("task_completed", task_id=tid, output=out, sha256=f"{i:064x}", bytes=2048,
                            usage={"prompt_tokens": 180000, "candidates_tokens": 1500, "total_tokens": 181500},
                            cost_usd=0.0577, model_version="gemini-2.5-flash-001", video_duration=600.0,
-                           elapsed=41.2, calls=1, fingerprint=f"{i:016x}"))
+                           elapsed=41.2, calls=1, fingerprint=f"{i:016x}",
+                           **({"plan": {"strategy": "full", "media_resolution": "default",
+                                        "tokens_per_request": 181500, "requests": 1}} if shape == "now" else {})))
             buf.append(rec("upload_deleted", task_id=tid, name=name, reason="no pending task needs it"))
             if len(buf) >= 8000:
                 fh.write(b"".join(buf))
@@ -544,6 +553,19 @@ def child_replay(args: argparse.Namespace, new_api: bool) -> dict[str, Any]:
         assert rp.records_read == count, (rp.records_read, count)
         del rp
     t_replay = min(rounds)
+    now: dict[str, Any] = {}
+    if new_api and args.journal_now:
+        # The same task history as the runner writes it today (fewer records per task).
+        now_rounds = []
+        for _ in range(max(1, args.repeat)):
+            t0 = time.perf_counter()
+            rp = replay(Path(args.journal_now), use_snapshot=False)
+            now_rounds.append(time.perf_counter() - t0)
+            now_records = rp.records_read
+            del rp
+        now = {"replay_now_s": min(now_rounds), "records_now": now_records}
+        print(f"  the same {(count - 1) // 8:,}-task history as written today ({now_records:,} records), best of "
+              f"{len(now_rounds)}: {min(now_rounds):.2f} s", flush=True)
     # The split is diagnostic: decode = the tree's own reader with nothing folded; fold = the
     # tree's state.fold over the decoded records held in memory, with the cyclic GC paused in both
     # trees (so the split shows code, not collector, cost; the replay figure above is as shipped).
@@ -578,7 +600,7 @@ def child_replay(args: argparse.Namespace, new_api: bool) -> dict[str, Any]:
         replay(path, use_snapshot=False)
         prof.disable()
         _print_profile(prof, 15)
-    return {"replay_s": t_replay, "decode_s": t_decode, "fold_s": t_fold, "rounds": rounds}
+    return {"replay_s": t_replay, "decode_s": t_decode, "fold_s": t_fold, "rounds": rounds, **now}
 
 
 def _print_profile(prof: cProfile.Profile, n: int = 10, sort: str = "tottime") -> None:
@@ -626,49 +648,6 @@ def instrument_manager(new_api: bool) -> Timers:
 
 
 LOOP_CPU = "dispatch loop, manager thread CPU"
-
-
-def threaded_receiver_patch() -> Callable[[], None]:
-    """Experiment (new runner only): the manager's event socket read by a background thread.
-
-    A unix datagram socket queues only net.unix.max_dgram_qlen datagrams (10 by default) and a
-    worker's send blocks while it is full; the manager reads the socket only between its
-    ``cf.wait(timeout=0.2)`` turns. Here a thread keeps the socket empty (into a deque) and the
-    main loop takes the events from the deque at the same points as before: journal writes stay
-    on the main thread. Returns the function that undoes the patch.
-    """
-    import collections
-
-    from gsvr_batch.runner import online
-
-    base = online.EventReceiver
-
-    class ThreadedReceiver(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *a: Any, **kw: Any) -> None:
-            super().__init__(*a, **kw)
-            self._queue: collections.deque = collections.deque()
-            self._stop = threading.Event()
-            self._pump_thread = threading.Thread(target=self._pump, daemon=True)
-            self._pump_thread.start()
-
-        def _pump(self) -> None:
-            while not self._stop.is_set():
-                select.select([self.fileno()], [], [], 0.05)
-                self._queue.extend(base.drain(self))
-
-        def drain(self, limit: int = 10_000) -> list:
-            out = []
-            while self._queue and len(out) < limit:
-                out.append(self._queue.popleft())
-            return out
-
-        def close(self) -> None:
-            self._stop.set()
-            self._pump_thread.join()
-            super().close()
-
-    online.EventReceiver = ThreadedReceiver
-    return lambda: setattr(online, "EventReceiver", base)
 
 
 def run_full(root: Path, n: int, workers: int, new_api: bool, profile: bool = False) -> dict[str, Any]:
@@ -764,7 +743,13 @@ def run_bare(root: Path, n: int, workers: int, new_api: bool) -> dict[str, Any]:
                   backend="sandbox")
         specs.append(TaskSpec(**{k: v for k, v in kw.items() if k in names}))
     try:
-        ctx = multiprocessing.get_context("spawn")
+        # The same worker start method as the runner (forkserver + preload after; spawn before), so
+        # the difference is the manager's work and not how workers come into being.
+        try:
+            from gsvr_batch.runner.online import worker_context
+            ctx = worker_context()
+        except ImportError:
+            ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
                                     initargs=(wcfg, receiver.sender())) as pool:
             results = list(pool.map(run_task, specs))
@@ -810,20 +795,9 @@ def child_overhead(args: argparse.Namespace, new_api: bool) -> dict[str, Any]:
         if calls:
             print(f"    {label:<44} {sec / n * 1000:7.3f} ms/task  ({calls / n:5.1f} calls/task, "
                   f"{sec / calls * 1e6:7.1f} us/call)")
-    reader: dict[str, Any] = {}
-    if new_api and not args.no_experiments:
-        undo = threaded_receiver_patch()
-        try:
-            with tempfile.TemporaryDirectory(prefix="bench-full-") as d:
-                fr = run_full(Path(d), n, w, new_api)
-        finally:
-            undo()
-        reader = {"reader_full_s": fr["wall"], "reader_overhead_ms": (fr["wall"] - fb["wall"]) / n * 1000,
-                  "reader_cpu_ms": fr["loop_cpu"] / n * 1000}
-        print(f"  experiment, the same full run with the event socket read by a background thread: {fr['wall']:.2f} s "
-              f"({fr['wall'] / n * 1000:.1f} ms/task): (full - best bare) / N = {reader['reader_overhead_ms']:.1f} "
-              f"ms/task; dispatch-loop CPU {reader['reader_cpu_ms']:.2f} ms/task", flush=True)
-    return {**reader, "overhead_ms": per, "ratio": ff["wall"] / fb["wall"], "bare_s": fb["wall"], "full_s": ff["wall"],
+    syncs = next((calls for label, (_sec, calls) in ff["timers"].items() if label.startswith("JournalWriter.sync")), None)
+    return {"overhead_ms": per, "full_ms": ff["wall"] / n * 1000,
+            "fsyncs_per_task": None if syncs is None else syncs / n, "ratio": ff["wall"] / fb["wall"], "bare_s": fb["wall"], "full_s": ff["wall"],
             "main_cpu_ms": ff["main_cpu"] / n * 1000, "loop_cpu_ms": ff["loop_cpu"] / n * 1000,
             "records_per_task": ff["records"] / n,
             "types": ff["types"], "timers": ff["timers"], "gap_ms": (gap_f - gap_b) / n * 1000}
@@ -1074,8 +1048,8 @@ def run_section(label: str, tree: Path, section: str, args: argparse.Namespace, 
 
 
 def fmt_ratio(before: float | None, after: float | None) -> str:
-    if not before or not after:
-        return ""
+    if not before or not after or before < 0 or after < 0:
+        return ""  # (a negative overhead is noise: no ratio means anything)
     return f"{before / after:.1f}x"
 
 
@@ -1093,18 +1067,22 @@ def summary(results: dict[str, dict[str, dict[str, Any]]], sections: list[str], 
     if "replay" in sections:
         rows.append((f"full replay, {args.records:,} records, no snapshot (s)", get(b, "replay", "replay_s"),
                      get(a, "replay", "replay_s"), "<= 2 s", TARGETS["replay"]))
+        if get(a, "replay", "replay_now_s") is not None:
+            rows.append((f"  the same task history as written today ({int(get(a, 'replay', 'records_now')):,} records) (s)",
+                         None, get(a, "replay", "replay_now_s"), "", None))
     if "overhead" in sections:
         rows.append((f"manager overhead, (full - bare) / N, N = {args.n} (ms/task)", get(b, "overhead", "overhead_ms"),
                      get(a, "overhead", "overhead_ms"), "<= 1 ms", TARGETS["overhead"]))
+        rows.append((f"full run, wall per task, N = {args.n}, {args.workers} workers (ms/task)",
+                     get(b, "overhead", "full_ms"), get(a, "overhead", "full_ms"), "", None))
         rows.append(("manager thread CPU in the dispatch loop (ms/task)", get(b, "overhead", "loop_cpu_ms"),
                      get(a, "overhead", "loop_cpu_ms"), "<= 1 ms", TARGETS["overhead"]))
         rows.append(("manager thread CPU, whole run incl. set-up (ms/task)", get(b, "overhead", "main_cpu_ms"),
                      get(a, "overhead", "main_cpu_ms"), "", None))
-        if get(a, "overhead", "reader_overhead_ms") is not None:
-            rows.append(("  experiment: event socket read by a thread, (full - bare) / N (ms/task)", None,
-                         get(a, "overhead", "reader_overhead_ms"), "<= 1 ms", TARGETS["overhead"]))
         rows.append(("journal records per task", get(b, "overhead", "records_per_task"),
                      get(a, "overhead", "records_per_task"), "", None))
+        rows.append(("fsyncs per task", get(b, "overhead", "fsyncs_per_task"),
+                     get(a, "overhead", "fsyncs_per_task"), "", None))
     if "memory" in sections:
         rows.append((f"total PSS, manager + {args.memory_workers} workers, `run` on the sandbox (MB)", get(b, "memory", "run_pss_mb"),
                      get(a, "memory", "run_pss_mb"), "measured", None))
@@ -1139,10 +1117,11 @@ def main() -> None:
     ap.add_argument("--before", default=BEFORE_REV, help=f"the 'before' commit ({BEFORE_REV})")
     ap.add_argument("--no-before", action="store_true", help="measure the working tree only")
     ap.add_argument("--no-experiments", action="store_true",
-                    help="skip the experiments (forkserver pool, threaded event reader)")
+                    help="skip the experiment (a pool of spawned vs forkserver workers)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--tree", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--journal", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--journal-now", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     quick = {"n": 40, "repeat": 1, "records": 100_001, "tasks": 2_000}
     full = {"n": 200, "repeat": 2, "records": 1_000_001, "tasks": 10_000}
@@ -1181,7 +1160,11 @@ def main() -> None:
                 count = write_synthetic_journal(path, max(1, (args.records - 1) // 8))
                 print(f"  synthetic journal: {count:,} records, {path.stat().st_size / 1e6:.0f} MB, written in "
                       f"{time.perf_counter() - t0:.1f} s", flush=True)
-                extra = ["--journal", str(path)]
+                now_path = Path(tmp) / "journal-now.jsonl"
+                now_count = write_synthetic_journal(now_path, max(1, (args.records - 1) // 8), shape="now")
+                print(f"  the same tasks as today's runner writes them: {now_count:,} records, "
+                      f"{now_path.stat().st_size / 1e6:.0f} MB", flush=True)
+                extra = ["--journal", str(path), "--journal-now", str(now_path)]
                 args_records = args.records
                 args.records = count
             try:

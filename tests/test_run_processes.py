@@ -123,6 +123,31 @@ def test_killed_worker_does_not_take_the_batch_down(tmp_path, sandbox):
     assert "worker pool was rebuilt" in out
 
 
+def test_killed_forkserver_charges_no_task_and_the_batch_finishes(tmp_path, sandbox):
+    # The OOM killer may pick the forkserver: every worker dies with it (parent-death signal), but
+    # no task caused that, so none may be charged a crash (invariant 11).
+    from procs import children, cmdline
+
+    server = sandbox(latency=0.8)
+    m = make_batch(tmp_path, 6)
+    j = journal_of(tmp_path)
+    p = start_run(m, server)
+    assert wait_for(lambda: any(r["type"] == "task_step" and r["step"] == "generating" for r in records(j)))
+    servers = [k for k in children(p.pid) if "forkserver" in cmdline(k)]
+    if not servers:
+        p.kill()
+        p.communicate(timeout=30)
+        pytest.skip("workers are not started by a forkserver here")
+    os.kill(servers[0], signal.SIGKILL)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, out + err
+    recs = records(j)
+    assert sum(r["type"] == "task_completed" for r in recs) == 6
+    assert not any(r.get("error_class") == "WorkerDied" for r in recs), [r for r in recs if "error_class" in r]
+    assert any(r["type"] == "task_requeued" and "forkserver" in r.get("reason", "") for r in recs)
+    assert "forkserver process died; no task charged" in out
+
+
 def test_sigterm_lets_running_tasks_finish_and_rerun_continues(tmp_path, sandbox):
     server = sandbox(latency=0.5)
     m = make_batch(tmp_path, 8)

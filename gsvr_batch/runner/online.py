@@ -73,6 +73,18 @@ def worker_context() -> Any:
     return ctx
 
 
+def _forkserver_died() -> bool:
+    """True when this process started a forkserver and it is no longer running.
+
+    CPython keeps the forkserver's pid in a private attribute of its module singleton and restarts
+    the server (``ensure_running``) when the next pool starts; there is no public way to ask.
+    """
+    from multiprocessing import forkserver
+
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    return bool(pid) and not pid_alive(int(pid))
+
+
 def _pool_processes(pool: cf.ProcessPoolExecutor) -> list[Any]:
     # CPython keeps the worker processes in a private dict and offers no public way to reach
     # them; we need them to end workers that ignore SIGTERM (see the module docstring).
@@ -333,6 +345,9 @@ class OnlineRun:
             if p.pid not in busy:
                 self._kill(p.pid)
         culprits = 0
+        # A forkserver killed from outside (the OOM killer picks large processes) takes every worker
+        # with it through the parent-death signal: no task caused that, so none is charged a crash.
+        server_died = _forkserver_died()
         for tid, r in list(self.running.items()):
             if r.pool != gen or r.orphan:
                 continue
@@ -345,6 +360,10 @@ class OnlineRun:
                 # Finish this task, then exit: a worker of a broken pool must never take another
                 # item from the old pool's queue (a task the manager has already put back and restarted).
                 self._signal(r.pid, signal.SIGUSR1)
+            elif server_died:
+                self.running.pop(tid)
+                s.interrupted(tid, "the workers' forkserver process died (killed from outside)")
+                pending.appendleft(tid)
             else:
                 self.running.pop(tid)
                 culprits += 1
@@ -359,7 +378,8 @@ class OnlineRun:
         except Exception:  # noqa: BLE001 - shutting down a broken pool may raise; nothing to save
             pass
         orphans = sum(1 for r in self.running.values() if r.orphan)
-        s.echo(f"A worker process died; {culprits} task(s) charged for it"
+        s.echo(("The workers' forkserver process died; no task charged for it" if server_died else
+                f"A worker process died; {culprits} task(s) charged for it")
                + (f", {orphans} running task(s) of the old pool are allowed to finish" if orphans else "")
                + "; the worker pool was rebuilt.")
         if s.stop_reason is None:
