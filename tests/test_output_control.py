@@ -17,6 +17,42 @@ def generate_calls(server) -> int:
     return sum(1 for q in server.requests if q.get("kind") == "generate" and q.get("status") == 200)
 
 
+def test_run_batch_refuses_a_foreign_output_before_writing_anything(tmp_path, sandbox, monkeypatch):
+    """The library call (what the CLI calls) refuses, for a new batch and for one already started:
+    exit 2 as a UsageError, the file untouched, no task journaled, nothing sent."""
+    from gsvr_batch.errors import UsageError
+    from gsvr_batch.runner import RunOptions, run_batch
+
+    server = sandbox()
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key-not-real")
+    m = make_batch(tmp_path, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "lecture-001_summary_report.md"
+    mine.write_text("written by hand\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"^1 output file\(s\) already exist and were not made by this batch: "
+                                         r"lecture-001_summary_report.md\. Nothing was started\.") as exc:
+        run_batch(RunOptions(manifest=str(m), progress="quiet"), echo=lambda s: None)
+    assert exc.value.exit_code == 2
+    assert mine.read_text(encoding="utf-8") == "written by hand\n"
+    journal = out / ".gsvr" / "journal.jsonl"
+    assert not journal.exists() or not [x for x in records(journal) if x["type"].startswith("task_")]
+    assert generate_calls(server) == 0
+
+    # A batch already under way (its journal has the task, pending): still refused, still untouched.
+    mine.rename(tmp_path / "aside.md")
+    res = run_batch(RunOptions(manifest=str(m), progress="quiet"), echo=lambda s: None)
+    assert res.exit_code == 0 and generate_calls(server) == 2
+    (tmp_path / "aside.md").replace(mine)
+    with pytest.raises(UsageError, match="not made by this batch"):
+        run_batch(RunOptions(manifest=str(m), progress="quiet", force=True), echo=lambda s: None)
+    assert mine.read_text(encoding="utf-8") == "written by hand\n" and generate_calls(server) == 2
+    # Without --force the completed task is not redone, so its path is not this run's business.
+    res = run_batch(RunOptions(manifest=str(m), progress="quiet"), echo=lambda s: None)
+    assert res.exit_code == 0 and generate_calls(server) == 2
+
+
 @pytest.mark.slow
 def test_skip_existing_journals_skip_and_sends_nothing_for_that_job(tmp_path, sandbox):
     server = sandbox()

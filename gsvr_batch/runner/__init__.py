@@ -28,7 +28,7 @@ from ..errors import JournalWriteFailed, UsageError
 from ..exitcodes import ExitCode
 from ..lifecycle import BatchLog, replay
 from .options import RunOptions, RunResult
-from .preflight import DERIVED_MANIFEST, Prepared, default_journal_path, prepare, resolve_journal
+from .preflight import DERIVED_MANIFEST, Prepared, default_journal_path, prepare, refuse_foreign_outputs, resolve_journal
 
 __all__ = ["RunOptions", "RunResult", "run_batch", "retry_batch", "default_journal_path", "resolve_journal",
            "DERIVED_MANIFEST", "write_derived_manifest"]
@@ -70,6 +70,9 @@ def _run_locked(prepared: Prepared, blog: BatchLog, echo: Callable[[str], None])
     from .session import Session
 
     st = blog.state
+    # Under the lock, with the journal's state in hand (read once, not replayed twice), and before
+    # anything is written: no derived manifest, no batch record, no task.
+    refuse_foreign_outputs(prepared.manifest, st if st.batch_id is not None else None, force=prepared.opts.force)
     if st.batch_id is None or st.manifest_identity == prepared.manifest.identity:
         write_derived_manifest(prepared.opts.sources, prepared.manifest, prepared.journal)  # never over another batch's
     session = Session(prepared, blog, echo=echo)

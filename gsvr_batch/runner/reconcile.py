@@ -2,7 +2,8 @@
 
 Runs under the run lock, before any task is dispatched:
 
-(Outputs that exist but were not made by this batch were refused before: preflight.refuse_foreign_outputs.)
+(Outputs that exist but were not made by this batch were refused just before, under the lock:
+preflight.refuse_foreign_outputs, called by run_batch.)
 
 1. a new batch is created, or a journal of another manifest refused, or an edit noted;
 2. tasks are added / dropped for an edited manifest;
