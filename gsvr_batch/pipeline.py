@@ -134,14 +134,23 @@ def worker_policy(cfg: WorkerConfig) -> RetryPolicy:
     return RetryPolicy(max_call_retries=cfg.max_call_retries)
 
 
-def init_worker(cfg: WorkerConfig, queue: Any) -> None:
-    """``ProcessPoolExecutor(initializer=init_worker, initargs=(cfg, sender))``; spawn context.
+def init_worker(cfg: WorkerConfig, queue: Any, env: dict[str, str] | None = None) -> None:
+    """``ProcessPoolExecutor(initializer=init_worker, initargs=(cfg, sender, dict(os.environ)))``.
 
     The process-wide hooks (signals ignored, parent-death signal) are only installed in a real
     child process, so tests may call this in-process without changing pytest itself.
+
+    ``env``: the manager's environment when it made the pool. A forkserver child inherits the
+    environment of the *forkserver*, which CPython starts once per process and keeps: a second run
+    in the same process (a library caller, a test) would otherwise send its requests to the first
+    run's ``GOOGLE_GEMINI_BASE_URL`` with the first run's key. It is applied whole, so a worker
+    sees exactly what a spawned or forked one would (proxy, CA bundle, TMPDIR, secret names).
     """
     global _STATE
     if multiprocessing.parent_process() is not None:
+        if env is not None and env != os.environ:
+            os.environ.clear()
+            os.environ.update(env)
         # The manager decides what happens to running tasks on Ctrl-C / SIGTERM, including a
         # SIGTERM sent to the whole process group (systemd stop, `timeout`, `kill -- -PGID`).
         signal.signal(signal.SIGINT, signal.SIG_IGN)

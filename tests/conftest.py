@@ -104,3 +104,18 @@ def wait_for(cond, timeout: float = 60.0, step: float = 0.02):
             return found
         time.sleep(step)
     return None
+
+
+class Clock:
+    """An injected wall clock for ``RunOptions.now`` that starts at ``start`` and then runs like a real
+    one (a frozen clock would keep a retry scheduled a few seconds ahead waiting for ever); ``jump``
+    moves it, e.g. to the next Pacific day."""
+
+    def __init__(self, start: float) -> None:
+        self._offset = start - time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic() + self._offset
+
+    def jump(self, seconds: float) -> None:
+        self._offset += seconds

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GSVR, env_for, journal_of, records, run_cli, wait_for
+from conftest import GSVR, Clock, env_for, journal_of, records, run_cli, wait_for
 from videos import make_video
 
 pytestmark = pytest.mark.slow
@@ -422,10 +422,10 @@ def test_free_tier_youtube_hours_are_counted_per_pacific_day_and_stop_the_run(tm
     monkeypatch.setenv("GEMINI_API_KEY", "test-key-not-real")
     m = lecture_batch(tmp_path, [{"source": f"https://www.youtube.com/watch?v={v}"} for v in ids],
                       settings={"tier": "free", "tpm": ROOMY_TPM, "workers": 1})
-    clock = {"now": 1_800_000_000.0}  # a fixed day; moved to the next Pacific day below
+    clock = Clock(1_800_000_000.0)  # a day of its own; moved to the next Pacific day below
 
     def opts(**kw):
-        return RunOptions(str(m), progress="quiet", now=lambda: clock["now"], **kw)
+        return RunOptions(str(m), progress="quiet", now=clock, **kw)
 
     preview = dry_run(opts(dry_run=True))
     assert "YouTube (free tier: 8 h of video a Pacific day): 3 link(s), 3 of unknown length" in preview
@@ -434,7 +434,7 @@ def test_free_tier_youtube_hours_are_counted_per_pacific_day_and_stop_the_run(tm
     assert res.exit_code == 75, res.message
     assert "8 hours of YouTube video a day are spent" in res.message
     recs = records(journal_of(tmp_path))
-    day = pacific_day(clock["now"])
+    day = pacific_day(clock())
     counted = sum(x.get("youtube_seconds", 0) for x in by_type(recs, "requests_charged") if x["day"] == day)
     assert counted == 9 * 3600 == server.stats()["quotas"]["youtube_seconds_today"]
     assert len(by_type(recs, "task_completed")) == 2  # five and four hours; the third waits
@@ -445,13 +445,13 @@ def test_free_tier_youtube_hours_are_counted_per_pacific_day_and_stop_the_run(tm
                                                                                              "count_tokens")]
     assert "9:00:00 used today" in dry_run(opts(dry_run=True))
 
-    clock["now"] += 86400
+    clock.jump(86400)
     server.reset_day()
     res = run_batch(opts(), echo=lambda s: None)
     assert res.exit_code == 0, res.message
     recs = records(journal_of(tmp_path))
     nxt = sum(x.get("youtube_seconds", 0) for x in by_type(recs, "requests_charged")
-              if x["day"] == pacific_day(clock["now"]))
+              if x["day"] == pacific_day(clock()))
     assert nxt == 3600 and len(by_type(recs, "task_completed")) == 3
 
 

@@ -122,8 +122,11 @@ class OnlineRun:
 
         assert self.receiver is not None
         self.generation += 1
+        # The manager's environment goes along: forkserver children would otherwise see the
+        # forkserver's, from whenever this process first started one (see init_worker).
+        initargs = (self.s.worker_config, self.receiver.sender(), dict(os.environ))
         return cf.ProcessPoolExecutor(max_workers=int(self.s.settings.workers), mp_context=worker_context(),
-                                      initializer=init_worker, initargs=(self.s.worker_config, self.receiver.sender()))
+                                      initializer=init_worker, initargs=initargs)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> RunResult:
