@@ -145,23 +145,15 @@ def _read_journal(manifest: Manifest, result: Validation) -> Any:
 
 def _existing_outputs(manifest: Manifest, state: Any, force: bool) -> list[Problem]:
     """Outputs that exist and were not made by this batch: run refuses them (exit 2) unless told."""
-    s = manifest.settings
-    if s.skip_existing or s.overwrite:
-        return []
-    from .runner.reconcile import output_is_ours
-    from .state import TaskStatus
+    from .runner.reconcile import foreign_outputs
 
     problems = []
-    for job in manifest.jobs:
-        t = state.tasks.get(job.job_id) if state is not None else None
-        if t is not None and t.status is TaskStatus.COMPLETED and not force:
-            continue
-        if output_is_ours(job.output_path, job.job_id) is False:
-            file, line = _origin(job)
-            rel = os.path.relpath(job.output_path, manifest.output_root)
-            problems.append(Problem(file, line, f"output '{rel}' already exists and was not made by this batch",
-                                    "run refuses to overwrite it: --skip-existing keeps it (the job is skipped), "
-                                    "--overwrite replaces it"))
+    for job in foreign_outputs(manifest, state, force=force):
+        file, line = _origin(job)
+        rel = os.path.relpath(job.output_path, manifest.output_root)
+        problems.append(Problem(file, line, f"output '{rel}' already exists and was not made by this batch",
+                                "run refuses to overwrite it: --skip-existing keeps it (the job is skipped), "
+                                "--overwrite replaces it"))
     return problems
 
 

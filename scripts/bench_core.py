@@ -134,26 +134,29 @@ def write_video_manifest(root: Path, n: int, *, workers: int = 2, extra: str = "
 
 
 class Timers:
-    """Wrap functions and methods with accumulating wall-clock timers (main thread only)."""
+    """Wrap functions and methods with accumulating timers (wall clock in the main thread, or a thread's CPU)."""
 
     def __init__(self) -> None:
         self.acc: dict[str, list[float]] = {}
         self._undo: list[Callable[[], None]] = []
         self._main = threading.get_ident()
 
-    def wrap(self, owner: Any, attr: str, label: str | None = None) -> None:
+    def wrap(self, owner: Any, attr: str, label: str | None = None, *, clock: Callable[[], float] = time.perf_counter,
+             main_only: bool = True) -> None:
+        """Add up the time spent inside ``owner.attr`` under ``label``: wall time (``perf_counter``)
+        in the main thread by default; ``clock=time.thread_time`` adds up the calling thread's CPU."""
         orig = getattr(owner, attr)
         slot = self.acc.setdefault(label or attr, [0.0, 0])
         main = self._main
 
         def timed(*a: Any, **kw: Any) -> Any:
-            if threading.get_ident() != main:
+            if main_only and threading.get_ident() != main:
                 return orig(*a, **kw)
-            t0 = time.perf_counter()
+            t0 = clock()
             try:
                 return orig(*a, **kw)
             finally:
-                slot[0] += time.perf_counter() - t0
+                slot[0] += clock() - t0
                 slot[1] += 1
 
         # staticmethod / plain function on a class or a module: setattr the wrapper as it is
@@ -164,22 +167,6 @@ class Timers:
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()
-
-    def wrap_cpu(self, owner: Any, attr: str, label: str) -> None:
-        """Like wrap, but adds up the calling thread's CPU time (not wall time) inside ``attr``."""
-        orig = getattr(owner, attr)
-        slot = self.acc.setdefault(label, [0.0, 0])
-
-        def timed(*a: Any, **kw: Any) -> Any:
-            c0 = time.thread_time()
-            try:
-                return orig(*a, **kw)
-            finally:
-                slot[0] += time.thread_time() - c0
-                slot[1] += 1
-
-        setattr(owner, attr, timed)
-        self._undo.append(lambda: setattr(owner, attr, orig))
 
     def seconds(self, label: str) -> float:
         return self.acc.get(label, [0.0, 0])[0]
@@ -634,7 +621,7 @@ def instrument_manager(new_api: bool) -> Timers:
         for name in ("_drain", "_housekeeping", "_next_due", "_submit", "_accept", "_watch_orphans"):
             tm.wrap(online.OnlineRun, name, f"OnlineRun.{name}")
         tm.wrap(online.cf, "wait", "cf.wait (idle + wake-up)")
-        tm.wrap_cpu(online.OnlineRun, "_loop", LOOP_CPU)
+        tm.wrap(online.OnlineRun, "_loop", LOOP_CPU, clock=time.thread_time, main_only=False)
     else:
         from gsvr_batch import runner
 
@@ -643,7 +630,7 @@ def instrument_manager(new_api: bool) -> Timers:
                 tm.wrap(runner.Runner, name, f"Runner.{name}")
         if hasattr(runner, "cf"):
             tm.wrap(runner.cf, "wait", "cf.wait (idle + wake-up)")
-        tm.wrap_cpu(runner.Runner, "_loop", LOOP_CPU)
+        tm.wrap(runner.Runner, "_loop", LOOP_CPU, clock=time.thread_time, main_only=False)
     return tm
 
 

@@ -56,6 +56,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from procfs import gone, process_group, worker_pids  # scripts/ (this script's folder) is on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "jobs" / "videos" / "lecture-01-introduction.mp4"
 GSVR = [sys.executable, "-m", "gsvr_batch"]
@@ -190,60 +192,6 @@ def start_sandbox(log: Path, latency: float, *, fail_rate: float = 0.0, seed: in
         proc.kill()
         raise RuntimeError(f"sandbox did not start: {line!r}")
     return proc, line.rsplit(" ", 1)[-1].strip()
-
-
-def children(pid: int) -> list[int]:
-    kids: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                kids += [int(x) for x in (task / "children").read_text().split()]
-            except OSError:
-                pass
-    except OSError:
-        return []
-    return kids
-
-
-def workers_of(pid: int) -> list[int]:
-    """Pool workers of the manager: its spawned children (``spawn_main``; the resource tracker is a
-    child too, but not that), or the children of its forkserver (forked workers keep its cmdline)."""
-    out = []
-    for k in children(pid):
-        try:
-            line = Path(f"/proc/{k}/cmdline").read_text(errors="ignore")
-        except OSError:
-            continue
-        if "spawn_main" in line:
-            out.append(k)
-        elif "forkserver" in line:
-            out += children(k)
-    return out
-
-
-def process_group(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_bytes()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            out.append(int(d.name))
-    return out
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (no longer exists, or is a zombie waiting to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return True
-    return stat[stat.rindex(b")") + 2:].split()[0] == b"Z"
 
 
 def read_log(log: Path) -> list[dict]:
@@ -416,7 +364,7 @@ class Torturer:
                     continue
                 if kind == "worker":
                     tid, pid = self.rng.choice(sorted(busy.items()))
-                    if pid not in workers_of(proc.pid):
+                    if pid not in worker_pids(proc.pid):
                         time.sleep(0.05)
                         continue
                     self.plan.pop(0)

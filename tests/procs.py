@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
-from conftest import GSVR, env_for, records
+from conftest import GSVR, REPO, env_for, records
+
+sys.path.insert(0, str(REPO / "scripts"))
+from procfs import children, cmdline, gone, process_group, worker_pids  # noqa: E402,F401  (re-exported)
 
 END_TYPES = {"task_completed", "task_failed", "task_requeued", "retry_scheduled", "task_skipped"}
 
@@ -53,56 +57,6 @@ def start_run(manifest: Path, server, *extra, log: Path | None = None, new_sessi
     log = log or manifest.parent / "run.log"
     return Run(["run", manifest, "--progress", "log", *extra], env=env or env_for(server), log=log,
                new_session=new_session)
-
-
-def children(pid: int) -> list[int]:
-    kids: list[int] = []
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return []
-    for task in tasks:
-        try:
-            kids += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return kids
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def worker_pids(manager: int) -> list[int]:
-    """Pool workers of a manager: its spawned children (``spawn_main``; the resource tracker is not
-    one), or the children of its forkserver (a forked worker keeps the forkserver's command line)."""
-    out = []
-    for k in children(manager):
-        line = cmdline(k)
-        if "spawn_main" in line:
-            out.append(k)
-        elif "forkserver" in line:
-            out += children(k)
-    return out
-
-
-def process_group(pgid: int) -> list[int]:
-    """Live processes (not zombies) whose process group is ``pgid``."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_bytes()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            out.append(int(d.name))
-    return out
 
 
 def generates(server, task_id: str | None = None, *, ok: bool = False) -> list[dict]:

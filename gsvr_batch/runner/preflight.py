@@ -84,23 +84,13 @@ def refuse_foreign_outputs(manifest: Any, state: Any, *, force: bool = False) ->
     """Outputs that exist and were not made by this batch: refused (exit 2) before anything is
     written — unless --skip-existing or --overwrite says what to do. ``state``: the batch's journal
     state (None for a batch not started yet, whose journal does not exist)."""
-    s = manifest.settings
-    if s.skip_existing or s.overwrite:
-        return
     if state is not None and state.manifest_identity and state.manifest_identity != manifest.identity:
         return  # another batch's journal: the run refuses that, with its own message
     import os
 
-    from ..state import TaskStatus
-    from .reconcile import output_is_ours
+    from .reconcile import foreign_outputs
 
-    foreign = []
-    for job in manifest.jobs:
-        t = state.tasks.get(job.job_id) if state is not None else None
-        if t is not None and t.status is TaskStatus.COMPLETED and not force:
-            continue
-        if output_is_ours(job.output_path, job.job_id) is False:
-            foreign.append(job.output_path)
+    foreign = [job.output_path for job in foreign_outputs(manifest, state, force=force)]
     if foreign:
         shown = ", ".join(os.path.relpath(p, manifest.output_root) for p in foreign[:5])
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""

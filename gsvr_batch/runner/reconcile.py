@@ -25,7 +25,7 @@ from typing import Any
 from .. import __version__
 from ..errors import JournalMismatch, UsageError
 from ..fsutil import TMP_PREFIX, pid_alive, sha256_file
-from ..state import TERMINAL, TaskStatus
+from ..state import TERMINAL, BatchState, TaskStatus
 from .session import Session
 
 
@@ -80,6 +80,23 @@ def output_is_ours(path: str, tid: str) -> bool | None:
         return None  # nothing there (a folder in the way makes the write fail, with its own message)
     meta = read_output_meta(path)
     return bool(meta and meta.get("task_id") == tid)
+
+
+def foreign_outputs(manifest: Any, state: BatchState | None, *, force: bool = False) -> list[Any]:
+    """The jobs whose output file exists but was not made by this batch (what ``run`` refuses to
+    overwrite unless --skip-existing or --overwrite says what to do). A completed task's output is
+    not this run's business unless ``force`` redoes it. ``state``: None for a batch not started yet."""
+    s = manifest.settings
+    if s.skip_existing or s.overwrite:
+        return []
+    out = []
+    for job in manifest.jobs:
+        t = state.tasks.get(job.job_id) if state is not None else None
+        if t is not None and t.status is TaskStatus.COMPLETED and not force:
+            continue
+        if output_is_ours(job.output_path, job.job_id) is False:
+            out.append(job)
+    return out
 
 
 def reconcile(s: Session) -> None:
@@ -294,5 +311,5 @@ def _dead_writer(rest: str) -> bool:
     return not pid_alive(int(head))
 
 
-__all__ = ["reconcile", "adopt_output", "adopt_partials", "clean_leftovers",
+__all__ = ["reconcile", "foreign_outputs", "adopt_output", "adopt_partials", "clean_leftovers",
            "changed_jobs", "Path"]
