@@ -678,8 +678,12 @@ def run_full(root: Path, n: int, workers: int, new_api: bool, profile: bool = Fa
             "records": len(recs), "types": types, "timers": {k: v for k, v in tm.acc.items()}}
 
 
-def run_bare(root: Path, n: int, workers: int, new_api: bool) -> dict[str, Any]:
-    """The same run_task calls through a bare pool: no journal, no events consumed, no progress."""
+def run_bare(root: Path, n: int, workers: int, new_api: bool, *, window: bool = False) -> dict[str, Any]:
+    """The same run_task calls through a bare pool: no journal, no events consumed, no progress.
+
+    ``window``: never more than ``workers`` tasks submitted, the next one only once one has come
+    back (what the runner does, so that every task a worker holds was journaled as started)
+    instead of ``pool.map``, which keeps one more call queued than there are workers."""
     import concurrent.futures as cf
     import dataclasses
     import multiprocessing
@@ -739,7 +743,15 @@ def run_bare(root: Path, n: int, workers: int, new_api: bool) -> dict[str, Any]:
             ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
                                     initargs=(wcfg, receiver.sender())) as pool:
-            results = list(pool.map(run_task, specs))
+            if not window:
+                results = list(pool.map(run_task, specs))
+            else:
+                results, todo, inflight = [], list(reversed(specs)), set()
+                while todo or inflight:
+                    while todo and len(inflight) < workers:
+                        inflight.add(pool.submit(run_task, todo.pop()))
+                    done, inflight = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
+                    results += [f.result() for f in done]
     finally:
         stop_drain.set()
         drainer.join()
@@ -756,10 +768,15 @@ def run_bare(root: Path, n: int, workers: int, new_api: bool) -> dict[str, Any]:
 
 def child_overhead(args: argparse.Namespace, new_api: bool) -> dict[str, Any]:
     n, w = args.n, args.workers
-    full, bare = [], []
+    full, bare, windowed = [], [], []
     for i in range(args.repeat):
         with tempfile.TemporaryDirectory(prefix="bench-bare-") as d:
             bare.append(run_bare(Path(d), n, w, new_api))
+        if new_api and not args.no_experiments:
+            with tempfile.TemporaryDirectory(prefix="bench-bare-") as d:
+                windowed.append(run_bare(Path(d), n, w, new_api, window=True))
+                print(f"  round {i + 1}: bare pool, at most {w} tasks submitted at once: {windowed[-1]['wall']:.2f} s "
+                      f"({windowed[-1]['wall'] / n * 1000:.1f} ms/task)", flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-full-") as d:
             full.append(run_full(Path(d), n, w, new_api, profile=args.profile and i == args.repeat - 1))
         b, f = bare[-1], full[-1]
@@ -783,7 +800,9 @@ def child_overhead(args: argparse.Namespace, new_api: bool) -> dict[str, Any]:
             print(f"    {label:<44} {sec / n * 1000:7.3f} ms/task  ({calls / n:5.1f} calls/task, "
                   f"{sec / calls * 1e6:7.1f} us/call)")
     syncs = next((calls for label, (_sec, calls) in ff["timers"].items() if label.startswith("JournalWriter.sync")), None)
+    fw = min(windowed, key=lambda r: r["wall"]) if windowed else None
     return {"overhead_ms": per, "full_ms": ff["wall"] / n * 1000,
+            "bare_ms": fb["wall"] / n * 1000, "bare_window_ms": fw["wall"] / n * 1000 if fw else None,
             "fsyncs_per_task": None if syncs is None else syncs / n, "ratio": ff["wall"] / fb["wall"], "bare_s": fb["wall"], "full_s": ff["wall"],
             "main_cpu_ms": ff["main_cpu"] / n * 1000, "loop_cpu_ms": ff["loop_cpu"] / n * 1000,
             "records_per_task": ff["records"] / n,
@@ -1062,6 +1081,11 @@ def summary(results: dict[str, dict[str, dict[str, Any]]], sections: list[str], 
                      get(a, "overhead", "overhead_ms"), "<= 1 ms", TARGETS["overhead"]))
         rows.append((f"full run, wall per task, N = {args.n}, {args.workers} workers (ms/task)",
                      get(b, "overhead", "full_ms"), get(a, "overhead", "full_ms"), "", None))
+        rows.append(("  bare pool, `pool.map` (ms/task)", get(b, "overhead", "bare_ms"), get(a, "overhead", "bare_ms"),
+                     "", None))
+        if get(a, "overhead", "bare_window_ms") is not None:
+            rows.append((f"  experiment: bare pool, at most {args.workers} tasks submitted, as the runner (ms/task)", None,
+                         get(a, "overhead", "bare_window_ms"), "", None))
         rows.append(("manager thread CPU in the dispatch loop (ms/task)", get(b, "overhead", "loop_cpu_ms"),
                      get(a, "overhead", "loop_cpu_ms"), "<= 1 ms", TARGETS["overhead"]))
         rows.append(("manager thread CPU, whole run incl. set-up (ms/task)", get(b, "overhead", "main_cpu_ms"),
@@ -1104,7 +1128,7 @@ def main() -> None:
     ap.add_argument("--before", default=BEFORE_REV, help=f"the 'before' commit ({BEFORE_REV})")
     ap.add_argument("--no-before", action="store_true", help="measure the working tree only")
     ap.add_argument("--no-experiments", action="store_true",
-                    help="skip the experiment (a pool of spawned vs forkserver workers)")
+                    help="skip the experiments (a pool of spawned vs forkserver workers; a bare pool with the runner's in-flight window)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--tree", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--journal", default=None, help=argparse.SUPPRESS)

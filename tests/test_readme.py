@@ -46,8 +46,8 @@ SKIPPED = {
     "*/15 * * * * cd / && /opt/venv/bin/gsvr-batch run /srv/lessons/manifest.yaml >> /srv/lessons/run.log 2>&1":
         "a crontab line for a server's paths; a cron-like run (no TTY, cwd /, log appended) is tests/test_cron.py",
     "python scripts/make_sample_videos.py": "rewrites jobs/videos/ (a tool for maintainers)",
-    "python scripts/bench_core.py": "a benchmark: minutes, and it writes docs/BENCHMARKS.md",
-    "python scripts/bench_ratelimit.py": "a benchmark: minutes, and it writes docs/RATELIMIT.md",
+    "python scripts/bench_core.py": "a benchmark: minutes; its figures are the ones in docs/BENCHMARKS.md",
+    "python scripts/bench_ratelimit.py": "a benchmark: minutes; its figures are the ones in docs/RATELIMIT.md",
     "python scripts/torture.py": "minutes of kill -9 torture; its quick version is tests/test_torture.py",
     "python scripts/fault_injection.py": "minutes of fault injection; its quick version is tests/test_faults.py",
     "python scripts/screenshot_report.py": "needs chromium; the report's rendering is tests/test_report.py",

@@ -181,13 +181,19 @@ class SandboxServer:
             }
 
     # ----- logging ---------------------------------------------------------------------
-    def _log(self, entry: dict) -> None:
+    def log_request(self, entry: dict) -> None:
+        """Keep one request's entry (in memory, and as a line of the JSONL log when there is one)."""
         with self._lock:
             self.requests.append(entry)
             if self._log_file is not None:
                 # One flushed line per request: a benchmark may kill us at any moment.
                 self._log_file.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 self._log_file.flush()
+
+    def mark_client_gone(self, entry: dict) -> None:
+        """The answer could not be sent: noted on the in-memory entry (its JSONL line is already written)."""
+        with self._lock:
+            entry["injected"] = entry["injected"] or "client_gone"
 
     # ----- request handling (called from handler threads) -------------------------------
     def _check_key(self, handler: _Handler, query: dict) -> None:
@@ -516,7 +522,7 @@ class SandboxServer:
         if generate.HANG in prep.trigger_text:
             entry["injected"] = "hang"
             # Log now (status None): a benchmark reading the log must see the call in flight.
-            self._log(dict(entry))
+            self.log_request(dict(entry))
             entry["_logged"] = True
             self._stop.wait()  # until the server stops; then the client sees a dropped connection
             raise _Drop("hang")
@@ -695,7 +701,7 @@ class _Handler(BaseHTTPRequestHandler):
             entry["injected"] = entry["injected"] or drop.injected
             entry["elapsed"] = round(time.monotonic() - started, 4)
             if not entry.pop("_logged", False):
-                sb._log(entry)
+                sb.log_request(entry)
             self.close_connection = True  # say nothing: the client sees a dropped connection
             return
         except rpc.ApiError as exc:
@@ -715,12 +721,11 @@ class _Handler(BaseHTTPRequestHandler):
         entry["status"] = reply.status
         entry["elapsed"] = round(time.monotonic() - started, 4)
         # Logged before the answer goes out: a client holding an answer always finds its entry.
-        sb._log(entry)
+        sb.log_request(entry)
         try:
             self._send(reply)
         except OSError:
-            with sb._lock:  # the in-memory entry only; its JSONL line is already written
-                entry["injected"] = entry["injected"] or "client_gone"
+            sb.mark_client_gone(entry)
 
     def _send(self, reply: _Reply) -> None:
         if reply.raw_path is not None:
