@@ -145,6 +145,7 @@ def init_worker(cfg: WorkerConfig, queue: Any, env: dict[str, str] | None = None
     in the same process (a library caller, a test) would otherwise send its requests to the first
     run's ``GOOGLE_GEMINI_BASE_URL`` with the first run's key. It is applied whole, so a worker
     sees exactly what a spawned or forked one would (proxy, CA bundle, TMPDIR, secret names).
+    (The working directory needs nothing: multiprocessing's preparation data carries it.)
     """
     global _STATE
     if multiprocessing.parent_process() is not None:
