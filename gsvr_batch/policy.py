@@ -64,6 +64,10 @@ class Stop:
     message: str
     resets_at: str | None = None
     model: str | None = None  # a daily quota of one model ("youtube": the free tier's YouTube hours)
+    # Our own daily budget (settings.rpd, the free tier's YouTube hours as counted here) rather than
+    # the API's word: recounted from the journal by every run, with the settings of that run, so it
+    # is not journaled as a block that outlives the run (a rerun with a raised --rpd goes on).
+    budget: bool = False
 
     @property
     def exit_code(self) -> int:

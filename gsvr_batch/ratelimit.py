@@ -106,6 +106,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import BatchStop, QuotaExhausted, RateLimited, UsageError
+
+# quota_id of a QuotaExhausted raised because the run's own daily budget (settings.rpd) is spent,
+# not because the API said so: the manager does not journal it as a block that outlives the run.
+LOCAL_RPD_QUOTA = "settings.rpd"
 from .quota import Limits, iso_utc, next_pacific_midnight, normalize_model, pacific_day
 
 __all__ = [
@@ -498,6 +502,8 @@ class RateLimiter:
                     f"({used} of {b.limit if b.limit is not None else 'server limit'} today); "
                     f"it resets at {iso_utc(resets)} (midnight Pacific)",
                     resets_at=iso_utc(resets),
+                    # the server said so (a daily 429), or only our own budget (settings.rpd) is spent
+                    quota_id=None if d[b.base + _EXHAUSTED] else LOCAL_RPD_QUOTA,
                 )
         wait = 0.0
         for b in slots:

@@ -543,7 +543,9 @@ def _batch_stopped(s: BatchState, r: dict[str, Any]) -> None:
     s.stopped = {k: v for k, v in r.items() if k not in ("seq", "crc")}
     # A spent daily quota outlives the run that met it: the next cron firing the same Pacific
     # day must not ask the API again (it would only burn another request).
-    if r.get("kind") == "quota_day" and r.get("resets_at"):
+    # Our own budget (settings.rpd, ``budget: true``) is not a block: every run recounts it from
+    # requests_charged with its own settings, so a rerun with a raised --rpd goes on.
+    if r.get("kind") == "quota_day" and r.get("resets_at") and not r.get("budget"):
         for model in r.get("models") or ([r["model"]] if r.get("model") else ["*"]):
             s.quota_blocks[model] = r["resets_at"]
 

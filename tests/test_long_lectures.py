@@ -406,6 +406,38 @@ def test_one_video_three_templates_is_uploaded_once(tmp_path, sandbox):
     assert len({g["task_id"] for g in generates(server)}) == 3
 
 
+def test_a_rerun_an_hour_later_uses_the_upload_still_alive(tmp_path, sandbox, monkeypatch):
+    """The first run stops after one of three tasks (its daily request budget is spent): the upload
+    stays, journaled, because pending tasks need it. An hour later the rerun sends the other two
+    requests on that same file — no new upload — and the finished batch then deletes it."""
+    import time
+
+    from gsvr_batch.runner import RunOptions, run_batch
+
+    server = sandbox(processing_delay=0.2)
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key-not-real")
+    m = lecture_batch(tmp_path, [
+        {"name": "lecture.mp4", "seconds": 60, "template": "summary_report"},
+        {"source": "videos/lecture.mp4", "template": "comprehensive_lesson"},
+        {"source": "videos/lecture.mp4", "template": "chinese_transcript"},
+    ], settings={"tpm": ROOMY_TPM, "workers": 1, "rpd": 1})
+    clock = Clock(time.time())
+    res = run_batch(RunOptions(str(m), progress="quiet", now=clock), echo=lambda s: None)
+    assert res.exit_code == 75 and res.counts["completed"] == 1, res.message
+    kinds = Counter(x["kind"] for x in server.requests)
+    assert kinds["upload_finalize"] == 1 and kinds["files_delete"] == 0, kinds
+
+    clock.jump(3600)
+    res = run_batch(RunOptions(str(m), progress="quiet", now=clock, rpd=100), echo=lambda s: None)
+    assert res.exit_code == 0 and res.counts["completed"] == 3, res.message
+    kinds = Counter(x["kind"] for x in server.requests)
+    assert kinds["upload_finalize"] == 1 and len(generates(server)) == 3, kinds
+    assert kinds["files_delete"] == 1  # no task needs it any more
+    recs = records(journal_of(tmp_path))
+    assert len(by_type(recs, "upload_finished")) == 1 and len(by_type(recs, "upload_deleted")) == 1
+
+
 # ---------------------------------------------------------------------------- 6. YouTube quota
 
 

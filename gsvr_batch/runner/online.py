@@ -195,7 +195,7 @@ class OnlineRun:
             if not self.running:
                 if not pending and s.youtube_held is not None and s.stop_reason is None:
                     held = s.youtube_held  # nothing left but YouTube links held until midnight Pacific
-                    s.stop(held.kind, held.message, resets_at=held.resets_at, model=held.model)
+                    s.stop(held.kind, held.message, resets_at=held.resets_at, model=held.model, budget=held.budget)
                 if s.stop_reason is not None or not pending:
                     break
                 time.sleep(TICK)  # paused, or every pending task waits for its retry time
@@ -240,7 +240,7 @@ class OnlineRun:
                 s.youtube_held = block  # only the YouTube hours are spent: the other videos go on
                 continue
             if block is not None:
-                s.stop(block.kind, block.message, resets_at=block.resets_at, model=block.model)
+                s.stop(block.kind, block.message, resets_at=block.resets_at, model=block.model, budget=block.budget)
             if block is not None or not s.within_cost_limit(tid, busy) or not self._models_known():
                 pending.appendleft(tid)  # peeked, not started
                 break

@@ -32,6 +32,7 @@ from ..errors import ErrorRecord, FatalAPIError, ModelNotFound, RequestRejected,
 from ..exitcodes import ExitCode
 from ..lifecycle import BatchLog, new_attempt_id
 from ..policy import Decision, RetryPolicy, Stop
+from ..ratelimit import LOCAL_RPD_QUOTA
 from ..state import BatchState, TaskStatus
 from ..tasks import (
     EVENT_PARTIAL,
@@ -291,8 +292,10 @@ class Session:
             self.limiter.set_paused(False)
 
     def stop(self, kind: str, message: str, *, resets_at: str | None = None, model: str | None = None,
-             **extra: Any) -> None:
-        """Stop dispatching; the first fatal reason wins. Journaled at once (batch_stopped)."""
+             budget: bool = False, **extra: Any) -> None:
+        """Stop dispatching; the first fatal reason wins. Journaled at once (batch_stopped).
+
+        ``budget``: a daily budget of our own settings is spent, not the API's quota (policy.Stop)."""
         if self.stop_reason is not None and self.stop_reason.kind in ("fatal", "journal"):
             return
         if self.stop_reason is not None and self.stop_reason.kind == kind and kind != "quota_day":
@@ -300,7 +303,7 @@ class Session:
         self.stop_reason = Stop(kind, message, resets_at)
         if self.log.broken:
             return
-        self.log.stop(kind, message, resets_at=resets_at, model=model, **extra)
+        self.log.stop(kind, message, resets_at=resets_at, model=model, budget=True if budget else None, **extra)
         if self.limiter is not None and kind in ("fatal", "cancelled"):
             self.limiter.set_cancelled()  # running workers stop at their next API call
 
@@ -344,7 +347,7 @@ class Session:
         block = self.quota_block(model, tid)
         if block is None:
             return True
-        self.stop(block.kind, block.message, resets_at=block.resets_at, model=block.model)
+        self.stop(block.kind, block.message, resets_at=block.resets_at, model=block.model, budget=block.budget)
         return False
 
     def quota_block(self, model: str, tid: str | None = None) -> Stop | None:
@@ -369,7 +372,7 @@ class Session:
             if used >= lim.rpd:
                 resets = iso_utc(next_pacific_midnight(now))
                 return Stop("quota_day", f"daily request budget for {model} is spent ({used} of {lim.rpd} today, "
-                                         f"Pacific time); it resets at {resets}", resets, model)
+                                         f"Pacific time); it resets at {resets}", resets, model, budget=True)
         limit_s = self._youtube_limit()
         if limit_s is not None and (job is None or youtube):
             # Counted per Pacific day from the journal (requests_charged.youtube_seconds) plus what
@@ -381,7 +384,8 @@ class Session:
                 what = (f"{used_s / 3600:.2f} h used today, this link needs {need / 3600:.2f} h more"
                         if need and used_s < limit_s else f"{used_s / 3600:.2f} h used today")
                 return Stop("quota_day", f"the free tier's {limit_s / 3600:g} hours of YouTube video a day are spent "
-                                         f"({what}, Pacific time); it resets at {resets}", resets, "youtube")
+                                         f"({what}, Pacific time); it resets at {resets}", resets, "youtube",
+                            budget=True)
         return None
 
     def _youtube_seconds_left(self, tid: str) -> float:
@@ -611,7 +615,8 @@ class Session:
                 self.log.stop("quota_day", d.stop.message, resets_at=d.stop.resets_at, model="youtube")
                 self.youtube_held = d.stop
             else:
-                self.stop(d.stop.kind, d.stop.message, resets_at=d.stop.resets_at, model=err.model)
+                self.stop(d.stop.kind, d.stop.message, resets_at=d.stop.resets_at, model=err.model,
+                          budget=err.quota_id == LOCAL_RPD_QUOTA)
         return d
 
     def worker_died(self, tid: str, detail: str = "") -> Decision | None:
