@@ -678,6 +678,28 @@ def run_full(root: Path, n: int, workers: int, new_api: bool, profile: bool = Fa
             "records": len(recs), "types": types, "timers": {k: v for k, v in tm.acc.items()}}
 
 
+def discard_events(receiver: Any) -> Callable[[], None]:
+    """Read the workers' events and throw them away, in a thread; returns the function that stops it.
+
+    A unix datagram socket queues only net.unix.max_dgram_qlen (often 10) datagrams and the workers'
+    sends block when it is full, so even a bare pool must read them."""
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            select.select([receiver.fileno()], [], [], 0.05)
+            receiver.drain()
+
+    th = threading.Thread(target=drain, daemon=True)
+    th.start()
+
+    def halt() -> None:
+        stop.set()
+        th.join()
+
+    return halt
+
+
 def run_bare(root: Path, n: int, workers: int, new_api: bool, *, window: bool = False) -> dict[str, Any]:
     """The same run_task calls through a bare pool: no journal, no events consumed, no progress.
 
@@ -710,19 +732,8 @@ def run_bare(root: Path, n: int, workers: int, new_api: bool, *, window: bool = 
     limiter = RateLimiter.create(lim_path, {MODEL: Limits(rpm=s.rpm, tpm=s.tpm, rpd=s.rpd, file_rpm=None)})
     wcfg = WorkerConfig(base_url=base_url, api_version=None, api_key_env=key_env,
                         request_timeout=float(s.request_timeout), limiter_path=lim_path, backend="sandbox")
-    # Workers send their events here. A unix datagram socket queues only net.unix.max_dgram_qlen
-    # (often 10) datagrams and the workers' sends block when it is full, so even the bare
-    # baseline must read them: a thread does, and throws them away.
     receiver = EventReceiver()
-    stop_drain = threading.Event()
-
-    def drain() -> None:
-        while not stop_drain.is_set():
-            select.select([receiver.fileno()], [], [], 0.05)
-            receiver.drain()
-
-    drainer = threading.Thread(target=drain, daemon=True)
-    drainer.start()
+    stop_drain = discard_events(receiver)
     names = {f.name for f in dataclasses.fields(TaskSpec)}
     specs = []
     for i, j in enumerate(manifest.jobs):
@@ -753,8 +764,7 @@ def run_bare(root: Path, n: int, workers: int, new_api: bool, *, window: bool = 
                     done, inflight = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
                     results += [f.result() for f in done]
     finally:
-        stop_drain.set()
-        drainer.join()
+        stop_drain()
         receiver.close()
         limiter.close()
         server.stop()
@@ -960,15 +970,7 @@ def forkserver_experiment(w: int) -> dict[str, Any]:
             wcfg = WorkerConfig(base_url=base_url, api_version=None, api_key_env=key_env, request_timeout=60.0,
                                 limiter_path=lim_path, backend="sandbox", manager_pid=os.getpid())
             receiver = EventReceiver()
-            stop = threading.Event()
-
-            def drain() -> None:
-                while not stop.is_set():
-                    select.select([receiver.fileno()], [], [], 0.05)
-                    receiver.drain()
-
-            th = threading.Thread(target=drain, daemon=True)
-            th.start()
+            stop_drain = discard_events(receiver)
             body = SAMPLE.read_bytes()
             specs = []
             for i in range(w * 3):
@@ -996,8 +998,7 @@ def forkserver_experiment(w: int) -> dict[str, Any]:
                     workers = [p for p in pids if p != os.getpid()]
                     per = sorted(pss_kb(p) / 1024.0 for p in workers)
             finally:
-                stop.set()
-                th.join()
+                stop_drain()
                 receiver.close()
                 limiter.close()
                 server.stop()
