@@ -1008,7 +1008,8 @@ def _settings(raw: RawManifest, overrides: dict) -> tuple[Settings, list[Problem
         if name == "templates_dir" and lines.get(name) is None:
             continue
         if name == "journal" and lines.get(name) is None:
-            parsed = os.path.abspath(parsed)
+            # as runner.preflight.resolve_journal reads --journal: "~" is the home folder
+            parsed = os.path.abspath(os.path.expanduser(parsed))
         setattr(s, name, parsed)
     return s, problems
 

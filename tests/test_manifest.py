@@ -511,3 +511,20 @@ def test_identity_is_hash_of_resolved_path(tmp_path):
     assert m.identity == hashlib.sha256(str(path.resolve()).encode()).hexdigest()
     assert m.content_hash == hashlib.sha256(path.read_bytes()).hexdigest()
     assert m.path == path and os.path.isabs(m.jobs[0].output_path)
+
+
+def test_a_journal_under_home_given_on_the_command_line_is_the_one_run_opens(tmp_path, monkeypatch):
+    """--journal '~/j.jsonl' (quoted, or from a cron line): the manifest's owned paths and the run's
+    journal are one file under $HOME, not a folder named "~" under the working directory."""
+    from gsvr_batch.runner.preflight import resolve_journal
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    video(tmp_path / "course" / "a.mp4")
+    m = load_manifest(str(write(tmp_path / "course" / "m.yaml", "jobs:\n  - source: a.mp4\n")),
+                      {"journal": "~/j.jsonl"})
+    assert m.settings.journal == str(home / "j.jsonl")
+    assert resolve_journal("~/j.jsonl", m) == (home / "j.jsonl").resolve()
