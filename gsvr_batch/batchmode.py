@@ -395,7 +395,7 @@ class BatchMode:
             if err is not None:
                 errors.append((tid, kind, idx, err))
             elif kind == "clip":
-                why = self._clip_answer(j, tid, int(idx or 0), response)
+                why = self._clip_answer(tid, int(idx or 0), response)
                 if why is not None:
                     prev = blocked.get(tid)
                     blocked[tid] = (prev[0] if prev else why[0], (prev[1] if prev else 0.0) + why[1])
@@ -432,12 +432,13 @@ class BatchMode:
         self.blog.batch_job_updated(j["name"], SUCCEEDED, done=True)
         self._cleanup(j)
 
-    def _lesson_prep(self, spec: Any, duration: float | None) -> Any:
-        """What writing a lesson needs of the request (template, resolution, length): no upload."""
+    def _lesson_prep(self, spec: Any, duration: float | None, tpl: Any = None) -> Any:
+        """What writing a lesson needs of the request (template, resolution, length): no upload.
+        ``tpl``: the task's template when the caller has loaded it already."""
         from . import templates
         from .pipeline import PreparedRequest
 
-        tpl = templates.get_template(spec.template, spec.templates_dirs)
+        tpl = tpl or templates.get_template(spec.template, spec.templates_dirs)
         return PreparedRequest(task_id=spec.task_id, contents=[], generation=templates.generation_config(tpl),
                                prompt="", upload=None, video_duration=duration, template_name=tpl.name,
                                template_version=tpl.version, youtube=spec.source_kind == "youtube")
@@ -451,7 +452,7 @@ class BatchMode:
         except (KeyError, TypeError, ValueError):
             return None
 
-    def _clip_answer(self, j: dict[str, Any], tid: str, idx: int, response: Any) -> tuple[GsvrError, float] | None:
+    def _clip_answer(self, tid: str, idx: int, response: Any) -> tuple[GsvrError, float] | None:
         """One clip's answer: its partial file (atomic, fsynced), then ``clip_completed`` at batch price.
 
         A blocked or empty answer is returned ``(why, cost)`` instead: the caller fails the task once
@@ -464,13 +465,10 @@ class BatchMode:
         clip = next((c for c in (plan.clips if plan else ()) if c.index == idx), None)
         if clip is None or str(idx) in t.partials:
             return None  # an answer for clip boundaries no longer planned, or journaled by an earlier poll
-        usage = _usage_or_empty(response)
         try:
             answer = answer_of(response)
-        except DiskFull:
-            raise
         except GsvrError as e:  # blocked / empty: the task fails, the answer was paid all the same
-            return e, s.price(t.model, usage, mode="batch")
+            return e, s.price(t.model, _usage_or_empty(response), mode="batch")
         spec = s.spec_for(tid)
         path, sha = save_partial(spec, clip, answer)
         self.blog.clip_completed(tid, clip=idx, start=clip.start, end=clip.end, path=path, sha256=sha,
@@ -502,9 +500,8 @@ class BatchMode:
                                 model_version=getattr(response, "model_version", None),
                                 video_duration=duration, elapsed=None, truncated=truncated,
                                 fingerprint=s.fingerprints.get(tid))
-        drop = getattr(s, "drop_partials", None)
-        if drop is not None and clips:
-            drop(tid)  # the merged lesson is durable: the partials served their purpose
+        if clips:
+            s.drop_partials(tid)  # the merged lesson is durable: the partials served their purpose
 
     def _replan(self, tid: str, idx: int | None, n_tokens: int, limit: int) -> None:
         """A request refused for size: the next plan from the API's N and L, journaled; the task goes
@@ -514,11 +511,10 @@ class BatchMode:
         s = self.s
         t = self.state.tasks[tid]
         plan = self._plan_of(tid)
-        spec = s.spec_for(tid)
         if plan is None:
             s.interrupted(tid, "refused for size without a journaled plan; planned again")
             return
-        ctx = s.context_of(tid)
+        spec = s.spec_for(tid)  # its context, clip_minutes and allow_low: Session.context_of's answer
         done = 0
         if plan.strategy == "clips" and idx is not None:
             # after_overflow keeps the answered clips that come before the refused one.
@@ -527,9 +523,9 @@ class BatchMode:
         prep = self._prompt_prep(spec, plan)
         try:
             new = context.after_overflow(plan, n_tokens, limit, duration=plan.duration if plan.duration_known else None,
-                                         prompt_chars=len(prep.prompt), tpm=None, allow_low=bool(ctx["allow_low"]),
-                                         clip_minutes=ctx["clip_minutes"],
-                                         forced="clips" if ctx["context"] == "clips" else "auto", completed=done)
+                                         prompt_chars=len(prep.prompt), tpm=None, allow_low=spec.allow_low,
+                                         clip_minutes=spec.clip_minutes,
+                                         forced="clips" if spec.context == "clips" else "auto", completed=done)
         except context.ContextError as err:
             s.fail_attempt(tid, RequestRejected(f"refused for size and cannot be re-planned: {err}").to_record())
             return
@@ -584,8 +580,8 @@ class BatchMode:
         with the length the clips' prompts were rendered with: the probed one, None for a link."""
         from . import templates
 
-        prep = self._lesson_prep(spec, plan.duration if plan is not None else None)
         tpl = templates.get_template(spec.template, spec.templates_dirs)
+        prep = self._lesson_prep(spec, plan.duration if plan is not None else None, tpl)
         known = plan.duration if plan is not None and plan.duration_known else None
         prep.prompt = templates.render_prompt(tpl, spec.params, {"title": spec.title, "duration": known,
                                                                  "source": spec.source})

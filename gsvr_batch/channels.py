@@ -180,17 +180,21 @@ class EventReceiver:
             # Too long a path for a socket name: a private folder named after the journal, so the
             # next run finds (and removes) what a killed run left behind.
             tag = hashlib.sha256(str(Path(journal).resolve()).encode()).hexdigest()[:12]
-            base = tempfile.gettempdir()
-            if len(base) + 60 > _MAX_SOCKET_PATH:
-                base = "/tmp"  # a long TMPDIR too: a socket name must fit sun_path (108 bytes)
+            base = EventReceiver._socket_base()
             d = Path(base) / f"gsvr-{os.geteuid()}-{tag}"
             d.mkdir(mode=0o700, exist_ok=True)
             if d.stat().st_uid != os.geteuid() or d.is_symlink():
                 return Path(tempfile.mkdtemp(prefix="gsvr-", dir=base))
             os.chmod(d, 0o700)
             return d
+        return Path(tempfile.mkdtemp(prefix="gsvr-", dir=EventReceiver._socket_base()))
+
+    @staticmethod
+    def _socket_base() -> str:
+        """The temp folder, unless a long TMPDIR would not leave room for a socket name in sun_path
+        (108 bytes): then /tmp."""
         base = tempfile.gettempdir()
-        return Path(tempfile.mkdtemp(prefix="gsvr-", dir=base if len(base) + 60 <= _MAX_SOCKET_PATH else "/tmp"))
+        return base if len(base) + 60 <= _MAX_SOCKET_PATH else "/tmp"
 
     def sender(self) -> EventSender:
         return EventSender(self.address)

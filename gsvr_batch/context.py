@@ -342,6 +342,14 @@ def clip_offsets(clip: Clip, fps: float | None = None) -> dict:
     return out
 
 
+def plan_label(strategy: str, n_clips: int = 0) -> str:
+    """How a plan is shown everywhere (dry run, status, replay, report): ``"1 call"`` | ``"low res"`` |
+    ``"7 clips + merge"``."""
+    if strategy == "clips":
+        return f"{n_clips} clip{'s' if n_clips != 1 else ''} + merge"
+    return "low res" if strategy == "low" else "1 call"
+
+
 @dataclass(frozen=True)
 class Plan:
     """How one task is sent. ``to_record`` / ``from_record`` round-trip through JSON."""
@@ -365,10 +373,7 @@ class Plan:
 
     def label(self) -> str:
         """``"1 call"`` | ``"low res"`` | ``"7 clips + merge"``."""
-        if self.strategy == "clips":
-            n = len(self.clips)
-            return f"{n} clip{'s' if n != 1 else ''} + merge"
-        return "low res" if self.strategy == "low" else "1 call"
+        return plan_label(self.strategy, len(self.clips))
 
     @property
     def fits(self) -> bool:

@@ -100,12 +100,13 @@ def youtube_line(manifest: Any, rows: list[JobEstimate], state: Any, now: Any = 
     understanding, limitations). Today's use is the journal's (requests_charged.youtube_seconds,
     per Pacific day), the same count the run stops at (exit 75).
     """
-    from .runner.session import FREE_TIER_YOUTUBE_SECONDS
+    from .runner.session import youtube_limit
     from .timeutil import pacific_day
 
     links = [r for r in rows if r.source_kind == "youtube" and r.counted]
     s = manifest.settings
-    if not links or s.sandbox or str(s.tier) != "free" or str(s.mode or "online") == "batch":
+    limit = youtube_limit(s)
+    if not links or limit is None or str(s.mode or "online") == "batch":
         return None
     import time as _time
 
@@ -115,11 +116,11 @@ def youtube_line(manifest: Any, rows: list[JobEstimate], state: Any, now: Any = 
     unknown = sum(1 for r in links if r.duration is None)
     need = _fmt_duration(known) + (f" + {unknown} of unknown length" if unknown else "") if known else (
         f"{unknown} of unknown length")
-    left = max(0.0, FREE_TIER_YOUTUBE_SECONDS - used)
+    left = max(0.0, limit - used)
     verdict = ""
     if known and known > left:
         verdict = " — more than is left today: the run stops at the limit (exit 75) and goes on after midnight Pacific"
-    return (f"YouTube (free tier: {FREE_TIER_YOUTUBE_SECONDS / 3600:g} h of video a Pacific day): {len(links)} link(s), "
+    return (f"YouTube (free tier: {limit / 3600:g} h of video a Pacific day): {len(links)} link(s), "
             f"{need}; {_fmt_duration(used)} used today, {_fmt_duration(left)} left{verdict}.")
 
 

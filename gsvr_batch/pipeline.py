@@ -197,13 +197,7 @@ def _watch_manager(manager: int) -> None:
             fd = os.pidfd_open(manager)
             select.select([fd], [], [])
         except (AttributeError, OSError):
-            while True:
-                try:
-                    os.kill(manager, 0)
-                except ProcessLookupError:
-                    break
-                except PermissionError:
-                    pass
+            while fsutil.pid_alive(manager):
                 time.sleep(0.2)
         os._exit(1)
 
@@ -777,9 +771,7 @@ def _check_parent(task: _Task) -> None:
     manager = task.w.cfg.manager_pid
     gone = os.getppid() != task.w.parent_pid
     if not gone and manager and manager != task.w.parent_pid:
-        from .fsutil import pid_alive
-
-        gone = not pid_alive(manager)  # a forkserver's child: its parent outlives the manager
+        gone = not fsutil.pid_alive(manager)  # a forkserver's child: its parent outlives the manager
     if gone:
         raise BatchStop("the manager process is gone; output not written")
 

@@ -355,6 +355,18 @@ def load_pricing(override: str | Path | None = None) -> PriceTable:
                       source=str(meta.get("source", "")), read_on=str(meta.get("read_on", "")), files=files)
 
 
+def batch_price_table(settings: dict[str, Any] | None) -> tuple[PriceTable | None, str]:
+    """The journaled batch's price table and mode (what ``status``, ``replay`` and the report price
+    cached tokens with): its ``--pricing`` file, or None — the built-in table — when that file cannot
+    be read any more (moved, edited into something broken)."""
+    settings = settings or {}
+    try:
+        table: PriceTable | None = load_pricing(settings.get("pricing"))
+    except Exception:  # noqa: BLE001 - a moved --pricing file: the built-in table still prices it
+        table = None
+    return table, str(settings.get("mode") or "online")
+
+
 # -- estimates ---------------------------------------------------------------------------------
 # Token estimates before a call follow one rule, in context.py (video_tokens / request_tokens);
 # the plans, the TPM charge, the cost limit and the dry run all use it.

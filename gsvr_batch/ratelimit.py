@@ -106,11 +106,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import BatchStop, QuotaExhausted, RateLimited, UsageError
+from .quota import Limits, iso_utc, next_pacific_midnight, normalize_model, pacific_day
 
 # quota_id of a QuotaExhausted raised because the run's own daily budget (settings.rpd) is spent,
 # not because the API said so: the manager does not journal it as a block that outlives the run.
 LOCAL_RPD_QUOTA = "settings.rpd"
-from .quota import Limits, iso_utc, next_pacific_midnight, normalize_model, pacific_day
 
 __all__ = [
     "DEFAULT_KINDS",

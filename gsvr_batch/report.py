@@ -96,6 +96,11 @@ def _tokens(usage: dict[str, Any], key: str) -> int:
     return int(v) if isinstance(v, (int, float)) else 0
 
 
+def _task_tokens(t: Any, key: str) -> int:
+    """A task's tokens of one kind: a clips task's own usage is its merge call, its clips' are in its partials."""
+    return _tokens(t.usage, key) + sum(_tokens(p.get("usage") or {}, key) for p in t.partials.values())
+
+
 def pack_lanes(attempts: list[dict[str, Any]]) -> int:
     """Give each attempt (sorted by start) a ``lane``: the first lane free at its start. Returns lane count."""
     lane_ends: list[float] = []
@@ -186,13 +191,9 @@ def build_report(journal: str | os.PathLike[str]) -> dict[str, Any]:
     # -- tokens and cost by model / template ---------------------------------------------------
     # Cached prompt tokens (served from the API's cache, billed at the cached rate) and what they
     # saved against the full input rate, priced with the batch's table.
-    from .pricing import cache_totals, load_pricing
+    from .pricing import batch_price_table, cache_totals
 
-    try:
-        table = load_pricing((state.settings or {}).get("pricing"))
-    except Exception:  # noqa: BLE001 - a moved --pricing file: the built-in table still prices it
-        table = None
-    mode = str((state.settings or {}).get("mode") or "online")
+    table, mode = batch_price_table(state.settings)
     saving = {tid: cache_totals([t], table, mode)[1] for tid, t in tasks.items()}
 
     def group(key: str) -> list[dict[str, Any]]:
@@ -205,8 +206,7 @@ def build_report(journal: str | os.PathLike[str]) -> dict[str, Any]:
             r["tasks"] += 1
             r["completed"] += t.status is TaskStatus.COMPLETED
             for k in ("prompt_tokens", "candidates_tokens", "total_tokens", "cached_tokens"):
-                # A clips task's own usage is its merge call; its clips' tokens are in its partials.
-                r[k] += _tokens(t.usage, k) + sum(_tokens(p.get("usage") or {}, k) for p in t.partials.values())
+                r[k] += _task_tokens(t, k)
             r["cost_usd"] += t.cost_usd
             r["cache_saving_usd"] += saving[t.task_id]
         for r in rows.values():
@@ -253,9 +253,7 @@ def build_report(journal: str | os.PathLike[str]) -> dict[str, Any]:
         "generated": _iso(datetime.now(tz=timezone.utc).timestamp()),
         "counts": state.counts(),
         "cost_usd": round(sum(t.cost_usd for t in tasks.values()), 6),
-        "cached_tokens": sum(_tokens(t.usage, "cached_tokens") + sum(_tokens(p.get("usage") or {}, "cached_tokens")
-                                                                    for p in t.partials.values())
-                             for t in tasks.values()),
+        "cached_tokens": sum(_task_tokens(t, "cached_tokens") for t in tasks.values()),
         "cache_saving_usd": round(sum(saving.values()), 6),
         "attempts": len(attempts),
         "errors": error_rows,
@@ -295,8 +293,7 @@ def _strategies(tasks: dict[str, Any], titles: dict[str, str]) -> list[dict[str,
         if not view["strategy"]:
             continue
         clips = "" if view["clips"] is None else (view["progress"] or f"{view['clips_done']}/{view['clips']}")
-        tokens = _tokens(t.usage, "prompt_tokens") + sum(_tokens(p.get("usage") or {}, "prompt_tokens")
-                                                         for p in t.partials.values())
+        tokens = _task_tokens(t, "prompt_tokens")
         duration = t.video_duration if t.video_duration is not None else (t.plan or {}).get("duration")
         rows.append({"task_id": t.task_id, "title": titles.get(t.task_id, t.task_id), "status": t.status.value,
                      "duration": hms(duration) if duration is not None else "?", "strategy": view["strategy"],

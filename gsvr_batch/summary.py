@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .channels import lock_is_held, read_owner
+from .context import plan_label
 from .fsutil import sha256_file
 from .lifecycle import replay
 from .progress import fmt_duration
@@ -35,10 +36,7 @@ def plan_view(t: Any) -> dict[str, Any]:
     else:  # the summary a completed task's record carries: no clip list, its request count
         n = max(0, int(plan.get("requests") or 1) - 1)
         done = min(n, len(partials))
-    if strategy == "clips":
-        label = f"{n} clip{'s' if n != 1 else ''} + merge"
-    else:
-        label = "low res" if strategy == "low" else "1 call"
+    label = plan_label(strategy, n)
     progress = ""
     status = getattr(getattr(t, "status", None), "value", None)
     if strategy == "clips" and status not in ("completed", "skipped"):
@@ -83,13 +81,10 @@ def batch_document(journal: str | os.PathLike[str], *, verify: bool = False) -> 
 def cache_view(s: BatchState) -> dict[str, Any]:
     """Prompt tokens the API served from its cache, and what that saved against the full input
     rate (priced with the batch's price table; the built-in one if that cannot be read)."""
-    from .pricing import cache_totals, load_pricing
+    from .pricing import batch_price_table, cache_totals
 
-    try:
-        table = load_pricing((s.settings or {}).get("pricing"))
-    except Exception:  # noqa: BLE001 - a moved --pricing file: the built-in table still prices it
-        table = None
-    tokens, saved = cache_totals(s.live_tasks(), table, mode=str((s.settings or {}).get("mode") or "online"))
+    table, mode = batch_price_table(s.settings)
+    tokens, saved = cache_totals(s.live_tasks(), table, mode=mode)
     return {"cached_tokens": tokens, "cache_saving_usd": round(saved, 6)}
 
 

@@ -615,7 +615,7 @@ def instrument_manager(new_api: bool) -> Timers:
         from gsvr_batch.runner import online, session
 
         for name in ("start", "spec_for", "on_event", "accept_result", "release_uploads", "flush_requests",
-                     "collect_deletions", "poll_control", "quota_left", "within_cost_limit", "reusable_upload",
+                     "collect_deletions", "poll_control", "quota_block", "within_cost_limit", "reusable_upload",
                      "uploading_elsewhere"):
             tm.wrap(session.Session, name, f"Session.{name}")
         for name in ("_drain", "_housekeeping", "_next_due", "_submit", "_accept", "_watch_orphans"):

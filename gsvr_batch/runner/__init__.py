@@ -72,7 +72,7 @@ def _run_locked(prepared: Prepared, blog: BatchLog, echo: Callable[[str], None])
     st = blog.state
     # Under the lock, with the journal's state in hand (read once, not replayed twice), and before
     # anything is written: no derived manifest, no batch record, no task.
-    refuse_foreign_outputs(prepared.manifest, st if st.batch_id is not None else None, force=prepared.opts.force)
+    refuse_foreign_outputs(prepared.manifest, st, force=prepared.opts.force)
     if st.batch_id is None or st.manifest_identity == prepared.manifest.identity:
         write_derived_manifest(prepared.opts.sources, prepared.manifest, prepared.journal)  # never over another batch's
     session = Session(prepared, blog, echo=echo)

@@ -398,10 +398,7 @@ class OnlineRun:
 
     @staticmethod
     def _kill(pid: int) -> None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+        OnlineRun._signal(pid, signal.SIGKILL)
 
     def _all_worker_pids(self) -> set[int]:
         pids = {r.pid for r in self.running.values() if r.pid}

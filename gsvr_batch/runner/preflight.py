@@ -13,6 +13,7 @@ from typing import Any, Callable
 from .. import secrets as secrets_mod
 from .. import settings as settings_mod
 from ..errors import UsageError
+from ..manifest_types import STATE_DIR
 from ..quota import Limits, resolve_limits
 from .options import RunOptions
 
@@ -43,7 +44,7 @@ class Prepared:
 
 def default_journal_path(output_root: Path) -> Path:
     """``<output root>/.gsvr/journal.jsonl``: outputs and their history travel together."""
-    return output_root / ".gsvr" / "journal.jsonl"
+    return output_root / STATE_DIR / "journal.jsonl"
 
 
 def resolve_journal(opts_journal: str | None, manifest: Any) -> Path:

@@ -59,6 +59,14 @@ NOTIFY_EVENTS = {"fatal": "batch_aborted", "quota_day": "quota_exhausted", "cost
 FREE_TIER_YOUTUBE_SECONDS = 8 * 3600.0
 
 
+def youtube_limit(settings: Any) -> float | None:
+    """Seconds of YouTube video a Pacific day the run holds itself to: the free tier's 8 hours, none
+    in the offline sandbox or on a paid tier. What the run stops at and what --dry-run shows."""
+    if settings.sandbox or str(settings.tier) != "free":
+        return None
+    return FREE_TIER_YOUTUBE_SECONDS
+
+
 def _plan_summary(plan: dict[str, Any] | None) -> dict[str, Any] | None:
     """What a completed task records of a one-call plan (a clips plan has its own record)."""
     if not plan:
@@ -342,14 +350,6 @@ class Session:
                   spent_usd=round(spent, 6), limit_usd=float(limit))
         return False
 
-    def quota_left(self, model: str, tid: str | None = None) -> bool:
-        """Do not even upload for a task whose model has no requests left today: stop the batch."""
-        block = self.quota_block(model, tid)
-        if block is None:
-            return True
-        self.stop(block.kind, block.message, resets_at=block.resets_at, model=block.model, budget=block.budget)
-        return False
-
     def quota_block(self, model: str, tid: str | None = None) -> Stop | None:
         """Why ``tid`` (of ``model``) may not start today, or None (journaled counts; no side effect).
 
@@ -373,7 +373,7 @@ class Session:
                 resets = iso_utc(next_pacific_midnight(now))
                 return Stop("quota_day", f"daily request budget for {model} is spent ({used} of {lim.rpd} today, "
                                          f"Pacific time); it resets at {resets}", resets, model, budget=True)
-        limit_s = self._youtube_limit()
+        limit_s = youtube_limit(self.settings)
         if limit_s is not None and (job is None or youtube):
             # Counted per Pacific day from the journal (requests_charged.youtube_seconds) plus what
             # workers reported since the last flush: the same one source of truth as the RPD.
@@ -398,11 +398,6 @@ class Session:
             done = t.partials if t is not None else {}
             return float(sum(float(c["end"]) - float(c["start"]) for c in clips if str(c.get("index")) not in done))
         return float(plan.get("duration") or 0.0)
-
-    def _youtube_limit(self) -> float | None:
-        if self.settings.sandbox or str(self.settings.tier) != "free":
-            return None
-        return FREE_TIER_YOUTUBE_SECONDS
 
     def flush_steps(self, *, every: float = 1.0) -> None:
         """Journal the latest step of each running task, at most once a second (status and
