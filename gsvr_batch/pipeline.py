@@ -286,6 +286,12 @@ def _state_name(f: Any) -> str:
 
 def _try_reuse(task: _Task, src: inputs.ResolvedInput, now: _dt.datetime | None = None) -> UploadRef | None:
     ref = task.spec.reuse_upload
+    if ref is None and src.sha256:
+        # One upload per distinct video (by content): a copy under another name uses it too.
+        ref = next((c for c in task.spec.same_size_uploads if c.source_sha256 == src.sha256), None)
+        if ref is not None:
+            log.info("task %s: %s has the same bytes as %s; reusing its upload", task.spec.task_id, src.path,
+                     ref.source)
     if ref is None:
         return None
     now = now or _dt.datetime.now(_dt.timezone.utc)

@@ -64,6 +64,9 @@ class TaskSpec:
     attempt_id: str = ""  # nonce of this attempt: the output carries it (adoption after a crash)
     templates_dirs: tuple[str, ...] = ()
     reuse_upload: UploadRef | None = None  # a live upload of the same video, if the journal knows one
+    # Live uploads of other files of the same size (a copy of this video under another name shares
+    # their upload): the worker hashes its file anyway and reuses the one whose sha256 matches.
+    same_size_uploads: tuple[UploadRef, ...] = ()
     max_duration: float | None = None  # seconds; longer videos are skipped
     backend: str = "gemini"  # "gemini" | "sandbox" (goes into the output's front matter)
     max_download_bytes: int = 2 * 1024**3

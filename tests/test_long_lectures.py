@@ -406,6 +406,30 @@ def test_one_video_three_templates_is_uploaded_once(tmp_path, sandbox):
     assert len({g["task_id"] for g in generates(server)}) == 3
 
 
+def test_a_copy_under_another_name_shares_the_upload_a_video_of_the_same_size_does_not(tmp_path, sandbox):
+    """One upload per distinct video by content: a byte-identical copy under another name reuses the
+    upload (its worker hashes it and matches the live upload of the same size); a different video of
+    exactly the same size is hashed, does not match, and is uploaded."""
+    server = sandbox(processing_delay=0.2)
+    m = lecture_batch(tmp_path, [
+        {"name": "lecture.mp4", "seconds": 60},
+        {"source": "videos/lecture-copy.mp4"},
+        {"source": "videos/other.mp4"},
+    ], settings={"tpm": ROOMY_TPM, "workers": 1})
+    body = (tmp_path / "videos" / "lecture.mp4").read_bytes()
+    for name, pad in (("lecture.mp4", b"same-bytes"), ("lecture-copy.mp4", b"same-bytes"), ("other.mp4", b"diff-bytes")):
+        (tmp_path / "videos" / name).write_bytes(body + (8 + len(pad)).to_bytes(4, "big") + b"free" + pad)
+    r = run(m, server)
+    assert r.returncode == 0, r.stdout + r.stderr
+    kinds = Counter(x["kind"] for x in server.requests)
+    assert kinds["upload_finalize"] == 2 and len(generates(server)) == 3, kinds
+    recs = records(journal_of(tmp_path))
+    ups = by_type(recs, "upload_finished")
+    assert sorted(Path(u["upload"]["source"]).name for u in ups) == ["lecture.mp4", "other.mp4"]
+    assert len({u["upload"]["source_sha256"] for u in ups}) == 2
+    assert len(by_type(recs, "upload_deleted")) == 2  # the finished batch keeps none
+
+
 def test_a_rerun_an_hour_later_uses_the_upload_still_alive(tmp_path, sandbox, monkeypatch):
     """The first run stops after one of three tasks (its daily request budget is spent): the upload
     stays, journaled, because pending tasks need it. An hour later the rerun sends the other two

@@ -57,6 +57,7 @@ NOTIFY_EVENTS = {"fatal": "batch_aborted", "quota_day": "quota_exhausted", "cost
 # Free tier: "you can't upload more than 8 hours of YouTube video per day" (Gemini API docs,
 # video understanding, limitations; the paid tiers have no such limit).
 FREE_TIER_YOUTUBE_SECONDS = 8 * 3600.0
+_SAME_SIZE_CANDIDATES = 8  # live uploads of a video's exact size offered to its worker (by sha256)
 
 
 def youtube_limit(settings: Any) -> float | None:
@@ -103,6 +104,9 @@ class Session:
         self.by_source: dict[str, list[str]] = {}  # one video, its tasks (one upload serves them all)
         for j in self.manifest.jobs:
             self.by_source.setdefault(j.source, []).append(j.job_id)
+        # Local videos by size, built on first use (one stat per video, once a run): only files of
+        # equal size can have equal bytes, so only they may share an upload under different names.
+        self._by_size: tuple[dict[str, int], dict[int, list[str]]] | None = None
         self.now = self.opts.now
         self.mode = str(self.settings.mode or "online")
         self.policy = RetryPolicy(max_attempts=int(self.settings.max_attempts),
@@ -462,7 +466,7 @@ class Session:
             params=dict(job.params), model=job.model, output_path=job.output_path,
             output_root=str(self.manifest.output_root), output_format=job.output_format, attempt=t.attempts,
             attempt_id=t.attempt_id or "", templates_dirs=tuple(str(p) for p in self.manifest.templates_dirs),
-            reuse_upload=self.reusable_upload(tid),
+            reuse_upload=self.reusable_upload(tid), same_size_uploads=self.same_size_uploads(tid),
             max_duration=job.max_duration if job.max_duration is not None else self.settings.max_duration,
             backend=self.worker_config.backend if self.worker_config else "gemini",
             download_dir=str(self.prepared.state_dir / "downloads"),
@@ -489,13 +493,53 @@ class Session:
             return None  # the file changed since: the worker uploads it again
         return UploadRef.from_dict(self.state.upload_for(known.get("sha256")))
 
+    def same_size_uploads(self, tid: str) -> tuple[UploadRef, ...]:
+        """Live uploads of other files as large as this task's video, when the journal knows none
+        of its own: the worker hashes its file and reuses the one with the same sha256 (a copy of a
+        lecture under another name is uploaded once). Not hashed here: the manager never reads videos."""
+        job = self.jobs[tid]
+        if job.source_kind != "local" or self.reusable_upload(tid) is not None:
+            return ()
+        size = self._size_of(job.source)
+        if size is None:
+            return ()
+        refs = [UploadRef.from_dict(up) for up in self.state.uploads.values()
+                if up.get("source_size") == size and up.get("source_sha256") and up.get("source") != job.source]
+        # The newest few: many live uploads of one exact size are distinct videos, not copies, and
+        # the list travels with every task of that size.
+        return tuple(r for r in refs[-_SAME_SIZE_CANDIDATES:] if r is not None)
+
     def uploading_elsewhere(self, tid: str, running: list[str]) -> bool:
         """Another running task is uploading this task's video right now: wait for its upload
-        instead of sending the same bytes twice (and so the requests share a cacheable prefix)."""
+        instead of sending the same bytes twice (and so the requests share a cacheable prefix).
+
+        Only the same path waits: a file of the same size may be a copy, but waiting on every
+        same-size video would serialise a batch of equal-sized distinct ones; a copy that runs
+        while its twin is still uploading uploads once more, and later tasks share either."""
         job = self.jobs[tid]
         if job.source_kind != "local" or self.reusable_upload(tid) is not None:
             return False
         return any(self.jobs[r].source == job.source for r in running if r in self.jobs and r != tid)
+
+    def _size_of(self, source: str) -> int | None:
+        return self._sizes()[0].get(source)
+
+    def _sizes(self) -> tuple[dict[str, int], dict[int, list[str]]]:
+        """``(size of each local video, videos of each size)``, from one stat per video per run."""
+        if self._by_size is None:
+            size_of: dict[str, int] = {}
+            by_size: dict[int, list[str]] = {}
+            for source, tids in self.by_source.items():
+                if self.jobs[tids[0]].source_kind != "local":
+                    continue
+                try:
+                    size = os.stat(source).st_size
+                except OSError:
+                    continue  # missing now: its task fails with its own message
+                size_of[source] = size
+                by_size.setdefault(size, []).append(source)
+            self._by_size = (size_of, by_size)
+        return self._by_size
 
     def start(self, tid: str) -> TaskSpec:
         """PENDING → RUNNING: journal the attempt (its nonce, the model it is sent to) and build its spec."""
@@ -640,19 +684,24 @@ class Session:
             return  # another task of the same video still needs its upload
         for name, up in list(self.state.uploads.items()):
             if up.get("source") == source or up.get("uploaded_by") == tid:
-                if not self._wanted_elsewhere(up.get("source_sha256"), source):
+                if not self._wanted_elsewhere(up, source):
                     self._to_delete.append(name)  # handed over after this turn's fsync (collect_deletions)
 
-    def _wanted_elsewhere(self, sha: str | None, source: str) -> bool:
-        """Another live task's video has the same bytes (a copy under another name): it reuses this upload."""
+    def _wanted_elsewhere(self, up: dict[str, Any], source: str | None) -> bool:
+        """A live task's video other than ``source`` has, or may have, the bytes of upload ``up``
+        (a copy under another name): it would reuse the upload, so the upload stays. "May": a video
+        of the same size whose hash is not known yet (the worker hashes it when it runs)."""
+        sha = up.get("source_sha256")
         if not sha:
             return False
         tasks = self.state.tasks
-        for other, info in self.state.sources.items():
-            if other != source and info.get("sha256") == sha and \
-                    any(tasks[o].live for o in self.by_source.get(other, ()) if o in tasks):
-                return True
-        return False
+        same = {o for o, info in self.state.sources.items() if info.get("sha256") == sha}
+        size = up.get("source_size")
+        if size is not None:
+            same.update(o for o in self._sizes()[1].get(size, ()) if self.state.sources.get(o, {}).get("sha256")
+                        in (None, sha))
+        same.discard(source)  # type: ignore[arg-type]
+        return any(tasks[t].live for o in same for t in self.by_source.get(o, ()) if t in tasks)
 
     def drop_partials(self, tid: str) -> None:
         """A completed task's clip partials served their purpose (the merged lesson is durable)."""
@@ -679,9 +728,8 @@ class Session:
         if self.settings.keep_uploads or self.janitor is None:
             return
         live_sources = {t.source for t in self.state.live_tasks() if t.live}
-        live_shas = {self.state.sources.get(src, {}).get("sha256") for src in live_sources} - {None}
         for name, up in list(self.state.uploads.items()):
-            if up.get("source") in live_sources or up.get("source_sha256") in live_shas:
+            if up.get("source") in live_sources or self._wanted_elsewhere(up, up.get("source")):
                 continue
             owner = self.state.tasks.get(str(up.get("uploaded_by")))
             if not up.get("source") and owner is not None and owner.live:
