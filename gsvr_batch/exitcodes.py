@@ -11,7 +11,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # usage, manifest, template or journal error; nothing was started
     FATAL_API = 3  # batch aborted by a fatal API error (invalid key, permission denied)
     CANCELLED = 4  # batch cancelled with `gsvr-batch cancel`
-    INTERNAL = 70  # a bug in gsvr-batch (EX_SOFTWARE); the traceback is saved to a file
+    INTERNAL = 70  # a bug in gsvr-batch (EX_SOFTWARE; the traceback is saved to a file), or workers that cannot start
     TEMPFAIL = 75  # try again later: lock held, quota exhausted, cost limit, paused, disk full, batch jobs pending
     INTERRUPTED = 130  # interrupted by Ctrl-C / SIGTERM; rerun to continue
 
@@ -22,8 +22,8 @@ DESCRIPTIONS = {
     ExitCode.USAGE: "usage, manifest, template or journal error; nothing was started",
     ExitCode.FATAL_API: "aborted by a fatal API error (invalid key, permission denied); nothing marked failed",
     ExitCode.CANCELLED: "cancelled with `gsvr-batch cancel`",
-    ExitCode.INTERNAL: "internal error (a bug in gsvr-batch): the journal stays consistent; the message names "
-    "a file with the details to report",
+    ExitCode.INTERNAL: "internal error (a bug in gsvr-batch), or worker processes that cannot start here: the "
+    "journal stays consistent; the message says which, and names a file with the details of a bug",
     ExitCode.TEMPFAIL: "try again later: another run holds the journal, daily quota or cost limit reached, "
     "disk full, or batch-mode jobs still pending",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C / SIGTERM); rerun the same command to continue",

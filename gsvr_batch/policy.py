@@ -51,6 +51,7 @@ STOP_EXIT = {
     "batch_waiting": ExitCode.TEMPFAIL,
     "transient": ExitCode.TEMPFAIL,
     "usage": ExitCode.USAGE,
+    "workers": ExitCode.INTERNAL,  # worker processes cannot start here (online.STILLBORN_POOLS)
 }
 _DISPOSITION_STOP = {Disposition.STOP_BATCH: "fatal", Disposition.PAUSE_UNTIL: "quota_day",
                      Disposition.PAUSE: "disk_full"}

@@ -36,6 +36,10 @@ from .preflight import limits_line
 from .session import Session
 
 TICK = 0.2  # seconds: control commands, events, signals and progress are handled at least this often
+# Pools in a row whose workers died before any task reached one: the workers cannot start (a
+# missing library, a script that calls run_batch without an ``if __name__ == "__main__":`` guard,
+# an initializer that fails). Rebuilding again would loop forever, writing requeue records.
+STILLBORN_POOLS = 3
 
 
 @dataclass
@@ -99,6 +103,8 @@ class OnlineRun:
         self.pool: cf.ProcessPoolExecutor | None = None
         self.generation = 0
         self.old_pools: list[cf.ProcessPoolExecutor] = []
+        self.served = False  # a task of the current pool reached a worker (its result came back)
+        self.stillborn = 0  # pools in a row that broke before any task reached a worker
         self.receiver: EventReceiver | None = None
         self.progress: Progress | None = None
         self.pending: deque[str] = deque()
@@ -122,6 +128,7 @@ class OnlineRun:
 
         assert self.receiver is not None
         self.generation += 1
+        self.served = False
         # The manager's environment goes along: forkserver children would otherwise see the
         # forkserver's, from whenever this process first started one (see init_worker).
         initargs = (self.s.worker_config, self.receiver.sender(), dict(os.environ))
@@ -318,6 +325,8 @@ class OnlineRun:
             return  # the other copy of a result already accepted, or a stale attempt
         s = self.s
         self.running.pop(tid)
+        if r.pool == self.generation:
+            self.served = True
         s.accept_result(tid, result)
         if r.orphan and r.pid:
             self._kill(r.pid)  # it finished in a broken pool: nothing more will come from it
@@ -342,6 +351,7 @@ class OnlineRun:
         old, gen = self.pool, self.generation
         assert old is not None
         busy = {r.pid for r in self.running.values() if r.pool == gen and r.pid}
+        self.stillborn = 0 if (self.served or busy) else self.stillborn + 1
         # CPython's terminate() cannot end our workers (they ignore SIGTERM): end the idle ones
         # now; the busy ones finish their paid-for task first.
         for p in _pool_processes(old):
@@ -385,6 +395,11 @@ class OnlineRun:
                 f"A worker process died; {culprits} task(s) charged for it")
                + (f", {orphans} running task(s) of the old pool are allowed to finish" if orphans else "")
                + "; the worker pool was rebuilt.")
+        if self.stillborn >= STILLBORN_POOLS:
+            s.stop("workers", f"the worker processes died before any task reached them, {self.stillborn} pools in "
+                   "a row; nothing was charged. Workers import gsvr_batch and the main script: check that "
+                   "`python -c \"import gsvr_batch.pipeline\"` works here, that the script still exists, and "
+                   "that it calls run_batch under `if __name__ == \"__main__\":`")
         if s.stop_reason is None:
             self.pool = self._make_pool()
 

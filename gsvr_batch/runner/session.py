@@ -24,7 +24,7 @@ import random
 import signal
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..channels import ControlWatcher
 from ..console import Console
@@ -503,11 +503,12 @@ class Session:
         size = self._size_of(job.source)
         if size is None:
             return ()
-        refs = [UploadRef.from_dict(up) for up in self.state.uploads.values()
-                if up.get("source_size") == size and up.get("source_sha256") and up.get("source") != job.source]
+        ups = [up for up in self.state.uploads.values()
+               if up.get("source_size") == size and up.get("source_sha256") and up.get("source") != job.source]
         # The newest few: many live uploads of one exact size are distinct videos, not copies, and
         # the list travels with every task of that size.
-        return tuple(r for r in refs[-_SAME_SIZE_CANDIDATES:] if r is not None)
+        refs = (UploadRef.from_dict(up) for up in ups[-_SAME_SIZE_CANDIDATES:])
+        return tuple(r for r in refs if r is not None)
 
     def uploading_elsewhere(self, tid: str, running: list[str]) -> bool:
         """Another running task is uploading this task's video right now: wait for its upload
@@ -689,19 +690,30 @@ class Session:
 
     def _wanted_elsewhere(self, up: dict[str, Any], source: str | None) -> bool:
         """A live task's video other than ``source`` has, or may have, the bytes of upload ``up``
-        (a copy under another name): it would reuse the upload, so the upload stays. "May": a video
-        of the same size whose hash is not known yet (the worker hashes it when it runs)."""
+        (a copy under another name): it would reuse the upload, so the upload stays.
+
+        "Has": its hash is journaled and equal. "May have": it is as large and not hashed yet (its
+        worker hashes it when it runs) — but only in a small group of equal sizes: many videos of
+        one exact size are distinct recordings, and keeping every upload for them would pile up
+        a batch's worth of files at the Files API (20 GB a project)."""
         sha = up.get("source_sha256")
         if not sha:
             return False
-        tasks = self.state.tasks
-        same = {o for o, info in self.state.sources.items() if info.get("sha256") == sha}
         size = up.get("source_size")
         if size is not None:
-            same.update(o for o in self._sizes()[1].get(size, ()) if self.state.sources.get(o, {}).get("sha256")
-                        in (None, sha))
-        same.discard(source)  # type: ignore[arg-type]
-        return any(tasks[t].live for o in same for t in self.by_source.get(o, ()) if t in tasks)
+            group: Sequence[str] = self._sizes()[1].get(size, ())
+        else:  # an upload journaled without its size: only known hashes can tell
+            group = [o for o, info in self.state.sources.items() if info.get("sha256") == sha]
+        may_be_copies = len(group) <= _SAME_SIZE_CANDIDATES
+        tasks = self.state.tasks
+        for other in group:
+            if other == source:
+                continue
+            known = self.state.sources.get(other, {}).get("sha256")
+            if known == sha or (known is None and may_be_copies):
+                if any(tasks[t].live for t in self.by_source.get(other, ()) if t in tasks):
+                    return True
+        return False
 
     def drop_partials(self, tid: str) -> None:
         """A completed task's clip partials served their purpose (the merged lesson is durable)."""
