@@ -36,7 +36,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import filelock
 
@@ -103,7 +103,11 @@ def run_dir(journal: str | os.PathLike[str]) -> Path:
 class EventReceiver:
     """The manager's end: bind once in a private folder, drain without blocking."""
 
-    def __init__(self, journal: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, journal: str | os.PathLike[str] | None = None, *,
+                 wake_on: Collection[str] | None = None) -> None:
+        """``wake_on``: the event kinds that wake :meth:`wait` (None: every kind). Others are kept
+        in the inbox for the next :meth:`take` without waking anyone."""
+        self._wake_on = frozenset(wake_on) if wake_on is not None else None
         self._dir = self._private_dir(journal)
         self.address = str(self._dir / f"ev-{os.getpid()}-{uuid.uuid4().hex[:8]}.sock")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -144,15 +148,18 @@ class EventReceiver:
             events = self.drain()
             if events:
                 self._inbox.extend(events)  # deque.extend is atomic under the GIL
+                wake = self._wake_on
+                if wake is not None and not any(ev[0] in wake for ev in events):
+                    continue  # nothing the manager must act on now: it reads these at its next turn
                 try:
                     os.write(self._wake_w, b"!")
                 except OSError:  # the pipe is full: the manager is awake anyway
                     pass
 
     def wait(self, timeout: float) -> None:
-        """Block until an event arrived (or ``timeout`` seconds passed)."""
-        if self._inbox:
-            return
+        """Block until an event arrived (one of ``wake_on``'s kinds), or ``timeout`` seconds passed."""
+        if self._inbox and self._wake_on is None:
+            return  # with wake_on, the wake pipe alone says whether anything urgent came
         try:
             select.select([self._wake_r], [], [], timeout)
             while os.read(self._wake_r, 4096):

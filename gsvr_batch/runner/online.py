@@ -29,7 +29,7 @@ from ..fsutil import pid_alive
 from ..progress import Progress
 from ..state import TaskStatus
 from ..pipeline import internal_error, run_task
-from ..tasks import TaskResult, TaskSpec
+from ..tasks import EVENT_PARTIAL, EVENT_PLAN, EVENT_RESULT, EVENT_UPLOAD, TaskResult, TaskSpec
 from ..timeutil import parse_iso_ts
 from .options import RunResult
 from .preflight import limits_line
@@ -40,6 +40,11 @@ TICK = 0.2  # seconds: control commands, events, signals and progress are handle
 # missing library, a script that calls run_batch without an ``if __name__ == "__main__":`` guard,
 # an initializer that fails). Rebuilding again would loop forever, writing requeue records.
 STILLBORN_POOLS = 3
+# The worker events the loop acts on at once: a result (a worker is free for the next task), an
+# upload (tasks of the same video wait for it), a paid clip and its plan (journaled durably).
+# A step, a worker's pid or a request count waits for the next turn (at most TICK): waking for
+# each of those made five turns of the loop per task where two do.
+WAKE_ON = frozenset({EVENT_RESULT, EVENT_UPLOAD, EVENT_PARTIAL, EVENT_PLAN})
 
 
 @dataclass
@@ -144,7 +149,7 @@ class OnlineRun:
                 return s.finish_idle()
             s.log.run_finished(0)
             return s.result(0, "Nothing to do for the tasks asked for.")
-        self.receiver = EventReceiver(s.log.path)
+        self.receiver = EventReceiver(s.log.path, wake_on=WAKE_ON)
         self.receiver.start_reader()
         s.control = ControlWatcher(s.log.path)
         self.progress = Progress.create(str(s.settings.progress), s.state, s.order,
