@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -206,3 +207,26 @@ def test_a_long_journal_path_and_a_long_tmpdir_still_run(tmp_path, sandbox):
     tmpdir.mkdir()
     r = run_cli(["run", m, "--progress", "log"], env=env_for(server, TMPDIR=str(tmpdir)))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_only_the_events_the_loop_acts_on_wake_it(tmp_path):
+    """``wake_on``: a step or a request count is kept for the next turn without waking the
+    manager's loop; a result wakes it, and the step is handed out with it."""
+    from gsvr_batch.channels import EventReceiver
+
+    rx = EventReceiver(tmp_path / "journal.jsonl", wake_on={"result"})
+    rx.start_reader()
+    try:
+        tx = rx.sender()
+        tx.put(("step", "t1", {"step": "uploading", "attempt_id": "a1"}))
+        later = threading.Timer(0.3, lambda: tx.put(("result", "t1", {"attempt_id": "a1", "task_id": "t1", "ok": True})))
+        later.start()
+        t0 = time.monotonic()
+        rx.wait(60)
+        woke = time.monotonic() - t0
+        later.join()
+        got = [e[0] for e in rx.take()]
+        # Woken by the result, not by the step (else wait returns at once and the result is not in yet).
+        assert woke < 60 and got == ["step", "result"], (woke, got)
+    finally:
+        rx.close()
