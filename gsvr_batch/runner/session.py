@@ -501,8 +501,8 @@ class Session:
         if job.source_kind != "local" or self.reusable_upload(tid) is not None:
             return ()
         size = self._size_of(job.source)
-        if size is None:
-            return ()
+        if size is None or len(self._sizes()[1].get(size, ())) < 2:
+            return ()  # no other video of this batch is as large: none can be a copy
         ups = [up for up in self.state.uploads.values()
                if up.get("source_size") == size and up.get("source_sha256") and up.get("source") != job.source]
         # The newest few: many live uploads of one exact size are distinct videos, not copies, and
