@@ -30,12 +30,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import accumulate
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from .errors import JournalCorrupt, JournalError, JournalWriteFailed
 from .fsutil import atomic_write_bytes, fsync_dir
@@ -119,6 +122,75 @@ def decode_line(line: bytes) -> dict[str, Any] | None:
     return rec
 
 
+# -- the common case of a batch of lines, checked and decoded in one go (issue 12) ---------------
+#
+# A line ``body + ',"crc":"%08x"}'`` carries the CRC-32 of ``body + "}"``. CRC-32 is affine, so two
+# messages of one length that differ only in their last byte have CRCs that differ by a constant:
+# crc32(body + b"}") == crc32(body + b",") ^ _CRC_COMMA_TO_BRACE for every body, and ``body + ","``
+# is the line without its last 17 bytes: one slice, no concatenation.
+#
+# The checks of a batch run in C: the CRCs are computed by map(), and the 18-byte suffixes of all
+# lines are joined side by side, so byte j of every suffix is the stepped slice ``tails[j::18]``,
+# compared at once with what the writer writes there (the key, the %08x digits of the CRC just
+# computed, the closing quote and brace). Checking line by line (slice, crc32, int(hex, 16) or a
+# formatted suffix) cost about 0.6 us per record of a 1M-record replay here; this about 0.4.
+_CRC_COMMA_TO_BRACE = zlib.crc32(b"}") ^ zlib.crc32(b",")
+_SUFFIX_BYTES = b',"crc":"00000000"}'  # the digits (columns 8-15) are the CRC's
+_TAIL = itemgetter(slice(-CRC_SUFFIX_LEN, None))
+_BODY_AND_COMMA = itemgetter(slice(None, -(CRC_SUFFIX_LEN - 1)))
+_SEQ = itemgetter("seq")
+_PLUS_ONE = (1).__add__  # a line's length plus its newline
+_CHUNK = 1 << 18  # bytes read and split at a time (then handed out in batches)
+
+
+def _checksums_ok(lines: list[bytes]) -> bool:
+    """Whether every line ends with ``,"crc":"%08x"}`` of its own checksum, exactly as written.
+
+    (``decode_line`` also takes what int(hex, 16) reads, e.g. upper-case digits: such a line is
+    simply left to it.)
+    """
+    n = len(lines)
+    tails = b"".join(map(_TAIL, lines))
+    if len(tails) != CRC_SUFFIX_LEN * n:
+        return False  # a line too short to have a suffix
+    # CRC-32 of body + "," for every line, then of body + "}" (one XOR of all of them at once).
+    crcs = int.from_bytes(struct.pack(f">{n}I", *map(zlib.crc32, map(_BODY_AND_COMMA, lines))), "big")
+    crcs ^= int.from_bytes(_CRC_COMMA_TO_BRACE.to_bytes(4, "big") * n, "big")
+    digits = crcs.to_bytes(4 * n, "big").hex().encode("ascii")  # 8 per line, as %08x writes them
+    for j in range(CRC_SUFFIX_LEN):
+        want = digits[j - 8::8] if 8 <= j < 16 else _SUFFIX_BYTES[j:j + 1] * n
+        if tails[j::CRC_SUFFIX_LEN] != want:
+            return False
+    return True
+
+
+def _decode_group(lines: list[bytes], expect_seq: int | None) -> list[dict[str, Any]] | None:
+    """The records of ``lines`` if every line is a good record read the common way (checksum as
+    the writer writes it, orjson, ``seq`` and ``type`` present, ``crc`` dropped) and, when
+    ``expect_seq`` is given, their sequence numbers run on from it. Otherwise None, and the caller
+    reads the lines one by one with :func:`decode_line`, which decides. Whatever this accepts,
+    decode_line accepts too and makes the same record of; anything unusual (damage, a torn tail,
+    a value orjson refuses but json reads) is left to it.
+    """
+    loads = _fast_loads
+    records: list[dict[str, Any]] = []
+    append = records.append
+    try:
+        if not _checksums_ok(lines):
+            return None
+        for line in lines:
+            rec = loads(line)  # the suffix is JSON too: no copy of the body to parse
+            del rec["crc"]  # the key just checked (a line that is not an object fails here)
+            if "seq" not in rec or "type" not in rec:
+                return None
+            append(rec)
+    except Exception:  # noqa: BLE001 - e.g. orjson refuses a NaN json wrote: decode_line decides
+        return None
+    if expect_seq is not None and list(map(_SEQ, records)) != list(range(expect_seq, expect_seq + len(records))):
+        return None
+    return records
+
+
 @dataclass
 class ReadResult:
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -148,72 +220,99 @@ def iter_records(path: str | os.PathLike[str], start_offset: int = 0, first_line
 
 def iter_batches(path: str | os.PathLike[str], start_offset: int = 0, first_line: int = 1,
                  expect_seq: int | None = None, digest: dict[str, int] | None = None, *,
-                 batch: int = 128) -> Iterator[tuple[list[dict[str, Any]], list[int]]]:
+                 batch: int = 1024) -> Iterator[tuple[list[dict[str, Any]], list[int]]]:
     """:func:`iter_records` in batches: ``(records, end_offsets)`` of up to ``batch`` good records.
 
     Same rules, same errors: the good records before a damaged one are all handed out before
     JournalCorrupt is raised, and ``digest`` covers exactly the records handed out. Replay folds
     a batch in one call (``state.fold``) instead of resuming a generator per record.
+
+    The file is read in blocks of ``_CHUNK`` bytes (never the whole journal in memory at once) and
+    each block's complete lines are split in one call. A batch of lines is first read the common
+    way by :func:`_decode_group`; a batch with anything unusual in it (damage, a torn tail, a value
+    orjson refuses, a wrong sequence number) is read again line by line with :func:`decode_line`,
+    the reference, which decides.
     """
+    batch = max(1, batch)
+    line_no = first_line
+    crc = digest.get("crc", 0) if digest is not None else 0  # of what has been handed out
     with open(path, "rb") as fh:
         fh.seek(start_offset)
-        data = fh.read()
-    pos = 0  # start of the next line to read
-    given = 0  # end of the last record handed out (what the digest covers)
-    line_no = first_line
-    n = len(data)
-    # Locals: this loop runs once per record of a 1M-record replay.
-    find, decode, crc32, loads, key = data.find, decode_line, zlib.crc32, _fast_loads, _CRC_KEY
+        offset = start_offset  # file offset of the first byte not handed out yet
+        carry = b""  # the start of a line the last block cut
+        try:
+            while True:
+                block = fh.read(max(_CHUNK, len(carry)))  # a very long line: read more at a time
+                if not block:
+                    return  # what is left in ``carry`` is a partial last line (torn tail)
+                buf = carry + block if carry else block
+                lines = buf.split(b"\n")
+                carry = lines.pop()  # after the last newline
+                start = 0  # in buf: the first byte not handed out yet
+                for i in range(0, len(lines), batch):
+                    group = lines[i:i + batch] if len(lines) > batch else lines
+                    records = _decode_group(group, expect_seq)
+                    if records is not None:
+                        ends = list(accumulate(map(_PLUS_ONE, map(len, group)), initial=offset))
+                        del ends[0]
+                        why = None
+                    else:
+                        records, ends, why = _decode_lines(group, expect_seq, offset)
+                    if records:
+                        line_no += len(records)
+                        if expect_seq is not None:
+                            expect_seq += len(records)
+                        stop = start + ends[-1] - offset
+                        if digest is not None:
+                            crc = zlib.crc32(memoryview(buf)[start:stop], crc)
+                        start, offset = stop, ends[-1]
+                        yield records, ends
+                    if why is None:
+                        continue
+                    # A bad record followed by nothing but whitespace is a torn tail, anything
+                    # else is damage in the middle of the journal.
+                    if _blank_after(lines[i + len(records) + 1:], carry, fh):
+                        return
+                    raise JournalCorrupt(
+                        f"{path}: record at line {line_no} is damaged ({why}) and is followed by more records; "
+                        f"refusing to guess. Inspect it, then run `gsvr-batch repair {path} --yes` to keep the "
+                        f"{line_no - 1} good records before it (the original is copied aside)",
+                        line=line_no,
+                    )
+        finally:
+            if digest is not None:
+                digest["crc"] = crc
+
+
+def _decode_lines(lines: list[bytes], expect_seq: int | None, offset: int
+                  ) -> tuple[list[dict[str, Any]], list[int], str | None]:
+    """The reference path: the good records at the start of ``lines``, their end offsets, and why
+    the line after them is not a good record (None if all are)."""
     records: list[dict[str, Any]] = []
     ends: list[int] = []
-    try:
-        while pos < n:
-            nl = find(b"\n", pos)
-            if nl == -1:
-                break  # partial last line (torn tail)
-            line = data[pos:nl]
-            # decode_line's common case inlined (checksum, orjson, drop "crc"); anything unusual —
-            # a bad checksum, a value orjson refuses, not a record — is decode_line's to judge.
-            try:
-                if line[-CRC_SUFFIX_LEN:-10] != key or crc32(line[:-CRC_SUFFIX_LEN] + b"}") != int(line[-10:-2], 16):
-                    raise ValueError
-                rec = loads(line)
-                del rec["crc"]
-                if "seq" not in rec or "type" not in rec:
-                    raise ValueError
-            except Exception:  # noqa: BLE001 - the reference path decides
-                rec = decode(line)
-            if rec is None or (expect_seq is not None and rec["seq"] != expect_seq):
-                if nl + 1 >= n or not data[nl + 1 :].strip():
-                    break  # bad last record: torn tail
-                if records:
-                    given = pos
-                    yield records, ends
-                    records, ends = [], []
-                why = "bad checksum or malformed JSON" if rec is None else (
-                    f"sequence number {rec.get('seq')} where {expect_seq} was expected")
-                raise JournalCorrupt(
-                    f"{path}: record at line {line_no} is damaged ({why}) and is followed by more records; "
-                    f"refusing to guess. Inspect it, then run `gsvr-batch repair {path} --yes` to keep the "
-                    f"{line_no - 1} good records before it (the original is copied aside)",
-                    line=line_no,
-                )
-            pos = nl + 1
-            records.append(rec)
-            ends.append(start_offset + pos)
-            if expect_seq is not None:
-                expect_seq += 1
-            line_no += 1
-            if len(records) >= batch:
-                given = pos
-                yield records, ends
-                records, ends = [], []
-        if records:
-            given = pos
-            yield records, ends
-    finally:
-        if digest is not None:
-            digest["crc"] = zlib.crc32(memoryview(data)[:given], digest.get("crc", 0))
+    for line in lines:
+        rec = decode_line(line)
+        if rec is None:
+            return records, ends, "bad checksum or malformed JSON"
+        if expect_seq is not None:
+            if rec["seq"] != expect_seq:
+                return records, ends, f"sequence number {rec.get('seq')} where {expect_seq} was expected"
+            expect_seq += 1
+        offset += len(line) + 1
+        records.append(rec)
+        ends.append(offset)
+    return records, ends, None
+
+
+def _blank_after(lines: list[bytes], carry: bytes, fh: BinaryIO) -> bool:
+    """Whether the rest of the journal — ``lines``, then ``carry``, then what ``fh`` still has —
+    is whitespace only (the pieces are separated by newlines, which are whitespace too)."""
+    if any(line.strip() for line in lines) or carry.strip():
+        return False
+    while block := fh.read(_CHUNK):
+        if block.strip():
+            return False
+    return True
 
 
 def read_journal(path: str | os.PathLike[str]) -> ReadResult:

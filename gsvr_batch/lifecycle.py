@@ -85,7 +85,7 @@ def _replay(path: Path, use_snapshot: bool) -> Replay:
                 digest["crc"] = 0
     end = start
     n = 0
-    # In batches: one fold call per few thousand records, not a generator resume + apply per record.
+    # In batches: one fold call per ~1,000 records, not a generator resume + apply per record.
     for records, ends in jr.iter_batches(path, start_offset=start, first_line=first_line, expect_seq=expect,
                                          digest=digest):
         fold(records, state)

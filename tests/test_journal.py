@@ -284,3 +284,138 @@ def test_group_commit_makes_one_fsync_for_the_durable_records_of_a_block(tmp_pat
     assert len(syncs) == 2  # outside a block a durable record is fsynced at once, as before
     bl.close()
     assert replay(p).state.counts()["completed"] == 4
+
+
+# -- issue 12: the batched reader against the line-by-line rules it replaces ----------------------
+
+
+def _reference_read(data: bytes, expect_seq: int | None) -> tuple[list, list[int], int | None, str | None]:
+    """The reading rules, one line at a time through decode_line (the reference): the good records,
+    their end offsets, and the line (with why) of mid-file damage, or None."""
+    records, ends, pos, line = [], [], 0, 1
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl == -1:
+            return records, ends, None, None  # the end, or a partial last line (torn tail)
+        rec = jr.decode_line(data[pos:nl])
+        if rec is None or (expect_seq is not None and rec["seq"] != expect_seq):
+            if not data[nl + 1:].strip():
+                return records, ends, None, None  # a bad last record: torn tail
+            why = "bad checksum" if rec is None else f"sequence number {rec.get('seq')} where {expect_seq}"
+            return records, ends, line, why
+        records.append(rec)
+        pos = nl + 1
+        ends.append(pos)
+        line += 1
+        if expect_seq is not None:
+            expect_seq += 1
+
+
+def _damaged_journal(rng) -> bytes:
+    """A journal of every shape of value the writer can write, then a few kinds of damage."""
+    recs = []
+    for seq in range(1, rng.randint(2, 60)):
+        rec = {"seq": seq, "ts": "2026-01-01T00:00:00.000Z", "type": rng.choice(["task_step", "task_added"]),
+               "task_id": f"t{rng.randint(0, 9)}"}
+        kind = rng.random()
+        if kind < 0.05:
+            rec["cost_usd"] = float("nan")  # json writes it, orjson refuses it
+        elif kind < 0.1:
+            rec["big"] = 2**70
+        elif kind < 0.15:
+            rec["text"] = "讲座 ✓ \\ \" é" * rng.randint(1, 3)
+        elif kind < 0.2:
+            rec["long"] = "x" * rng.randint(300, 3000)  # longer than the smallest blocks below
+        elif kind < 0.25:
+            rec["nested"] = {"a": [1, 2.5, None, True], "b": {"c": "d"}}
+        recs.append(jr.encode_record(rec))
+    lines = [line[:-1] for line in recs]
+    for _ in range(rng.choice([0, 0, 1, 1, 2, 3])):
+        i = rng.randrange(len(lines))
+        line = bytearray(lines[i])
+        how = rng.randrange(10)
+        if how == 0 and line:
+            line[rng.randrange(len(line))] ^= 1 << rng.randrange(8)
+        elif how == 1 and line:
+            del line[rng.randrange(len(line))]
+        elif how == 2:
+            line[-10:-2] = line[-10:-2].upper()  # int(hex, 16) still reads it: not damage
+        elif how == 3:
+            line = bytearray()  # a blank line
+        elif how == 4:
+            line = bytearray(b"  \t ")
+        elif how == 5:
+            j = rng.randrange(len(lines))
+            lines[i], lines[j] = lines[j], lines[i]  # out of sequence
+        elif how == 6:
+            lines.insert(i, lines[i])  # a record twice
+        elif how == 7:  # JSON with a good checksum, but not a record
+            body = b'{"seq":%d}' % (i + 1)
+            line = bytearray(body[:-1] + b',"crc":"%08x"}' % jr.zlib.crc32(body))
+        elif how == 8:  # a good checksum under another key (and a "crc" inside the body)
+            body = bytes(line[:-18]) + b',"crc":"x"}'
+            line = bytearray(body[:-1] + b',"crd":"%08x"}' % jr.zlib.crc32(body))
+        else:
+            line = line + b"\r"
+        if how not in (5, 6):
+            lines[i] = bytes(line)
+    data = b"\n".join(lines) + b"\n"
+    tail = rng.randrange(6)
+    if tail == 0:
+        data = data[: rng.randrange(len(data) + 1)]  # cut anywhere, e.g. mid-record
+    elif tail == 1:
+        data += b" \n\n "
+    elif tail == 2:
+        data += b'{"seq":999,"ts":"x","type":"task_st'
+    elif tail == 3:  # a damaged last record, then the start of another: not a torn tail
+        data = data[:-3] + b'X"}\n{"seq":'
+    return data
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_batched_reading_is_the_line_by_line_reading(tmp_path, monkeypatch, seed):
+    """Whatever the damage, iter_batches hands out exactly the records, end offsets and digest of
+    the line-by-line rules, and stops at the same line with the same reason; in any batch size and
+    block size (lines longer than a block, lines cut by block boundaries)."""
+    import random
+
+    rng = random.Random(seed)
+    data = _damaged_journal(rng)
+    p = tmp_path / "j.jsonl"
+    p.write_bytes(data)
+    monkeypatch.setattr(jr, "_CHUNK", rng.choice([16, 100, 1000, 1 << 18]))
+    # from the start, or from a line boundary (as after a snapshot)
+    starts = [0] + [i + 1 for i, c in enumerate(data) if c == 0x0A and rng.random() < 0.1][:1]
+    for start in starts:
+        for expect in (None, 1):
+            ref, ref_ends, bad, why = _reference_read(data[start:], expect if not start else None)
+            for batch in (1, 7, 4096):
+                got, ends, err = [], [], None
+                digest = {"crc": 12345}
+                try:
+                    for records, batch_ends in jr.iter_batches(p, start_offset=start, first_line=10,
+                                                               expect_seq=expect if not start else None,
+                                                               digest=digest, batch=batch):
+                        assert 0 < len(records) <= batch and len(records) == len(batch_ends)
+                        got += records
+                        ends += batch_ends
+                except JournalCorrupt as exc:
+                    err = exc
+                # json, not ==: NaN is not equal to itself
+                assert json.dumps(got) == json.dumps(ref)
+                assert ends == [start + e for e in ref_ends]
+                assert digest["crc"] == jr.zlib.crc32(data[start:start + (ref_ends[-1] if ref_ends else 0)], 12345)
+                if bad is None:
+                    assert err is None
+                else:
+                    assert err is not None and err.line == bad + 9 and why in str(err)
+
+
+def test_a_reader_that_stops_early_gets_a_digest_of_what_it_was_handed(tmp_path):
+    p = _batch(tmp_path / "j.jsonl", n=6)
+    data = p.read_bytes()
+    digest = {"crc": 0}
+    it = jr.iter_batches(p, digest=digest, batch=5)
+    _records, ends = next(it)
+    it.close()
+    assert ends[-1] < len(data) and digest["crc"] == jr.zlib.crc32(data[: ends[-1]])

@@ -244,3 +244,159 @@ def test_sparse_snapshot_dicts_round_trip_exactly():
         back = TaskState.from_dict(t.to_sparse_dict())
         assert back == t and back.to_dict() == t.to_dict() and back.partials is not t.partials
     assert TaskState.from_dict(dict(plain.to_dict(), from_a_newer_version=1)) == plain
+
+
+# -- issue 12: fold is apply, record by record, whatever the records ------------------------------
+
+
+def _random_record(rng, tids):
+    """One record of any type, with fields a real journal has, sometimes odd or missing."""
+    tid = rng.choice(tids)
+    pick = rng.random
+    usage = {"prompt_tokens": rng.randint(0, 9)} if pick() < 0.7 else None
+    plan = rng.choice([None, {"strategy": "full", "requests": 1},
+                       {"strategy": "clips", "clips": [{"index": 0, "start": 0, "end": 60},
+                                                       {"index": 1, "start": 60, "end": 90}]}])
+    makers = {
+        "manifest_changed": lambda: {"manifest_hash": "h2", "settings": rng.choice([None, {"rpm": 5}])},
+        "run_started": lambda: {"options": rng.choice([None, {"workers": 2}]), "manifest": rng.choice(["", "m2"])},
+        "run_finished": lambda: {"exit_code": 0},
+        "task_added": lambda: dict({"task_id": tid, "source": f"{tid}.mp4", "title": "T", "model": "m"},
+                                   **rng.choice([{}, {}, {"extra": 1}, {"status": "completed"}, {"crc": "x"}])),
+        "task_dropped": lambda: {"task_id": tid, "reason": "gone"},
+        "task_started": lambda: {k: v for k, v in {
+            "task_id": tid, "attempt": rng.choice([1, 2, 3, None]), "attempt_id": f"a{rng.randint(0, 99)}",
+            "model": rng.choice(["", "m2"]), "fingerprint": rng.choice([None, "fp"]), "output": rng.choice(["", "o2"]),
+            "worker": rng.choice([None, 4])}.items() if v is not None or pick() < 0.2},
+        "task_step": lambda: {"task_id": tid, "step": rng.choice(["uploading", "generating"]),
+                              **({"worker": 7} if pick() < 0.3 else {})},
+        "task_plan": lambda: {"task_id": tid, "plan": plan or {"strategy": "full"}, "video_duration": 90.0},
+        "clip_completed": lambda: {"task_id": tid, "clip": rng.choice([0, 1]), "start": 0, "end": 60, "path": "p",
+                                   "sha256": "s", "usage": usage, "cost_usd": 0.125, "calls": 1,
+                                   "adopted": pick() < 0.2},
+        "upload_finished": lambda: {"task_id": tid, "upload": {
+            "name": rng.choice(["files/a", "files/b", ""]), "source": rng.choice([f"{tid}.mp4", None]),
+            "source_sha256": rng.choice(["ab", None]), "source_size": 5, "source_mtime_ns": 7}},
+        "upload_deleted": lambda: {"name": rng.choice(["files/a", "files/b", "files/none"]), "reason": "r"},
+        "task_completed": lambda: {k: v for k, v in {
+            "task_id": tid, "sha256": rng.choice(["f" * 64, "f" * 64, ""]), "output": "o.md", "bytes": 10,
+            "usage": usage, "cost_usd": rng.choice([0.5, None]), "calls": 1, "lost_calls": rng.choice([0, 1]),
+            "model_version": "mv", "video_duration": 60.0, "elapsed": 1.5, "adopted": pick() < 0.2,
+            "truncated": pick() < 0.2, "fingerprint": rng.choice([None, "fp2"]), "plan": plan}.items()
+            if v is not None or pick() < 0.3},
+        "task_failed": lambda: {"task_id": tid, "error_class": "E", "message": "m", "disposition": "fail",
+                                "charge": rng.choice(["attempt", "crash", None]), "cost_usd": 0.25},
+        "retry_scheduled": lambda: {"task_id": tid, "not_before": 10.0, "error_class": "E",
+                                    "charge": rng.choice(["attempt", "crash"]), "calls": 1},
+        "task_requeued": lambda: {"task_id": tid, "reason": "r", "interrupted": pick() < 0.5, "reset": pick() < 0.3},
+        "task_skipped": lambda: {"task_id": tid, "reason": "too long", "video_duration": rng.choice([None, 9.0])},
+        "requests_charged": lambda: {"model": "m", "count": 2, "day": "2026-01-01", "youtube_seconds": 3.5},
+        "batch_paused": lambda: {"reason": "r"},
+        "batch_resumed": lambda: {"reason": "r"},
+        "batch_cancelled": lambda: {"reason": "r"},
+        "batch_stopped": lambda: {"kind": "quota_day", "reason": "r", "resets_at": "z", "models": ["m"]},
+        "quota_cleared": lambda: {"models": ["m"], "reason": "r"},
+        "batch_finished": lambda: {"counts": {}},
+        "notification": lambda: {"kind": "k", "text": "t"},
+        "batch_job_submitted": lambda: {"name": "batches/1", "task_ids": [tid], "model": "m"},
+        "batch_job_updated": lambda: {"name": "batches/1", "state": "RUNNING", "done": pick() < 0.3},
+    }
+    # the records of a task's life cycle most of the time, so that long histories are legal
+    hot = ["task_added", "task_started", "task_step", "task_step", "upload_finished", "task_completed",
+           "upload_deleted"]
+    typ = rng.choice(hot) if pick() < 0.6 else rng.choice(list(makers))
+    return typ, makers[typ]()
+
+
+def _history(rng):
+    """A legal history (every record apply accepts, numbered on), built by trying random records."""
+    import copy
+
+    from gsvr_batch.errors import IllegalTransition
+
+    st = BatchState()
+    recs = [{"seq": 1, "ts": "t1", "type": "batch_created", "batch_id": "b", "settings": {"workers": 1}}]
+    apply(st, copy.deepcopy(recs[0]))
+    tids = [f"t{i}" for i in range(rng.randint(1, 4))]
+    for _ in range(rng.randint(0, 400)):
+        typ, fields = _random_record(rng, tids)
+        rec = {"seq": len(recs) + 1, "ts": f"t{len(recs) + 1}", "type": typ, **fields}
+        try:
+            apply(st, copy.deepcopy(rec))
+        except IllegalTransition:
+            continue  # refused before anything changed: the state is still the one of ``recs``
+        except (KeyError, TypeError, ValueError):  # a malformed field: the state may be half-changed
+            st = BatchState()
+            for r in copy.deepcopy(recs):
+                apply(st, r)
+            continue
+        recs.append(rec)
+    return recs, tids
+
+
+def _outcome(run, records):
+    """(state as a dict, the error raised: type and message) of run(records)."""
+    import copy
+
+    st = BatchState()
+    try:
+        run(st, copy.deepcopy(records))
+        err = None
+    except Exception as exc:  # noqa: BLE001 - compared, whatever it is
+        err = (type(exc), str(exc))
+    return st.to_dict(), {k: (t, vars(t)) for k, t in st.tasks.items()}, err
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fold_is_apply_record_by_record_on_random_histories(seed):
+    """Random legal histories, then one last record that is anything (illegal, a gap, a bool or a
+    missing seq, an unknown type, a key missing): fold — in one call or in batches — leaves the
+    same state and raises the same error as apply, record by record."""
+    import random
+
+    rng = random.Random(seed)
+    recs, tids = _history(rng)
+    typ, fields = _random_record(rng, tids + ["zz"])
+    n = len(recs) + 1
+    last = rng.choice([
+        {"seq": n, "ts": "x", "type": typ, **fields},
+        {"seq": n + 1, "ts": "x", "type": typ, **fields},  # a gap
+        {"seq": n - 1, "ts": "x", "type": typ, **fields},  # a repeat
+        {"seq": float(n), "ts": "x", "type": typ, **fields},
+        {"seq": True, "ts": "x", "type": typ, **fields},
+        {"ts": "x", "type": typ, **fields},
+        {"seq": n, "ts": "x", "type": "no_such_type"},
+        {"seq": n, "ts": "x", **fields},
+        {"seq": n, "type": typ, **fields},  # no ts
+        {"seq": n, "ts": "x", "type": typ, **{k: v for k, v in fields.items() if k != "task_id"}},
+        {"seq": n, "ts": "x", "type": "batch_created", "batch_id": "again"},
+    ])
+    records = recs + [last]
+    if rng.random() < 0.1:  # no batch_created: the first record is refused, whatever its seq
+        records = [dict(r, seq=r["seq"] - 1) for r in records[1:-1]] + [last]
+
+    def one_by_one(st, rs):
+        for r in rs:
+            apply(st, r)
+
+    def in_batches(st, rs):
+        cut = sorted(rng.sample(range(len(rs) + 1), k=min(3, len(rs) + 1)))
+        for a, b in zip([0] + cut, cut + [len(rs)]):
+            fold(rs[a:b], st)
+
+    want = _outcome(one_by_one, records)
+    assert _outcome(lambda st, rs: fold(rs, st), records) == want
+    assert _outcome(in_batches, records) == want
+    if records[0]["type"] != "batch_created":
+        return
+    # and from a snapshot of a prefix, as replay does with one
+    k = rng.randrange(1, len(records))
+    head = BatchState()
+    one_by_one(head, records[:k])
+
+    def from_snapshot(st, rs):
+        snap = BatchState.from_dict(head.to_dict())
+        st.__dict__.update(snap.__dict__)
+        fold(rs[k:], st)
+
+    assert _outcome(from_snapshot, records) == want
