@@ -11,14 +11,17 @@ relative paths among them resolve against the cwd, as any command-line path does
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
+import functools
+import gc
 import hashlib
 import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,7 @@ from .manifest_types import (
     RawJob,
     RawManifest,
     Settings,
+    new_job,
 )
 from .manifest_yaml import API_KEY_SHAPE, did_you_mean, parse_yaml
 from . import settings as settings_mod
@@ -58,9 +62,11 @@ __all__ = [
 SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(Settings))
 OVERRIDE_KEYS = settings_mod.MANIFEST_KEYS + ("output_dir", "output_format", "date")
 CLI = "<command line>"
-# json.dumps(x, ensure_ascii=False) builds a new encoder per call (~5 us); this one gives the same
-# text, and job ids are hashes of that text, so they stay exactly what they were.
-_JSON_UNICODE = json.JSONEncoder(ensure_ascii=False)
+# Job ids hash json.dumps([source id, template, output], ensure_ascii=False). That text is built
+# from the encoder's own string quoting (what JSONEncoder(ensure_ascii=False) uses for each string,
+# joined by its ", " separator): the same characters, so the ids stay exactly what they were,
+# without setting up an encoder per job (~5 us each).
+_json_string = json.encoder.encode_basestring
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -88,12 +94,13 @@ def validate_manifest(path: str | os.PathLike[str], overrides: dict | None = Non
     """Check everything without calling any API. Returns the manifest (None if any error) and every problem."""
     display = str(path)
     try:
-        raw, problems, identity, content_hash = _read(Path(path), display)
-        if raw is None:
-            return None, problems
-        manifest, more = _build(raw, overrides or {}, date=date, check_files=check_files,
-                                path=Path(path).absolute() if not Path(path).is_dir() else None,
-                                identity=identity, content_hash=content_hash)
+        with _gc_paused():
+            raw, problems, identity, content_hash = _read(Path(path), display)
+            if raw is None:
+                return None, problems
+            manifest, more = _build(raw, overrides or {}, date=date, check_files=check_files,
+                                    path=Path(path).absolute() if not Path(path).is_dir() else None,
+                                    identity=identity, content_hash=content_hash)
     except (OSError, UnicodeError) as exc:  # never a traceback for bad input
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         hint = "check its permissions" if isinstance(exc, PermissionError) else None
@@ -184,8 +191,9 @@ def derive_manifest(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[
         if value is not None:
             ov[key] = os.fspath(value)
     identity = _sha256("\n".join(str(Path(os.fspath(i)).absolute()) for i in items).encode())
-    manifest, problems = _build(raw, ov, date=date, check_files=check_files, path=None, identity=identity,
-                                content_hash=None)
+    with _gc_paused():
+        manifest, problems = _build(raw, ov, date=date, check_files=check_files, path=None, identity=identity,
+                                    content_hash=None)
     if manifest is None or any(p.is_error for p in problems):
         raise ManifestError(_summary(problems), problems)
     if all(f.get("source") and not os.path.isdir(f["source"]) for f, _shown in raw_jobs):
@@ -255,6 +263,23 @@ def write_manifest_yaml(manifest: Manifest, path: str | os.PathLike[str], *, jou
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused while a manifest is read and built.
+
+    Loading allocates some twenty containers per job that all stay alive and form no cycles; the
+    collector, started every 700 allocations, kept walking the growing heap for nothing to free:
+    a fifth of loading a 10,000-job manifest. Reference counting still frees what is dropped.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 # --- reading -----------------------------------------------------------------------------
 
 
@@ -315,6 +340,9 @@ class _Entry:
     origin_job: RawJob
     explicit_output: str | None = None
     folder: str = ""  # {dir}: its folder relative to the folder job's root ("" at the top / named directly)
+    # os.stat of a local source, taken by _expand to tell a folder from a file; _check_local reuses
+    # it (one stat per video, not two). None: not taken, or it failed (_check_local says why).
+    stat: os.stat_result | None = None
 
 
 def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: bool, path: Path | None,
@@ -456,8 +484,9 @@ def _keep_flat_layout(journal: Path, jobs: list[Job], flat: Any) -> tuple[list[J
 def _expand(rj: RawJob, raw: RawManifest, check_files: bool) -> tuple[list[_Entry], list[Problem]]:
     """Folder and list-file jobs become one entry per video."""
     problems: list[Problem] = []
-    fields = dict(rj.fields)
+    fields = rj.fields  # copied below before anything is taken out of it (list, folder jobs)
     if "list" in fields:
+        fields = dict(fields)
         value = fields.pop("list")
         line = rj.line_of("list")
         if not isinstance(value, str) or not value.strip():
@@ -486,14 +515,20 @@ def _expand(rj: RawJob, raw: RawManifest, check_files: bool) -> tuple[list[_Entr
         return out, problems
 
     source = fields.get("source")
-    line = rj.line_of("source")
     if not isinstance(source, str) or not source.strip():
-        return [], [Problem(rj.file, line, "'source' must be a file path, folder or URL", "e.g. source: videos/a.mp4")]
-    kind, normalised = media.classify_source(source)
+        return [], [Problem(rj.file, rj.line_of("source"), "'source' must be a file path, folder or URL",
+                            "e.g. source: videos/a.mp4")]
+    kind, normalised = _classify_source(source)
     if kind != "local":
         return [_Entry(fields, kind, normalised, rj.file, rj.line, rj)], []
-    abs_path = os.path.normpath(os.path.join(rj.base_dir, os.path.expanduser(normalised)))
-    if os.path.isdir(abs_path):
+    abs_path = _under(rj.base_dir, normalised)
+    try:
+        st: os.stat_result | None = os.stat(abs_path)
+    except (OSError, ValueError):  # what os.path.isdir catches
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        fields = dict(fields)
+        line = rj.line_of("source")
         videos = _scan_folder(abs_path)
         if not videos:
             exts = " ".join(media.VIDEO_EXTENSIONS)
@@ -515,7 +550,40 @@ def _expand(rj: RawJob, raw: RawManifest, check_files: bool) -> tuple[list[_Entr
                                     "titles come from the file names", "warning"))
         return [_Entry(fields, "local", v, rj.file, rj.line, rj, folder=_rel_folder(v, abs_path))
                 for v in videos], problems
-    return [_Entry(fields, "local", abs_path, rj.file, rj.line, rj)], []
+    return [_Entry(fields, "local", abs_path, rj.file, rj.line, rj, stat=st)], []
+
+
+def _under(base: Path, path: str) -> str:
+    """``os.path.normpath(os.path.join(base, os.path.expanduser(path)))``; a plain relative path (no
+    "~", no empty, "." or ".." part) under a normalised base is that base, "/" and the path as they
+    are, so those (nearly every source of a manifest) skip the three calls."""
+    prefix = _normal_prefix(str(base))
+    if prefix is not None and not path.startswith("~"):
+        parts = path.split("/")
+        if "" not in parts and "." not in parts and ".." not in parts:
+            return prefix + path
+    return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
+@functools.lru_cache(maxsize=64)  # a manifest has one base folder, or one per list file
+def _normal_prefix(base: str) -> str | None:
+    """``base`` with a trailing "/" if it is absolute and ``normpath`` leaves it as it is, else None."""
+    if not base.startswith("/") or os.path.normpath(base) != base:
+        return None
+    return base if base.endswith("/") else base + "/"
+
+
+def _classify_source(text: str) -> tuple[str, str]:
+    """``media.classify_source``, with a plain path decided without its three regular expressions.
+
+    A link has "://" (``is_url``) or starts with a YouTube host (``youtu.be/ID``, matched without
+    regard to case); a text with neither is a local path there too. The hosts hold no letter
+    that matches a non-ASCII one under ``re.I``, so ``lower()`` sees every spelling it matches.
+    """
+    s = text.strip()
+    if "://" not in s and not s[:12].lower().startswith(("www.", "m.", "youtube.com", "youtu.be")):
+        return "local", s
+    return media.classify_source(text)
 
 
 def _rel_folder(video: str, root: str) -> str:
@@ -535,37 +603,57 @@ def _scan_folder(folder: str) -> list[str]:
     return sorted(found, key=lambda p: Path(os.path.relpath(p, folder)).as_posix())
 
 
-def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, defaults: dict, settings: Settings,
-               output_root: Path, day: str, check_files: bool, *, owned: _Owned | None = None,
-               default_pattern: str = DEFAULT_OUTPUT_PATTERN) -> tuple[list[Job], list[Problem]]:
-    problems: list[Problem] = []
-    planned = []  # (entry, values dict, rel output or None, explicit?)
-    for index, e in enumerate(entries, start=1):
-        f = e.fields
+class _JobDefaults:
+    """What a job takes from the command line (``overrides``) and ``defaults:`` unless it sets it
+    itself, looked up once: 10,000 jobs ask the same questions.
+
+    :meth:`settings` and :meth:`pattern` work out one job's values and append its problems. A job
+    that sets nothing but its source (and title) gets exactly what a job setting nothing gets:
+    :meth:`plain` works that out once, for the loop to share (when it has no problem to report).
+    """
+
+    def __init__(self, raw: RawManifest, overrides: dict, defaults: dict, settings: Settings,
+                 default_pattern: str) -> None:
+        self.raw = raw
+        self.defaults = defaults
+        self.max_duration = settings.max_duration
+        self.ov_template, self.ov_model = overrides.get("template"), overrides.get("model")
+        self.template = defaults.get("template") or DEFAULT_TEMPLATE
+        self.model = defaults.get("model") or DEFAULT_MODEL
+        self.ov_format = overrides.get("output_format")
+        self.format = defaults.get("output_format") or "md"
+        self.params = defaults.get("params") or {}
+        self.ov_pattern = overrides.get("output_pattern")
+        self.pattern_default = defaults.get("output_pattern") or default_pattern
+
+    def settings(self, f: dict[str, Any], e: _Entry, problems: list[Problem]) -> tuple[dict[str, Any], bool]:
+        """(template, model, explicit output, format, params, max_duration and context of the job with
+        fields ``f``; whether one of them is wrong). Problems are appended, in this order."""
         rj = e.origin_job
         bad = False
-        values: dict[str, Any] = {}
-        for key, default in (("template", DEFAULT_TEMPLATE), ("model", DEFAULT_MODEL)):
-            v = overrides.get(key) or f.get(key) or defaults.get(key) or default
-            if not isinstance(v, str) or not v.strip():
-                problems.append(Problem(e.file, rj.line_of(key), f"'{key}' must be a name", None))
-                bad = True
-            values[key] = str(v).strip()
+        template = self.ov_template or f.get("template") or self.template
+        if not isinstance(template, str) or not template.strip():
+            problems.append(Problem(e.file, rj.line_of("template"), "'template' must be a name", None))
+            bad = True
+        model = self.ov_model or f.get("model") or self.model
+        if not isinstance(model, str) or not model.strip():
+            problems.append(Problem(e.file, rj.line_of("model"), "'model' must be a name", None))
+            bad = True
         explicit = f.get("output")
         if explicit is not None and (not isinstance(explicit, str) or not explicit.strip()):
             problems.append(Problem(e.file, rj.line_of("output"), "'output' must be a file name", None))
             bad, explicit = True, None
-        fmt = overrides.get("output_format") or f.get("output_format")
+        fmt = self.ov_format or f.get("output_format")
         if not fmt and explicit and Path(explicit).suffix.lower().lstrip(".") in OUTPUT_FORMATS:
             fmt = Path(explicit).suffix.lower().lstrip(".")
-        fmt = fmt or defaults.get("output_format") or "md"
-        if fmt not in OUTPUT_FORMATS and fmt == overrides.get("output_format"):
+        fmt = fmt or self.format
+        if fmt not in OUTPUT_FORMATS and fmt == self.ov_format:
             bad = True  # a bad --format is reported once, on the command line (_defaults), not per job
         elif fmt not in OUTPUT_FORMATS:
             problems.append(Problem(e.file, rj.line_of("output_format"), f"unknown output_format '{fmt}'",
                                     did_you_mean(str(fmt), OUTPUT_FORMATS) or "use md, json or html"))
             bad = True
-        params = dict(defaults.get("params") or {})
+        params = dict(self.params)
         job_params = f.get("params")
         if job_params is not None and not isinstance(job_params, dict):
             problems.append(Problem(e.file, rj.line_of("params"), "'params' must be a mapping",
@@ -573,78 +661,132 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
             bad = True
         elif job_params:
             params.update(job_params)
-        max_duration = settings.max_duration
+        max_duration = self.max_duration
         if f.get("max_duration") is not None:
             max_duration = _duration(f["max_duration"])
             if max_duration is None:
                 problems.append(Problem(e.file, rj.line_of("max_duration"), "max_duration must be a positive duration",
                                         "seconds, or e.g. '90m', '1h30m', '1:30:00'"))
                 bad = True
-        job_context, why, key = _job_context(f, defaults)
+        job_context, why, key = _job_context(f, self.defaults)
         if why:
             problems.append(Problem(e.file, rj.line_of(key or "context"), why,
                                     "e.g. 'context: clips' and 'clip_minutes: 40' (see docs/LONG_VIDEOS.md)"))
             bad = True
+        return {"template": str(template).strip(), "model": str(model).strip(), "explicit": explicit, "fmt": fmt,
+                "params": params, "max_duration": max_duration, "context": job_context}, bad
+
+    def pattern(self, f: dict[str, Any], e: _Entry, problems: list[Problem]) -> tuple[str | None, bool]:
+        """(the output pattern of a job without an explicit output, with its extension, or None when it
+        cannot be used; whether it is --output-pattern's). A problem is appended."""
+        pattern = self.ov_pattern or f.get("output_pattern") or self.pattern_default
+        why = pattern_problem(str(pattern)) if isinstance(pattern, str) else "output_pattern must be text"
+        cli_pattern = pattern == self.ov_pattern
+        if why and cli_pattern:
+            return None, True  # a bad --output-pattern is blamed once on <command line> (_defaults), not on each job
+        if why:
+            problems.append(Problem(e.file, e.origin_job.line_of("output_pattern") if "output_pattern" in f
+                                    else self.raw.defaults_lines.get("output_pattern"), why, None))
+            return None, False
+        return _pattern_with_ext(pattern), cli_pattern
+
+    def plain(self) -> tuple[dict[str, Any], str, bool] | None:
+        """(settings, pattern, whether --output-pattern's) of a job setting nothing of its own, or None
+        when those would be reported (each job then reports them at its own line)."""
+        nothing = _Entry({}, "local", "", self.raw.file, None, RawJob({}, self.raw.file, None, self.raw.base_dir))
+        found: list[Problem] = []
+        settings, bad = self.settings({}, nothing, found)
+        pattern, cli_pattern = self.pattern({}, nothing, found)
+        if bad or found or pattern is None:
+            return None
+        return settings, pattern, cli_pattern
+
+
+# Fields that do not change what a job takes from the defaults (see _JobDefaults.plain).
+_SOURCE_AND_TITLE = frozenset({"source", "title"})
+
+
+def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, defaults: dict, settings: Settings,
+               output_root: Path, day: str, check_files: bool, *, owned: _Owned | None = None,
+               default_pattern: str = DEFAULT_OUTPUT_PATTERN) -> tuple[list[Job], list[Problem]]:
+    problems: list[Problem] = []
+    planned = []  # (entry, values dict, rel output or None, explicit?)
+    explicit_at: list[int] = []  # where in ``planned`` the explicit outputs are (claimed first, below)
+    job_defaults = _JobDefaults(raw, overrides, defaults, settings, default_pattern)
+    plain = job_defaults.plain()
+    base = raw.base_dir
+    # A clean source under the base folder is named by the rest of its path (_identity_path's
+    # first case, without its str(base) and checks per job); anything else asks _identity_path.
+    base_s = str(base)
+    base_prefix = base_s + "/" if base_s != "/" else None
+    for index, e in enumerate(entries, start=1):
+        f = e.fields
+        if plain is not None and f.keys() <= _SOURCE_AND_TITLE:
+            s, pattern, cli_pattern = plain
+            bad = False
+            # as settings() would give them: dictionaries of the job's own
+            params = dict(s["params"])
+            context = dict(s["context"]) if s["context"] is not None else None
+        else:
+            s, bad = job_defaults.settings(f, e, problems)
+            params, context = s["params"], s["context"]
+            pattern, cli_pattern = None, False
         if e.kind == "local":
             stem = _stem(e.source)
             if check_files:
-                problems += _check_local(e, raw.base_dir)
+                problems += _check_local(e, base)
+            src = e.source
+            if base_prefix is not None and src.startswith(base_prefix) and _clean_path(src):
+                source_id = src[len(base_prefix):]
+            else:
+                source_id = _identity_path(src, base)
         elif e.kind == "youtube":
-            stem = e.source.rsplit("v=", 1)[-1]
+            stem = source_id = e.source.rsplit("v=", 1)[-1]
         else:
-            tail = [s for s in e.source.split("?")[0].split("/") if s]
+            tail = [part for part in e.source.split("?")[0].split("/") if part]
             stem = Path(tail[-1]).stem if len(tail) > 2 else (tail[-1] if tail else "video")
+            source_id = e.source
         title = f.get("title")
         title = str(title).strip() if title is not None and str(title).strip() else stem
-        source_id = _identity_path(e.source, raw.base_dir) if e.kind == "local" else (
-            stem if e.kind == "youtube" else e.source)
-        values.update(stem=stem, title=title, date=day, index=index, ext=fmt, source_id=source_id, params=params,
-                      output_format=fmt, max_duration=max_duration, context=job_context)
+        fmt = s["fmt"]
+        values: dict[str, Any] = {
+            "template": s["template"], "model": s["model"], "stem": stem, "title": title, "date": day,
+            "index": index, "ext": fmt, "dir": e.folder, "source_id": source_id, "params": params,
+            "output_format": fmt, "max_duration": s["max_duration"], "context": context}
         if bad:
             continue
+        explicit = s["explicit"]
         if explicit:
             rel = explicit.strip()
             if not Path(rel).suffix:
                 rel += f".{fmt}"
+            explicit_at.append(len(planned))
             planned.append((e, values, rel, True))
             continue
-        pattern = overrides.get("output_pattern") or f.get("output_pattern") or defaults.get("output_pattern") \
-            or default_pattern
-        why = pattern_problem(str(pattern)) if isinstance(pattern, str) else "output_pattern must be text"
-        values["cli_pattern"] = pattern == overrides.get("output_pattern")
-        if why and values["cli_pattern"]:
-            continue  # a bad --output-pattern is blamed once on <command line> (_defaults), not on each job
-        if why:
-            problems.append(Problem(e.file, rj.line_of("output_pattern") if "output_pattern" in f
-                                    else raw.defaults_lines.get("output_pattern"), why, None))
-            continue
-        if "{ext}" not in pattern:
-            # the extension follows output_format: "{stem}.md" with format json writes "{stem}.json"
-            suffix = Path(pattern).suffix
-            if suffix.lower().lstrip(".") in OUTPUT_FORMATS:
-                pattern = pattern[: -len(suffix)]
-            pattern += ".{ext}"
+        if pattern is None:
+            pattern, cli_pattern = job_defaults.pattern(f, e, problems)
+            if pattern is None:
+                continue
+        values["cli_pattern"] = cli_pattern
         # {id} cannot be the final id (that hashes the output name); use the id of source + template
         # (hashed only when the pattern uses it: a JSON dump and a sha256 per job otherwise wasted)
         values["id"] = _sha256(json.dumps([source_id, values["template"], pattern]).encode())[:16] \
             if "{id" in pattern else ""
         try:
-            rel = render_pattern(pattern, {k: values[k] for k in ("stem", "title", "template", "date", "id",
-                                                                   "index", "ext")} | {"dir": e.folder})
+            rel = render_pattern(pattern, values)  # it takes only the pattern's fields
         except (ValueError, KeyError, IndexError) as exc:
-            problems.append(Problem(e.file, rj.line, f"output pattern {pattern!r} cannot be filled: {exc}", None))
+            problems.append(Problem(e.file, e.origin_job.line, f"output pattern {pattern!r} cannot be filled: {exc}",
+                                    None))
             continue
         planned.append((e, values, rel, False))
 
     # explicit outputs first: two jobs naming the same file is the user's error to fix
     taken: dict[str, _Entry] = {}
-    folder_ok: dict[str, bool] = {}
-    final: list[tuple[_Entry, dict, str]] = []
-    resolved: dict[int, str] = {}
-    for i, (e, values, rel, explicit) in enumerate(planned):
-        if not explicit:
-            continue
-        checked, why = _inside_root(output_root, rel, folder_ok)
+    inside = _InsideRoot(output_root)
+    resolved: list[str | None] = [None] * len(planned)  # the output name each planned job gets
+    for i in explicit_at:
+        e, values, rel, _explicit = planned[i]
+        checked, why = inside.check(rel)
         if why:
             problems.append(Problem(e.file, e.origin_job.line_of("output"), why,
                                     "outputs must stay inside output_dir; use a relative name without '..'"))
@@ -666,15 +808,17 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
     for i, (e, values, rel, explicit) in enumerate(planned):
         if explicit:
             continue
-        checked, why = _inside_root(output_root, rel, folder_ok)
+        checked, why = inside.check(rel)
         if why:
             line = e.origin_job.line_of("output_pattern") if "output_pattern" in e.fields else e.line
             problems.append(Problem(e.file, line, why, "the output pattern must produce a name inside output_dir"))
             continue
         candidate, n = checked, 1
-        while candidate.casefold() in taken:
+        key = candidate.casefold()
+        while key in taken:
             n += 1
             candidate = with_suffix_number(checked, n)
+            key = candidate.casefold()
         why = owned.problem(candidate) if owned is not None else None
         if why:
             if values.get("cli_pattern"):  # --output-pattern: the command line's fault, said once
@@ -685,17 +829,19 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
                     raw.defaults_lines.get("output_pattern") or e.line
                 problems.append(Problem(e.file, line, why, OWNED_HINT))
             continue
-        taken[candidate.casefold()] = e
+        taken[key] = e
         resolved[i] = candidate
-    for i, (e, values, rel, explicit) in enumerate(planned):
-        if i in resolved:
-            final.append((e, values, resolved[i]))
 
     jobs = []
-    root_s = str(output_root)  # resolved once; ``rel`` is a normalised relative name (_inside_root)
+    # ``rel`` is a normalised relative name inside the root (_InsideRoot.check): the prefix plus it
+    # is what os.path.join(root, rel) gives
+    prefix = inside.prefix
     seen_sources: dict[tuple[str, str], _Entry] = {}
-    for e, v, rel in final:
-        job_id = _sha256(_JSON_UNICODE.encode([v["source_id"], v["template"], rel]).encode("utf-8"))[:16]
+    for (e, v, _planned, _explicit), rel in zip(planned, resolved):
+        if rel is None:
+            continue  # its output was refused above
+        job_text = f"[{_json_string(v['source_id'])}, {_json_string(v['template'])}, {_json_string(rel)}]"
+        job_id = _sha256(job_text.encode("utf-8"))[:16]
         key = (v["source_id"], v["template"])
         if key in seen_sources:
             first = seen_sources[key]
@@ -703,11 +849,22 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
                                     "the video will be processed twice; remove one if that is not intended",
                                     "warning"))
         seen_sources.setdefault(key, e)
-        jobs.append(Job(job_id=job_id, source=e.source, source_kind=e.kind, title=v["title"], template=v["template"],
-                        params=v["params"], model=v["model"], output_path=os.path.join(root_s, rel),
-                        output_format=v["output_format"], max_duration=v["max_duration"],
-                        origin=f"{e.file}:{e.line}" if e.line else e.file, context=v.get("context")))
+        jobs.append(new_job(job_id=job_id, source=e.source, source_kind=e.kind, title=v["title"],
+                            template=v["template"], params=v["params"], model=v["model"], output_path=prefix + rel,
+                            output_format=v["output_format"], max_duration=v["max_duration"],
+                            origin=f"{e.file}:{e.line}" if e.line else e.file, context=v.get("context")))
     return jobs, problems
+
+
+@functools.lru_cache(maxsize=64)  # one or two patterns for a whole manifest
+def _pattern_with_ext(pattern: str) -> str:
+    """The extension follows output_format: "{stem}.md" with format json writes "{stem}.json"."""
+    if "{ext}" in pattern:
+        return pattern
+    suffix = Path(pattern).suffix
+    if suffix.lower().lstrip(".") in OUTPUT_FORMATS:
+        pattern = pattern[: -len(suffix)]
+    return pattern + ".{ext}"
 
 
 OWNED_HINT = ("the journal, its lock, snapshot and the other files of the state folder belong to the batch: "
@@ -790,56 +947,104 @@ class _Owned:
         return None
 
 
-def _inside_root(root: Path, rel: str, cache: dict[str, bool]) -> tuple[str, str | None]:
-    """(relative POSIX name, None) if ``rel`` stays inside ``root``; else ("", why).
+class _InsideRoot:
+    """Whether output names stay inside the output root; ``check(rel)`` for each.
 
-    ``root`` is already resolved. ``cache`` remembers per folder whether it resolves inside
-    the root, so 10,000 outputs in one folder cost one ``resolve()``, not 10,000.
-    Strings and ``os.path`` only: pathlib objects made this a third of loading a 10,000-job
-    manifest. Both sides are normalised (``normpath``, a resolved root), so "strictly inside"
-    is a string-prefix test on ``root + "/"``, exactly ``root in Path(candidate).parents``.
+    ``root`` is already resolved. Strings and ``os.path`` only: pathlib objects made this a third
+    of loading a 10,000-job manifest. Both sides are normalised (``normpath``, a resolved root), so
+    "strictly inside" is a string-prefix test on ``root + "/"``, exactly ``root in
+    Path(candidate).parents``. Per folder, remembered: whether it resolves inside the root (10,000
+    outputs in one folder cost one ``resolve()``, not 10,000), and whether it holds any symlink.
     """
-    root_s = str(root)
-    prefix = root_s if root_s.endswith("/") else root_s + "/"
-    p = os.path.expanduser(rel)
-    candidate = os.path.normpath(p if os.path.isabs(p) else os.path.join(root_s, p))
-    if not candidate.startswith(prefix) or candidate == prefix:
-        return "", f"output '{rel}' resolves outside the output root {root}"
-    # existing parts may be symlinks pointing elsewhere: follow them
-    parent = os.path.dirname(candidate)
-    ok = cache.get(parent)
-    if ok is None:
-        ok = cache[parent] = is_inside(root, parent)
-    if ok and os.path.islink(candidate):
-        ok = is_inside(root, candidate)
-    if not ok:
-        return "", f"output '{rel}' resolves outside the output root {root} (through a symlink)"
-    return candidate[len(prefix):], None
+
+    # Outputs of a folder checked one lstat each before the folder is listed once instead: a few
+    # outputs in a big existing folder should not pay for listing it.
+    LIST_AFTER = 32
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root_s = str(root)
+        self.root_s = root_s
+        self.prefix = root_s if root_s.endswith("/") else root_s + "/"
+        self._folder_ok: dict[str, bool] = {}
+        self._seen: dict[str, int] = {}
+        self._link_free: dict[str, bool] = {}
+
+    def check(self, rel: str) -> tuple[str, str | None]:
+        """(relative POSIX name, None) if ``rel`` stays inside the root; else ("", why)."""
+        parts = rel.split("/")
+        if rel.startswith("~") or "" in parts or "." in parts or ".." in parts:
+            p = os.path.expanduser(rel)
+            candidate = os.path.normpath(p if os.path.isabs(p) else os.path.join(self.root_s, p))
+            if not candidate.startswith(self.prefix) or candidate == self.prefix:
+                return "", f"output '{rel}' resolves outside the output root {self.root}"
+            parent = os.path.dirname(candidate)
+            checked = candidate[len(self.prefix):]
+        else:
+            # a plain relative name (no "", "." or ".." part, no "~"): what normpath would give,
+            # and its folder as os.path.dirname would
+            candidate = self.prefix + rel
+            parent = self.prefix + rel[:rel.rfind("/")] if len(parts) > 1 else self.root_s
+            checked = rel
+        # existing parts may be symlinks pointing elsewhere: follow them
+        ok = self._folder_ok.get(parent)
+        if ok is None:
+            ok = self._folder_ok[parent] = is_inside(self.root, parent)
+        if ok and self._may_be_link(parent) and os.path.islink(candidate):
+            ok = is_inside(self.root, candidate)
+        if not ok:
+            return "", f"output '{rel}' resolves outside the output root {self.root} (through a symlink)"
+        return checked, None
+
+    def _may_be_link(self, folder: str) -> bool:
+        """False when ``folder`` holds no symlink at all, so no name in it is one (in any spelling a
+        case-insensitive file system would match): one listing instead of an lstat per output."""
+        n = self._seen[folder] = self._seen.get(folder, 0) + 1
+        if n <= self.LIST_AFTER:
+            return True
+        free = self._link_free.get(folder)
+        if free is None:
+            try:
+                with os.scandir(folder) as it:
+                    free = not any(entry.is_symlink() for entry in it)
+            except (FileNotFoundError, NotADirectoryError):
+                free = True  # no folder: nothing in it, symlinks neither
+            except OSError:
+                free = False  # cannot tell: ask about each output
+            self._link_free[folder] = free
+        return not free
 
 
 def _check_local(e: _Entry, base: Path) -> list[Problem]:
     """Per-file checks that need no API: exists, type, size (stat only), magic bytes (first bytes only)."""
-    shown = _identity_path(e.source, base)
-    line = e.origin_job.line_of("source") if e.file == e.origin_job.file else e.line
-    where = "paths are relative to the manifest's folder " + str(base)
-    try:
-        st = os.stat(e.source)
-    except FileNotFoundError:
-        if os.path.islink(e.source):
-            return [Problem(e.file, line, f"{shown} is a dangling symlink (its target {os.readlink(e.source)} is gone)",
-                            "fix or remove the link")]
-        return [Problem(e.file, line, f"file not found: {shown}", where)]
-    except OSError as exc:
-        return [Problem(e.file, line, f"cannot read {shown}: {exc.strerror or exc}", None)]
+    st = e.stat
+    if st is None:
+        try:
+            st = os.stat(e.source)
+        except FileNotFoundError:
+            shown, line = _where_local(e, base)
+            if os.path.islink(e.source):
+                return [Problem(e.file, line,
+                                f"{shown} is a dangling symlink (its target {os.readlink(e.source)} is gone)",
+                                "fix or remove the link")]
+            return [Problem(e.file, line, f"file not found: {shown}",
+                            "paths are relative to the manifest's folder " + str(base))]
+        except OSError as exc:
+            shown, line = _where_local(e, base)
+            return [Problem(e.file, line, f"cannot read {shown}: {exc.strerror or exc}", None)]
     ext = _suffix(e.source).lower()
     if ext not in media.VIDEO_MIME_TYPES:
+        shown, line = _where_local(e, base)
         return [Problem(e.file, line, f"unsupported file type '{ext or os.path.basename(e.source)}': {shown}",
                         "supported: " + " ".join(media.VIDEO_EXTENSIONS))]
-    if not stat.S_ISREG(st.st_mode):  # the stat above follows symlinks, as os.path.isfile would
+    if not stat.S_ISREG(st.st_mode):  # the stat follows symlinks, as os.path.isfile would
+        shown, line = _where_local(e, base)
         return [Problem(e.file, line, f"{shown} is not a regular file", None)]
     if st.st_size == 0:
+        shown, line = _where_local(e, base)
         return [Problem(e.file, line, f"file is empty (0 bytes): {shown}", "re-export or re-download it")]
     if st.st_size > media.MAX_VIDEO_BYTES:
+        shown, line = _where_local(e, base)
         return [Problem(e.file, line, f"file is {st.st_size / 1024**3:.1f} GB, over the Files API's 2 GB limit: {shown}",
                         "compress or split it, e.g. with ffmpeg")]
     try:
@@ -850,11 +1055,19 @@ def _check_local(e: _Entry, base: Path) -> list[Problem]:
         finally:
             os.close(fd)
     except OSError as exc:
+        shown, line = _where_local(e, base)
         return [Problem(e.file, line, f"cannot read {shown}: {exc.strerror or exc}", "check its permissions")]
     if media.sniff_container(head) is None:
+        shown, line = _where_local(e, base)
         return [Problem(e.file, line, f"{shown} does not look like a video (no known container signature)",
                         "it may be a renamed text or HTML file; re-download or re-export it")]
     return []
+
+
+def _where_local(e: _Entry, base: Path) -> tuple[str, int | None]:
+    """How a problem of a local source names it, and its line (worked out only when there is one)."""
+    line = e.origin_job.line_of("source") if e.file == e.origin_job.file else e.line
+    return _identity_path(e.source, base), line
 
 
 def _check_templates(jobs: list[Job], entries: list[_Entry], templates_dirs: list[Path], *,
@@ -869,16 +1082,25 @@ def _check_templates(jobs: list[Job], entries: list[_Entry], templates_dirs: lis
     except GsvrError as exc:
         return [Problem(str(templates_dirs[0]) if templates_dirs else "templates", None,
                         f"cannot load templates: {exc}", None)]
-    by_origin = {f"{e.file}:{e.line}" if e.line else e.file: e for e in entries}
+    by_origin: dict[str, _Entry] | None = None  # built for the first problem: most manifests have none
+
+    def origin_of(job: Job) -> tuple[_Entry | None, str, int | None]:
+        """The entry a job came from, its file and the line of its template."""
+        nonlocal by_origin
+        if by_origin is None:
+            by_origin = {f"{e.file}:{e.line}" if e.line else e.file: e for e in entries}
+        e = by_origin.get(job.origin)
+        file = e.file if e else job.origin
+        line = (e.origin_job.line_of("template") if e and e.file == e.origin_job.file else (e.line if e else None))
+        return e, file, line
+
     problems: list[Problem] = []
     reported: set[tuple[str, str]] = set()
     checked: dict[Any, list[str]] = {}
     for job in jobs:
-        e = by_origin.get(job.origin)
-        file = e.file if e else job.origin
-        line = (e.origin_job.line_of("template") if e and e.file == e.origin_job.file else (e.line if e else None))
         template = available.get(job.template)
         if template is None:
+            e, file, line = origin_of(job)
             # `-t nosuch` is the command line's mistake: said once, not blamed on every job's line
             where = (CLI, None, CLI) if cli_template and job.template == str(cli_template).strip() else \
                 (file, line, job.origin)
@@ -899,6 +1121,9 @@ def _check_templates(jobs: list[Job], entries: list[_Entry], templates_dirs: lis
             messages = templates_mod.check_params(template, job.params)
             if key is not None:
                 checked[key] = messages
+        if not messages:
+            continue
+        e, file, _line = origin_of(job)
         for message in messages:
             if (job.origin, message) not in reported:
                 reported.add((job.origin, message))
@@ -1029,12 +1254,12 @@ def _job_context(f: dict[str, Any], defaults: dict[str, Any]) -> tuple[dict[str,
     short for ``context: {clip_minutes: 40}``. Only the keys given are kept (validated by
     context.parse_context_options), so what the job leaves unset stays the template's choice.
     """
-    from .context import ContextOptionError, parse_context_options
-
     raw = f.get("context", defaults.get("context"))
     clip = f.get("clip_minutes", defaults.get("clip_minutes"))
     if raw is None and clip is None:
         return None, None, None
+    from .context import ContextOptionError, parse_context_options  # after the usual way out: asked per job
+
     given: dict[str, Any] = {}
     if isinstance(raw, str):
         given["strategy"] = raw

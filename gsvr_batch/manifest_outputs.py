@@ -30,7 +30,6 @@ def pattern_problem(pattern: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=1024)  # the template and date of 10,000 jobs are the same few values
 def sanitise_component(value: str) -> str:
     """Make a manifest value safe as (part of) one file name.
 
@@ -38,6 +37,18 @@ def sanitise_component(value: str) -> str:
     a folder or climb out of the output root; Unicode (Chinese, emoji), spaces and
     punctuation are kept so names stay readable.
     """
+    # Printable ASCII without a separator, a space or dot at either end and at most 120 bytes is
+    # left as it is by every step below: most file stems, told in a few string tests (10,000
+    # different stems would each miss the cache).
+    if (value.isascii() and value.isprintable() and 0 < len(value) <= _MAX_FIELD_BYTES and "/" not in value
+            and "\\" not in value and value[0] not in " ." and value[-1] not in " ."):
+        return value
+    return _sanitise(value)
+
+
+@functools.lru_cache(maxsize=1024)  # the titles and folder names of 10,000 jobs repeat
+def _sanitise(value: str) -> str:
+    """:func:`sanitise_component`'s steps."""
     text = _UNSAFE.sub("_", value).strip().strip(".").strip()
     encoded = text.encode("utf-8")
     if len(encoded) > _MAX_FIELD_BYTES:
@@ -46,12 +57,22 @@ def sanitise_component(value: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _fields_of(pattern: str) -> frozenset[str]:
-    return frozenset(name for _, name, _, _ in string.Formatter().parse(pattern) if name)
+def _fields_of(pattern: str) -> tuple[tuple[str, ...], bool]:
+    """(the fields ``pattern`` names other than ``{dir}``, whether it names ``{dir}``): asked per job."""
+    names = frozenset(name for _, name, _, _ in string.Formatter().parse(pattern) if name)
+    return tuple(n for n in names if n != "dir"), "dir" in names
+
+
+@functools.lru_cache(maxsize=64)
+def _without_dir(pattern: str) -> str:
+    """``pattern`` for a video at the top of its folder: ``{dir}`` and the separator after it dropped."""
+    return pattern.replace("{dir}/", "").replace("{dir}\\", "")
 
 
 def sanitise_dir(value: str) -> str:
     """``{dir}``: each folder name sanitised on its own, joined by '/' (never '..', never absolute)."""
+    if not value:
+        return ""  # a video at the top: most of them
     parts = [p for p in value.replace("\\", "/").split("/") if p and p != "."]
     return "/".join(sanitise_component(p) for p in parts)
 
@@ -62,14 +83,19 @@ def render_pattern(pattern: str, values: dict[str, object]) -> str:
     ``{dir}`` keeps its '/' (each folder name is sanitised); when it is empty, the separator
     written after it goes too, so ``{dir}/{stem}.md`` is ``x.md`` for a video at the top.
     """
-    # Only the fields the pattern names are sanitised (one regex pass each, per job).
-    used = _fields_of(pattern)
-    safe = {k: (sanitise_component(v) if isinstance(v, str) else v) for k, v in values.items()
-            if k in used and k != "dir"}
-    if "dir" in used:
-        folder = sanitise_dir(str(values.get("dir") or ""))
+    # Only the fields the pattern names are looked at and sanitised (one regex pass each, per job):
+    # ``values`` may hold more (the manifest passes a job's whole set).
+    names, has_dir = _fields_of(pattern)
+    safe = {}
+    for k in names:
+        if k in values:  # a missing field: format_map's KeyError says which
+            v = values[k]
+            safe[k] = sanitise_component(v) if isinstance(v, str) else v
+    if has_dir:
+        folder = values.get("dir")
+        folder = sanitise_dir(str(folder)) if folder else ""  # "" for a video at the top
         if not folder:
-            pattern = pattern.replace("{dir}/", "").replace("{dir}\\", "")
+            pattern = _without_dir(pattern)
         safe["dir"] = folder
     return pattern.format_map(safe)
 

@@ -65,6 +65,22 @@ class Job:
     context: dict | None = None
 
 
+def new_job(*, job_id: str, source: str, source_kind: str, title: str, template: str, params: dict, model: str,
+            output_path: str, output_format: str, max_duration: float | None, origin: str,
+            context: dict | None = None) -> Job:
+    """``Job(...)`` with the same fields, for the manifest builder, which makes one per video.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__`` (~2.5 us for
+    Job's twelve: a tenth of building a 10,000-job manifest); the instance dictionary takes them
+    directly, in field order, as ``__init__`` would. Job has no ``__post_init__`` to skip.
+    """
+    job = object.__new__(Job)
+    job.__dict__.update(job_id=job_id, source=source, source_kind=source_kind, title=title, template=template,
+                        params=params, model=model, output_path=output_path, output_format=output_format,
+                        max_duration=max_duration, origin=origin, context=context)
+    return job
+
+
 # The settings type is generated from the one settings table (gsvr_batch/settings.py).
 from .settings import Settings  # noqa: E402  (re-exported: manifest.Settings)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ DEFAULT_KEYS = ("template", "model", "output_dir", "output_pattern", "output_for
 JOB_KEYS = ("source", "list", "template", "output", "output_pattern", "output_format", "title", "model",
             "params", "max_duration", "context", "clip_minutes")
 SETTINGS_KEYS = MANIFEST_SETTINGS_KEYS
+_JOB_KEY_SET = frozenset(JOB_KEYS)
 
 # Google API keys: "AIza" + 35 characters. Matched, never printed.
 API_KEY_SHAPE = re.compile(r"AIza[0-9A-Za-z_\-]{35}")
@@ -67,6 +69,34 @@ def unknown_key_problems(mapping: LMap, allowed: tuple[str, ...], where: str, fi
 _STR_TAG = "tag:yaml.org,2002:str"
 
 
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's parser when present (~10x faster than PyYAML's own on a 10,000-job manifest, same
+    nodes and marks), with a shortcut in the resolver, which it asks about every node.
+
+    The resolver tries the implicit types (bool, int, float, null, timestamp, merge, value) whose
+    table entry matches the scalar's first character; a plain scalar starting with any other
+    character (``source``, ``videos/a.mp4``...) always ends as a string. Saying so at once gives
+    exactly the tag ``resolve`` would, without its table look-ups (30,000 calls for 10,000 jobs);
+    a mapping or a list without a path resolver gets its kind's default tag, as there.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        table = self.yaml_implicit_resolvers
+        # the shortcut holds only without wildcard or path resolvers (SafeLoader has neither)
+        self._typed_first: frozenset[str] | None = (
+            frozenset(k for k in table if k) if None not in table and not self.yaml_path_resolvers else None)
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+        typed = self._typed_first
+        if typed is not None:
+            if kind is yaml.MappingNode:
+                return self.DEFAULT_MAPPING_TAG
+            if kind is yaml.ScalarNode and implicit[0] and value and value[0] not in typed:
+                return self.DEFAULT_SCALAR_TAG
+        return super().resolve(kind, value, implicit)
+
+
 class _Builder:
     def __init__(self, file: str) -> None:
         self.file = file
@@ -74,35 +104,45 @@ class _Builder:
         self.constructor = yaml.constructor.SafeConstructor()
 
     def build(self, node: yaml.Node) -> Any:
+        # Plain string scalars are taken inline in the loops below: most nodes of a manifest are
+        # those, and a call per node was most of this function's time.
+        scalar = yaml.ScalarNode
         line = node.start_mark.line + 1
-        if isinstance(node, yaml.ScalarNode):
+        if isinstance(node, scalar):
             if node.tag == _STR_TAG:
                 return node.value  # what construct_yaml_str returns, without the constructor's bookkeeping
             return self.constructor.construct_object(node, deep=True)
         if isinstance(node, yaml.SequenceNode):
-            seq = LSeq(self.build(item) for item in node.value)
+            seq = LSeq()
+            item_lines = []
+            for item in node.value:
+                item_lines.append(item.start_mark.line + 1)
+                seq.append(item.value if item.tag == _STR_TAG and isinstance(item, scalar) else self.build(item))
             seq.line = line
-            seq.item_lines = [item.start_mark.line + 1 for item in node.value]
+            seq.item_lines = item_lines
             return seq
         if isinstance(node, yaml.MappingNode):
             self.constructor.flatten_mapping(node)  # resolve "<<: *anchor" merges
             out = LMap()
             out.line = line
-            out.key_lines = {}
+            key_lines: dict[Any, int] = {}
+            out.key_lines = key_lines
             for key_node, value_node in node.value:
                 key_line = key_node.start_mark.line + 1
-                if not isinstance(key_node, yaml.ScalarNode):
+                if not isinstance(key_node, scalar):
                     self.problems.append(Problem(self.file, key_line, "a mapping key must be a plain name",
                                                  "write 'key: value'"))
                     continue
-                key = self.constructor.construct_object(key_node, deep=True)
+                key = key_node.value if key_node.tag == _STR_TAG else \
+                    self.constructor.construct_object(key_node, deep=True)
                 if key in out:
                     self.problems.append(Problem(
                         self.file, key_line,
-                        f"duplicate key '{key}' (first at line {out.key_lines[key]})",
+                        f"duplicate key '{key}' (first at line {key_lines[key]})",
                         "YAML keeps only the last one; remove or merge the duplicate"))
-                out[key] = self.build(value_node)
-                out.key_lines[key] = key_line
+                out[key] = value_node.value if value_node.tag == _STR_TAG and isinstance(value_node, scalar) \
+                    else self.build(value_node)
+                key_lines[key] = key_line
             return out
         return None  # pragma: no cover - compose yields only the three node kinds
 
@@ -119,31 +159,45 @@ def _names_a_variable(name: str, value: str, in_env_map: bool) -> bool:
     return (in_env_map or name.lower().endswith("_env")) and bool(ENV_VAR_NAME.match(text))
 
 
+@functools.lru_cache(maxsize=1024)  # a manifest repeats a handful of key names thousands of times
+def _secret_name(name: str) -> bool:
+    """A key whose literal value would be a secret (``token``, ``api_key``...); ``api_key_env`` names one."""
+    return bool(name) and name != "api_key_env" and SECRET_KEY_NAME.search(name) is not None
+
+
 def scan_secrets(value: Any, file: str, line: int | None = None, key: Any = None, *,
                  in_env_map: bool = False) -> list[Problem]:
     """Warnings for anything that looks like an API key pasted into the manifest (value never echoed)."""
     found: list[Problem] = []
     if isinstance(value, LMap):
+        # the values of `headers_env: {X-Api-Token: HOOK_TOKEN}` are variable names
+        child_env = str(key or "").lower().endswith("_env")
         for k, v in value.items():
-            # the values of `headers_env: {X-Api-Token: HOOK_TOKEN}` are variable names
-            found += scan_secrets(v, file, value.key_lines.get(k, line), k,
-                                  in_env_map=str(key or "").lower().endswith("_env"))
+            # A string can only be warned about when it holds "AIza" (every key starts so) or sits
+            # under a secret's name: the other 99.9% are passed over here, without a call each.
+            if isinstance(v, str) and "AIza" not in v and not _secret_name(str(k) if k is not None else ""):
+                continue
+            found += scan_secrets(v, file, value.key_lines.get(k, line), k, in_env_map=child_env)
     elif isinstance(value, LSeq):
+        secret_name = _secret_name(str(key) if key is not None else "")
         for i, v in enumerate(value):
+            if isinstance(v, str) and "AIza" not in v and not secret_name:
+                continue
             found += scan_secrets(v, file, value.item_lines[i], key, in_env_map=in_env_map)
     elif isinstance(value, str) and value.strip():
         name = str(key) if key is not None else ""
-        if API_KEY_SHAPE.search(value):
+        if "AIza" in value and API_KEY_SHAPE.search(value):
             found.append(Problem(file, line, f"the value of '{name or 'this entry'}' looks like a Google API key; "
                                  "keys in manifests leak through git and backups", SECRET_HINT, "warning"))
-        elif (name and name != "api_key_env" and SECRET_KEY_NAME.search(name)
-              and not _names_a_variable(name, value, in_env_map)):
+        elif _secret_name(name) and not _names_a_variable(name, value, in_env_map):
             found.append(Problem(file, line, f"'{name}' holds a literal secret; a manifest is no place for keys",
                                  SECRET_HINT, "warning"))
     return found
 
 
 def tab_problems(text: str, file: str) -> list[Problem]:
+    if "\t" not in text:
+        return []  # the usual case, without splitting the text into lines
     problems = []
     for number, raw in enumerate(text.splitlines(), start=1):
         indent = raw[: len(raw) - len(raw.lstrip(" \t"))]
@@ -161,8 +215,7 @@ def parse_yaml(text: str, file: str, base_dir: Path) -> tuple[RawManifest | None
         # token") and points at one line only; ours names every line.
         return None, tabs
     try:
-        # libyaml's parser when present: ~10x faster on a 10,000-job manifest, same nodes and marks
-        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -262,8 +315,12 @@ def parse_yaml(text: str, file: str, base_dir: Path) -> tuple[RawManifest | None
             problems.append(Problem(file, line, "a job must be a mapping with a 'source' (or 'list') key",
                                     "e.g. '- source: videos/a.mp4'"))
             continue
-        problems += unknown_key_problems(item, JOB_KEYS, "job", file)
-        fields = {k: v for k, v in item.items() if k in JOB_KEYS}
+        if item.keys() <= _JOB_KEY_SET:  # the usual job: every key known, copied as it is
+            fields, field_lines = dict(item), dict(item.key_lines)
+        else:
+            problems += unknown_key_problems(item, JOB_KEYS, "job", file)
+            fields = {k: v for k, v in item.items() if k in JOB_KEYS}
+            field_lines = {k: item.key_lines.get(k) for k in fields}
         if "source" not in fields and "list" not in fields:
             problems.append(Problem(file, line, "job has no 'source'",
                                     "add 'source: path/or/url' (or 'list: videos.txt')"))
@@ -271,5 +328,5 @@ def parse_yaml(text: str, file: str, base_dir: Path) -> tuple[RawManifest | None
         if "source" in fields and "list" in fields:
             problems.append(Problem(file, line, "job has both 'source' and 'list'", "split it into two jobs"))
             continue
-        raw.jobs.append(RawJob(fields, file, line, raw.base_dir, {k: item.key_lines.get(k) for k in fields}))
+        raw.jobs.append(RawJob(fields, file, line, raw.base_dir, field_lines))
     return raw, problems

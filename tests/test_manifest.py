@@ -528,3 +528,124 @@ def test_a_journal_under_home_given_on_the_command_line_is_the_one_run_opens(tmp
                       {"journal": "~/j.jsonl"})
     assert m.settings.journal == str(home / "j.jsonl")
     assert resolve_journal("~/j.jsonl", m) == (home / "j.jsonl").resolve()
+
+
+# --- the fast paths of a big manifest (issue 12) give what the general ones give -------------------
+
+
+def test_yaml_scalars_keep_their_types_and_lines_with_the_resolver_shortcut(tmp_path):
+    """Plain scalars whose first character starts no implicit type are strings at once; the others
+    still resolve (bool, int, float, null, timestamp), and every key keeps its line."""
+    import datetime
+
+    from gsvr_batch.manifest_yaml import parse_yaml
+
+    text = ("jobs:\n"
+            "  - source: videos/a.mp4\n"
+            "    params: {yes_: yes, one: 1, half: .5, neg: -2, none: ~, day: 2024-01-02, word: sx, empty: '',"
+            " quoted: '1', tilde: ~x, Off: Off}\n")  # the key Off is False too, as YAML 1.1 says
+    raw, problems = parse_yaml(text, "m.yaml", tmp_path)
+    assert problems == [] and raw is not None
+    params = raw.jobs[0].fields["params"]
+    assert params == {"yes_": True, "one": 1, "half": 0.5, "neg": -2, "none": None, "day": datetime.date(2024, 1, 2),
+                      "word": "sx", "empty": "", "quoted": "1", "tilde": "~x", False: False}
+    assert raw.jobs[0].line == 2 and raw.jobs[0].field_lines == {"source": 2, "params": 3}
+
+
+def test_unknown_job_keys_and_duplicates_keep_their_lines(tmp_path):
+    video(tmp_path / "a.mp4")
+    path = write(tmp_path / "m.yaml", "jobs:\n  - source: a.mp4\n    tempalte: x\n  - source: a.mp4\n"
+                                      "    title: t\n    title: u\n")
+    _, problems = validate_manifest(path)
+    got = [(p.line, p.message) for p in problems]
+    assert (6, "duplicate key 'title' (first at line 5)") in got
+    assert (3, "unknown key 'tempalte' in job") in got
+
+
+def test_jobs_setting_only_their_source_each_get_their_own_params_and_context(tmp_path):
+    """The defaults a plain job takes are worked out once; the dictionaries it holds are its own."""
+    for name in ("a", "b"):
+        video(tmp_path / f"{name}.mp4")
+    path = write(tmp_path / "m.yaml", "defaults:\n  params: {audience: pupils}\n  context: clips\njobs:\n"
+                                      "  - source: a.mp4\n  - source: b.mp4\n    title: B\n"
+                                      "  - source: a.mp4\n    template: chinese_transcript\n")
+    m = load_manifest(path)
+    a, b, c = m.jobs
+    assert a.params == b.params == c.params == {"audience": "pupils"}
+    assert a.params is not b.params and a.context == b.context == c.context == {"strategy": "clips"}
+    assert a.context is not b.context
+    assert (a.template, b.template, c.template) == ("comprehensive_lesson", "comprehensive_lesson",
+                                                   "chinese_transcript")
+    assert b.title == "B" and a.title == "a"
+
+
+def test_a_bad_template_override_is_blamed_on_each_plain_job(tmp_path):
+    """Defaults that are wrong are not shared: each job still reports them at its own line."""
+    for name in ("a", "b"):
+        video(tmp_path / f"{name}.mp4")
+    path = write(tmp_path / "m.yaml", "jobs:\n  - source: a.mp4\n  - source: b.mp4\n")
+    _, problems = validate_manifest(path, {"template": 5})
+    assert [(p.line, p.message) for p in errors(problems)] == [(2, "'template' must be a name"),
+                                                               (3, "'template' must be a name")]
+
+
+def test_output_symlinks_are_caught_in_a_folder_of_many_outputs(tmp_path):
+    """Past the first outputs of a folder, a listing tells whether it holds symlinks at all; one
+    there still makes each output an lstat, so a link out of the root is refused as before."""
+    n = 40
+    for i in range(n):
+        video(tmp_path / "v" / f"v{i:02d}.mp4")
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "v37_summary_report.md").symlink_to(tmp_path / "elsewhere" / "x.md")
+    jobs = "".join(f"  - v/v{i:02d}.mp4\n" for i in range(n))
+    path = write(tmp_path / "m.yaml", f"defaults:\n  template: summary_report\n  output_dir: out\njobs:\n{jobs}")
+    p = only_error(validate_manifest(path)[1])
+    assert p.line == 5 + 37 and p.message.endswith("(through a symlink)") and "v37_summary_report.md" in p.message
+    (out / "v37_summary_report.md").unlink()
+    m = load_manifest(path)  # no symlink left: the listing lets every output through
+    assert len(m.jobs) == n
+
+
+def test_plain_relative_sources_resolve_as_normpath_join_would():
+    from gsvr_batch.manifest import _under
+
+    bases = [Path("/"), Path("/a/b"), Path("/a/../b"), Path("/x y/ü"), Path("//srv/x"), Path("rel")]
+    paths = ["a", "a/b.mp4", "a//b", "./a", "a/./b", "../a", "a/..", "~/x", "/abs", "", ".", "a/b/", " a ", "..."]
+    for base in bases:
+        for path in paths:
+            assert _under(base, path) == os.path.normpath(os.path.join(base, os.path.expanduser(path))), (base, path)
+
+
+def test_plain_paths_are_classified_as_media_classify_source_would():
+    from gsvr_batch.manifest import _classify_source
+
+    for text in ["videos/a.mp4", " a.mp4 ", "youtu.be/dQw4w9WgXcQ", "YOUTUBE.com/watch?v=dQw4w9WgXcQ",
+                 "www.youtube.com/watch?v=dQw4w9WgXcQ", "m.youtube.com/shorts/dQw4w9WgXcQ", "HTTPS://x.org/a.mp4",
+                 "http://youtu.be/dQw4w9WgXcQ", "ftp://x/y.mp4", "www.example.org/a.mp4", "m.a.mp4", "wwwx.mp4",
+                 "讲座.mp4", "C:\\videos\\a.mp4", "~/a.mp4"]:
+        assert _classify_source(text) == media.classify_source(text), text
+
+
+def test_sanitise_component_shortcut_agrees_with_its_steps():
+    from gsvr_batch.manifest_outputs import _sanitise, sanitise_component
+
+    for value in ["", ".", " ", "a", "a.", ".a", " a", "a ", "a/b", "a\\b", "x" * 120, "x" * 121, "é" * 61, "a\tb",
+                  "a\x7fb", "~", "...", "lecture-01 (final)", "讲座 01", "v00001"]:
+        assert sanitise_component(value) == _sanitise.__wrapped__(value), value
+
+
+def test_a_broken_template_file_is_reported_in_pyyaml_words(tmp_path):
+    """Templates are parsed by libyaml; a file it refuses is read again by PyYAML for the message."""
+    from gsvr_batch.errors import TemplateError
+    from gsvr_batch.templates import load_template_file
+
+    bad = write(tmp_path / "t.yaml", "prompt: x\nname: a\n  bad: indent\n")
+    with pytest.raises(TemplateError, match=r"t\.yaml:3: invalid YAML: mapping values are not allowed here$"):
+        load_template_file(bad)
+    good = write(tmp_path / "g.yaml", "name: g\nversion: '2'\nprompt: |\n  Summarise {{topic}}.\n"
+                                      "parameters:\n  - {name: topic, required: yes}\n")
+    (t,) = load_template_file(good)
+    assert (t.name, t.version, t.prompt, t.parameters[0].required) == ("g", "2", "Summarise {{topic}}.\n", True)
+    assert t.source.endswith("g.yaml:1")

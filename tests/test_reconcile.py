@@ -160,3 +160,63 @@ def test_unknown_model_stops_the_batch_before_any_upload(tmp_path, sandbox):
     assert not {k for k in kinds if k.startswith("upload") or k == "generate"}, kinds
     recs = records(journal_of(tmp_path))
     assert not [x for x in recs if x["type"] in ("task_failed", "task_started")]
+
+
+# --- foreign outputs from folder listings (issue 12: one listdir per folder, not a stat per output) --
+
+
+def _foreign(tmp_path, names_on_disk: dict[str, bytes], outputs: list[str], *, completed: frozenset = frozenset(),
+             list_after: int | None = None, monkeypatch=None) -> list[str]:
+    from types import SimpleNamespace
+
+    from gsvr_batch.runner import reconcile as rc
+    from gsvr_batch.state import TaskStatus
+
+    if list_after is not None:
+        monkeypatch.setattr(rc._Listings, "LIST_AFTER", list_after)
+    for name, data in names_on_disk.items():
+        p = tmp_path / "out" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    jobs = [SimpleNamespace(job_id=f"t{i}", output_path=str(tmp_path / "out" / o)) for i, o in enumerate(outputs)]
+    tasks = {j.job_id: SimpleNamespace(status=TaskStatus.COMPLETED if j.job_id in completed else TaskStatus.PENDING)
+             for j in jobs}
+    manifest = SimpleNamespace(settings=SimpleNamespace(skip_existing=False, overwrite=False), jobs=jobs)
+    return [os.path.relpath(j.output_path, tmp_path / "out")
+            for j in rc.foreign_outputs(manifest, SimpleNamespace(tasks=tasks))]
+
+
+@pytest.mark.parametrize("list_after", [None, 0])
+def test_foreign_outputs_are_found_in_a_folder_of_many(tmp_path, monkeypatch, list_after):
+    outputs = [f"v{i:02d}.md" for i in range(60)] + ["sub/é.md", "sub/x.md", "gone/y.md"]
+    on_disk = {"v45.md": b"written by hand\n", "V46.md": b"another spelling\n", "sub/é.md": b"x", "v50.md": b"x",
+               "v03.md": b"x"}
+    got = _foreign(tmp_path, on_disk, outputs, completed=frozenset({"t50"}), list_after=list_after,
+                   monkeypatch=monkeypatch)
+    assert got == ["v03.md", "v45.md", "sub/é.md"]  # v50's task completed: not this run's business
+
+
+def test_ours_is_not_foreign_past_the_listing(tmp_path, monkeypatch):
+    from gsvr_batch.formats import LessonMeta, MarkdownFormatter
+
+    meta = MarkdownFormatter().render("# lesson\n", LessonMeta(title="T", source="v.mp4", template="summary_report",
+                                                               model="gemini-2.5-flash", task_id="t40"))
+    got = _foreign(tmp_path, {"v40.md": meta, "v41.md": meta}, [f"v{i:02d}.md" for i in range(45)],
+                   list_after=0, monkeypatch=monkeypatch)
+    assert got == ["v41.md"]  # written for t40, so foreign to t41
+
+
+def test_no_notify_target_means_notify_is_not_imported_at_start(tmp_path):
+    """Journaling the settings and the run's options without a notify target needs no notify module
+    (smtplib, email: ~30 ms of every start)."""
+    code = ("import sys\n"
+            "from types import SimpleNamespace\n"
+            "from gsvr_batch.manifest import Settings\n"
+            "from gsvr_batch.runner import reconcile as rc\n"
+            "rec = rc.settings_record(Settings())\n"
+            "opts = rc.public_options(SimpleNamespace(opts=SimpleNamespace(settings={'workers': 2})))\n"
+            "assert rec['notify'] == [] and opts == {'workers': 2}, (rec, opts)\n"
+            "print('gsvr_batch.notify' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env=env_for())
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stdout + r.stderr

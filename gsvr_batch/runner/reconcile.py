@@ -31,8 +31,6 @@ from .session import Session
 
 def public_options(s: Session) -> dict[str, Any]:
     """The command-line settings of this run as journaled (for ``retry``): no secrets."""
-    from .. import notify as notify_mod
-
     out: dict[str, Any] = {}
     for name, value in s.opts.settings.items():
         if name in _PATH_OPTIONS:
@@ -40,6 +38,8 @@ def public_options(s: Session) -> dict[str, Any]:
             value = [os.path.abspath(os.fspath(v)) for v in value] if isinstance(value, (list, tuple)) \
                 else os.path.abspath(os.fspath(value))
         if name == "notify":
+            from .. import notify as notify_mod  # here: importing it (smtplib, email) was ~30 ms of every start
+
             out[name] = [notify_mod.storable(t) for t in value]
         elif isinstance(value, (str, int, float, bool)):
             out[name] = value
@@ -53,12 +53,15 @@ _PATH_OPTIONS = ("output", "journal", "pricing", "templates_dir")
 
 def settings_record(settings: Any) -> dict[str, Any]:
     """Settings as journaled: plain values only, never a secret."""
-    from .. import notify as notify_mod
-
     out = {}
     for k, v in vars(settings).items():
         if k == "notify":
-            out[k] = [notify_mod.public_view(t) for t in v]
+            if isinstance(v, (list, tuple)) and not v:
+                out[k] = []  # no target: no need to import notify (smtplib, email: ~30 ms)
+            else:
+                from .. import notify as notify_mod
+
+                out[k] = [notify_mod.public_view(t) for t in v]
         elif isinstance(v, (str, int, float, bool, type(None))):
             out[k] = v
         elif isinstance(v, (list, tuple)):
@@ -89,14 +92,60 @@ def foreign_outputs(manifest: Any, state: BatchState | None, *, force: bool = Fa
     s = manifest.settings
     if s.skip_existing or s.overwrite:
         return []
+    tasks = state.tasks if state is not None else {}
+    listed = _Listings()
     out = []
     for job in manifest.jobs:
-        t = state.tasks.get(job.job_id) if state is not None else None
+        t = tasks.get(job.job_id)
         if t is not None and t.status is TaskStatus.COMPLETED and not force:
             continue
-        if output_is_ours(job.output_path, job.job_id) is False:
+        if listed.may_exist(job.output_path) and output_is_ours(job.output_path, job.job_id) is False:
             out.append(job)
     return out
+
+
+class _Listings:
+    """Which output files may exist: one listing per folder instead of one stat per output.
+
+    A name its folder does not list is no file (``output_is_ours`` would say None). Where another
+    spelling can name the same file (macOS: case-insensitive, Unicode forms), a folder listing only
+    plain ASCII names decides for plain ASCII names, compared lower-cased (no other spelling of one
+    can exist there); any other name, a folder with another name in it, or a folder that cannot be
+    listed is asked file by file, as before. A folder is listed once it has ``LIST_AFTER`` outputs:
+    a few outputs in a big existing folder should not pay for listing it.
+    """
+
+    LIST_AFTER = 32
+    _ASK = None  # a folder answered file by file
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+        self._names: dict[str, frozenset[str] | None] = {}
+
+    def may_exist(self, path: str) -> bool:
+        folder, sep, name = path.rpartition("/")
+        if not sep or not name:
+            return True  # not a file name in a folder: asked as it is
+        folder = folder or "/"
+        n = self._seen[folder] = self._seen.get(folder, 0) + 1
+        if n <= self.LIST_AFTER or not name.isascii():
+            return True
+        if folder not in self._names:
+            self._names[folder] = self._list(folder)
+        names = self._names[folder]
+        return names is self._ASK or name.lower() in names
+
+    @classmethod
+    def _list(cls, folder: str) -> frozenset[str] | None:
+        try:
+            names = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return frozenset()  # no folder: no file in it
+        except (OSError, ValueError):
+            return cls._ASK
+        if not all(n.isascii() for n in names):
+            return cls._ASK
+        return frozenset(n.lower() for n in names)
 
 
 def reconcile(s: Session) -> None:
@@ -118,15 +167,18 @@ def reconcile(s: Session) -> None:
     blog.run_started(workers=s.settings.workers, sandbox=bool(s.settings.sandbox), mode=s.mode,
                      options=public_options(s), manifest=str(m.path or m.base_dir), version=__version__)
     # Tasks the manifest no longer has are dropped (history kept); new ones are added.
-    for tid, t in list(st.tasks.items()):
-        if tid not in s.jobs and not t.dropped:
-            if t.status is TaskStatus.RUNNING:
+    # (Looked up once: these loops visit every task, 10,000 of them in a big batch.)
+    tasks, jobs = st.tasks, s.jobs
+    running, in_flight = TaskStatus.RUNNING, (TaskStatus.RUNNING, TaskStatus.PENDING)
+    for tid, t in list(tasks.items()):
+        if tid not in jobs and not t.dropped:
+            if t.status is running:
                 blog.requeue(tid, "was in flight when the previous run ended", interrupted=True)
             blog.drop_task(tid, "job no longer in the manifest")
     for tid in s.order:
-        t = st.tasks.get(tid)
+        t = tasks.get(tid)
         if t is None or t.dropped:
-            blog.add_task(**task_fields(s.jobs[tid]))
+            blog.add_task(**task_fields(jobs[tid]))
     clean_leftovers(s)
     # In flight at a crash / kill. Batch mode: a task inside an unfinished Gemini batch job is not
     # lost, it waits at Google.
@@ -136,12 +188,12 @@ def reconcile(s: Session) -> None:
 
         held = held_task_ids(st)
     for tid in s.order:
-        t = st.tasks[tid]
-        if t.status in (TaskStatus.RUNNING, TaskStatus.PENDING) and tid not in held and t.attempt_id:
+        t = tasks[tid]
+        if t.status in in_flight and tid not in held and t.attempt_id:
             adopt_partials(s, tid)
             if adopt_output(s, tid):
                 continue
-        if t.status is TaskStatus.RUNNING and tid not in held:
+        if t.status is running and tid not in held:
             from .session import lost_in_flight
 
             blog.requeue(tid, "was in flight when the previous run ended (crash or kill)", interrupted=True,
@@ -169,8 +221,9 @@ def reconcile(s: Session) -> None:
 
 def _check_completed_outputs(s: Session) -> None:
     """A completed task whose output vanished is redone; one edited by hand is kept (warned)."""
+    tasks = s.state.tasks  # the same dict throughout (requeue updates its tasks in place)
     for tid in s.order:
-        t = s.state.tasks[tid]
+        t = tasks[tid]
         if t.status is not TaskStatus.COMPLETED:
             continue
         try:
@@ -183,9 +236,10 @@ def _check_completed_outputs(s: Session) -> None:
 
 
 def _report_changed(s: Session) -> None:
+    tasks, fingerprints = s.state.tasks, s.fingerprints
     changed = [tid for tid in s.order
-               if s.state.tasks[tid].status is TaskStatus.COMPLETED and s.state.tasks[tid].done_fingerprint
-               and s.state.tasks[tid].done_fingerprint != s.fingerprints.get(tid)]
+               if tasks[tid].status is TaskStatus.COMPLETED and tasks[tid].done_fingerprint
+               and tasks[tid].done_fingerprint != fingerprints.get(tid)]
     if changed:
         n = len(changed)
         s.echo(f"{n} job{'s' if n != 1 else ''} changed since {'they' if n != 1 else 'it'} completed (model, "
@@ -236,14 +290,14 @@ def adopt_output(s: Session, tid: str) -> bool:
 
 def adopt_partials(s: Session, tid: str) -> int:
     """Journal clip partials written for the task's plan that no record mentions yet."""
-    from ..pipeline import read_partial
-
     t = s.state.tasks[tid]
     plan = t.plan or {}
     clips = {int(c["index"]): c for c in plan.get("clips") or []}
     folder = s.prepared.state_dir / "partials" / tid
     if not clips or not folder.is_dir():
         return 0
+    from ..pipeline import read_partial  # only now: most in-flight tasks have no clips to adopt
+
     n = 0
     for f in sorted(folder.glob("clip-*.md")):
         got = read_partial(str(f))
