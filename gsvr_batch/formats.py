@@ -28,13 +28,15 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
 import yaml
-from markdown_it import MarkdownIt
-from markdown_it.rules_core import StateCore
-from markdown_it.token import Token
+
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+    from markdown_it.rules_core import StateCore
+    from markdown_it.token import Token
 
 from .errors import UsageError
 
@@ -337,12 +339,16 @@ _URL_TRAILING_PUNCT = ".,:;!?'\"*_~"
 
 
 def _text_token(content: str) -> Token:
+    from markdown_it.token import Token
+
     tok = Token("text", "", 0)
     tok.content = content
     return tok
 
 
 def _link_tokens(href: str, label: str, cls: str = "") -> list[Token]:
+    from markdown_it.token import Token
+
     opening = Token("link_open", "a", 1)
     # class before href: the attribute order is part of the markup users (and tests) see.
     opening.attrs = {"class": cls, "href": href} if cls else {"href": href}
@@ -353,6 +359,8 @@ def _timestamp_tokens(m: re.Match[str], video_id: str | None) -> list[Token]:
     label = _ts_text(m)
     if video_id:
         return _link_tokens(youtube_link(video_id, _ts_seconds(m)), label, "ts")
+    from markdown_it.token import Token
+
     # Not a link (nothing to seek in a local file), but still marked up so it reads as a time.
     opening = Token("ts_open", "span", 1)
     opening.attrs = {"class": "ts"}
@@ -440,6 +448,10 @@ def _image_as_text(self: Any, tokens: Sequence[Token], idx: int, options: Any, e
 
 
 def _make_markdown_it() -> MarkdownIt:
+    # Imported here: reading an output's front matter (adoption, the foreign-output check at
+    # every start) must not pay for the HTML renderer (~20 ms of a 10,000-task rerun's start-up).
+    from markdown_it import MarkdownIt
+
     md = MarkdownIt(
         "commonmark",
         {
@@ -462,7 +474,7 @@ def _make_markdown_it() -> MarkdownIt:
     return md
 
 
-_MD = _make_markdown_it()
+_MD: MarkdownIt | None = None  # built on the first HTML rendering (see _make_markdown_it)
 
 
 def markdown_to_html(text: str, video_id: str | None = None) -> str:
@@ -480,6 +492,9 @@ def markdown_to_html(text: str, video_id: str | None = None) -> str:
       URLs and inside existing links are left as written;
     - a single newline inside a paragraph is a line break (``<br>``).
     """
+    global _MD
+    if _MD is None:
+        _MD = _make_markdown_it()
     return _MD.render(text, {"gsvr_video_id": video_id}).rstrip("\n")
 
 

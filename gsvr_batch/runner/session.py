@@ -24,7 +24,7 @@ import random
 import signal
 import time
 from collections import Counter
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..channels import ControlWatcher
 from ..console import Console
@@ -89,6 +89,27 @@ def fingerprint(job: Any, template: Any | None) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def fingerprints(jobs: Iterable[Any], templates: dict[str, Any]) -> dict[str, str]:
+    """``fingerprint`` of every job, by job id. Most jobs of a batch share their model, template,
+    parameters and format: the JSON dump and hash run once per distinct combination (10,000 jobs
+    cost ~40 ms of a rerun's start-up one by one)."""
+    out: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for job in jobs:
+        try:
+            key: tuple[Any, ...] | None = (job.model, job.template, job.output_format,
+                                           json.dumps(job.params, sort_keys=True, default=str))
+        except (TypeError, ValueError):
+            key = None
+        fp = seen.get(key) if key is not None else None
+        if fp is None:
+            fp = fingerprint(job, templates.get(job.template))
+            if key is not None:
+                seen[key] = fp
+        out[job.job_id] = fp
+    return out
+
+
 class Session:
     """See the module docstring."""
 
@@ -140,8 +161,7 @@ class Session:
         self.report_path: str | None = None
         self.youtube_held: Stop | None = None  # YouTube links held for the day; other videos go on
         self.cost_at_start = blog.state.total_cost_usd
-        for tid, job in self.jobs.items():
-            self.fingerprints[tid] = fingerprint(job, prepared.templates.get(job.template))
+        self.fingerprints.update(fingerprints(self.jobs.values(), prepared.templates))
 
     @property
     def state(self) -> BatchState:
