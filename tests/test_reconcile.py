@@ -220,3 +220,19 @@ def test_no_notify_target_means_notify_is_not_imported_at_start(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                        env=env_for())
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stdout + r.stderr
+
+
+def test_fingerprints_of_a_batch_equal_each_jobs_own():
+    """Session computes fingerprints once per distinct (model, template, format, params): the
+    same values as fingerprint() job by job, {} and None and key order told apart as before."""
+    from types import SimpleNamespace as N
+
+    from gsvr_batch.runner.session import fingerprint, fingerprints
+
+    combos = [(m, t, f, p) for m in ("a", "b") for t in ("x", "y") for f in ("md", "html")
+              for p in ({}, None, {"k": 1}, {"k": 2}, {"k": [1, 2]}, {"z": 1, "k": 1}, {"k": 1, "z": 1})]
+    jobs = [N(job_id=str(i), model=m, template=t, output_format=f, params=p) for i, (m, t, f, p) in enumerate(combos)]
+    templates = {"x": N(version="1", context=None), "y": N(version="2", context={"strategy": "clips"})}
+    got = fingerprints(jobs, templates)
+    assert got == {j.job_id: fingerprint(j, templates.get(j.template)) for j in jobs}
+    assert len(set(got.values())) == len(combos) - 8  # {"z": 1, "k": 1} is {"k": 1, "z": 1}

@@ -96,9 +96,11 @@ def fingerprints(jobs: Iterable[Any], templates: dict[str, Any]) -> dict[str, st
     out: dict[str, str] = {}
     seen: dict[tuple[Any, ...], str] = {}
     for job in jobs:
+        params = job.params
         try:
-            key: tuple[Any, ...] | None = (job.model, job.template, job.output_format,
-                                           json.dumps(job.params, sort_keys=True, default=str))
+            # Most jobs have no parameters: no JSON text needed to tell theirs apart ({} from None).
+            key: tuple[Any, ...] | None = (job.model, job.template, job.output_format, type(params).__name__ if not params
+                                           else json.dumps(params, sort_keys=True, default=str))
         except (TypeError, ValueError):
             key = None
         fp = seen.get(key) if key is not None else None
