@@ -285,15 +285,22 @@ def _state_name(f: Any) -> str:
 
 
 def _try_reuse(task: _Task, src: inputs.ResolvedInput, now: _dt.datetime | None = None) -> UploadRef | None:
-    ref = task.spec.reuse_upload
-    if ref is None and src.sha256:
-        # One upload per distinct video (by content): a copy under another name uses it too.
-        ref = next((c for c in task.spec.same_size_uploads if c.source_sha256 == src.sha256), None)
-        if ref is not None:
-            log.info("task %s: %s has the same bytes as %s; reusing its upload", task.spec.task_id, src.path,
+    """A live upload of this video: the one the journal knows for its path, else one of another
+    file with the same bytes (a copy under another name; one upload per distinct video). The
+    first that is still usable at the Files API wins; None means upload it."""
+    if task.spec.reuse_upload is not None:
+        return _usable(task, task.spec.reuse_upload, src, now)
+    for ref in task.spec.same_size_uploads:
+        if src.sha256 and ref.source_sha256 == src.sha256:
+            log.info("task %s: %s has the same bytes as %s; trying its upload", task.spec.task_id, src.path,
                      ref.source)
-    if ref is None:
-        return None
+            got = _usable(task, ref, src, now)
+            if got is not None:
+                return got
+    return None
+
+
+def _usable(task: _Task, ref: UploadRef, src: inputs.ResolvedInput, now: _dt.datetime | None) -> UploadRef | None:
     now = now or _dt.datetime.now(_dt.timezone.utc)
     expires = parse_iso(ref.expires_at)
     if expires is None or expires - now < REUSE_MARGIN:
@@ -306,7 +313,7 @@ def _try_reuse(task: _Task, src: inputs.ResolvedInput, now: _dt.datetime | None 
     try:
         f = task.call("file", "file_get", lambda: client.files.get(name=ref.name, config=task.http()))
     except RequestRejected as err:  # 403/404: expired or deleted on the server
-        log.info("task %s: upload %s is gone (%s); uploading again", task.spec.task_id, ref.name, err)
+        log.info("task %s: upload %s is gone (%s)", task.spec.task_id, ref.name, err)
         return None
     state = _state_name(f)
     if state == "PROCESSING":
