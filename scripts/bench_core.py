@@ -1158,37 +1158,27 @@ def summary(results: dict[str, dict[str, dict[str, Any]]], sections: list[str], 
             rows.append((f"  the same task history as written today ({int(get(a, 'replay', 'records_now')):,} records) (s)",
                          None, get(a, "replay", "replay_now_s"), "", None))
     if "overhead" in sections:
-        rows.append((f"manager overhead per task, dispatch loops, (full with uploads kept - bare) / N, N = {args.n} (ms/task)",
-                     get(b, "overhead", "overhead_ms"), get(a, "overhead", "overhead_ms"), "<= 1 ms", TARGETS["overhead"]))
-        rows.append(("  whole runs, set-up and wind-down included (ms/task)",
-                     get(b, "overhead", "overhead_total_ms"), get(a, "overhead", "overhead_total_ms"), "", None))
-        rows.append(("  a run's set-up and wind-down, once (s)",
-                     get(b, "overhead", "fixed_s"), get(a, "overhead", "fixed_s"), "", None))
-        rows.append(("  the janitor's upload deletes, (full - full with uploads kept) / N (ms/task)",
-                     get(b, "overhead", "janitor_ms"), get(a, "overhead", "janitor_ms"), "", None))
-        rows.append((f"full run, wall per task, N = {args.n}, {args.workers} workers (ms/task)",
-                     get(b, "overhead", "full_ms"), get(a, "overhead", "full_ms"), "", None))
-        rows.append(("  full run with uploads kept (ms/task)",
-                     get(b, "overhead", "keep_ms"), get(a, "overhead", "keep_ms"), "", None))
-        rows.append(("  bare pool, `pool.map` (ms/task)", get(b, "overhead", "bare_ms"), get(a, "overhead", "bare_ms"),
-                     "", None))
+        def ov(label: str, key: str, target: str = "", limit: float | None = None) -> None:
+            rows.append((label, get(b, "overhead", key), get(a, "overhead", key), target, limit))
+
+        ov(f"manager overhead per task, dispatch loops, (full with uploads kept - bare) / N, N = {args.n} (ms/task)",
+           "overhead_ms", "<= 1 ms", TARGETS["overhead"])
+        ov("  whole runs, set-up and wind-down included (ms/task)", "overhead_total_ms")
+        ov("  a run's set-up and wind-down, once (s)", "fixed_s")
+        ov("  the janitor's upload deletes, (full - full with uploads kept) / N (ms/task)", "janitor_ms")
+        ov(f"full run, wall per task, N = {args.n}, {args.workers} workers (ms/task)", "full_ms")
+        ov("  full run with uploads kept (ms/task)", "keep_ms")
+        ov("  bare pool, `pool.map` (ms/task)", "bare_ms")
         if get(a, "overhead", "bare_window_ms") is not None:
-            rows.append((f"  experiment: bare pool, at most {args.workers} tasks submitted, as the runner (ms/task)", None,
-                         get(a, "overhead", "bare_window_ms"), "", None))
-        rows.append(("manager thread CPU in the dispatch loop (ms/task)", get(b, "overhead", "loop_cpu_ms"),
-                     get(a, "overhead", "loop_cpu_ms"), "<= 1 ms", TARGETS["overhead"]))
-        rows.append(("manager thread CPU, whole run incl. set-up (ms/task)", get(b, "overhead", "main_cpu_ms"),
-                     get(a, "overhead", "main_cpu_ms"), "", None))
-        rows.append(("manager process CPU, every thread, in the dispatch loop, full run (ms/task)",
-                     get(b, "overhead", "loop_proc_ms"), get(a, "overhead", "loop_proc_ms"), "", None))
-        rows.append(("  the same, full run with uploads kept (ms/task)",
-                     get(b, "overhead", "keep_loop_proc_ms"), get(a, "overhead", "keep_loop_proc_ms"), "", None))
-        rows.append(("  the same, the bare pool's process (ms/task)",
-                     get(b, "overhead", "bare_loop_proc_ms"), get(a, "overhead", "bare_loop_proc_ms"), "", None))
-        rows.append(("journal records per task", get(b, "overhead", "records_per_task"),
-                     get(a, "overhead", "records_per_task"), "", None))
-        rows.append(("fsyncs per task", get(b, "overhead", "fsyncs_per_task"),
-                     get(a, "overhead", "fsyncs_per_task"), "", None))
+            ov(f"  experiment: bare pool, at most {args.workers} tasks submitted, as the runner (ms/task)",
+               "bare_window_ms")
+        ov("manager thread CPU in the dispatch loop (ms/task)", "loop_cpu_ms")
+        ov("manager thread CPU, whole run incl. set-up (ms/task)", "main_cpu_ms")
+        ov("manager process CPU, every thread, in the dispatch loop, full run (ms/task)", "loop_proc_ms")
+        ov("  the same, full run with uploads kept (ms/task)", "keep_loop_proc_ms")
+        ov("  the same, the bare pool's process (ms/task)", "bare_loop_proc_ms")
+        ov("journal records per task", "records_per_task")
+        ov("fsyncs per task", "fsyncs_per_task")
     if "memory" in sections:
         rows.append((f"total PSS, manager + {args.memory_workers} workers, `run` on the sandbox (MB)", get(b, "memory", "run_pss_mb"),
                      get(a, "memory", "run_pss_mb"), "measured", None))
