@@ -32,7 +32,8 @@ exc`` so the original stays in ``__cause__``::
         ├── FileProcessingFailed     Files API says FAILED or never ACTIVE
         ├── ContentBlocked           no text: safety block, bad finishReason
         ├── RequestRejected          400/404 that is about this request
-        │   └── TokenOverflow        400 "input token count (N) exceeds … (L)"
+        │   ├── TokenOverflow        400 "input token count (N) exceeds … (L)"
+        │   └── FileGone             403 on an upload that is gone (a reused one: re-uploaded, once)
         └── OutputError              the output could not be written (OS error)
 
 An error crosses the worker → manager process boundary as an :class:`ErrorRecord` (a typed,
@@ -286,6 +287,12 @@ class ContentBlocked(TaskError):
 
 class RequestRejected(TaskError):
     pass
+
+
+class FileGone(RequestRejected):
+    """403 "You do not have permission to access the File … or it may not exist": the upload a
+    request names is gone (expired, or deleted after this task checked it). A task that reused
+    another task's upload uploads the video itself and sends the request again, once."""
 
 
 class TokenOverflow(RequestRejected):

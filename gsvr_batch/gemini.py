@@ -38,6 +38,7 @@ from .errors import (
     CredentialsError,
     DiskFull,
     FatalAPIError,
+    FileGone,
     GsvrError,
     InputError,
     ModelNotFound,
@@ -298,7 +299,7 @@ def _classify_api_error(exc: Any, now: _dt.datetime | None) -> GsvrError:
         low = (message or "").lower()
         if "access the file" in low or ("file" in low and "may not exist" in low):
             # One expired / foreign upload, not the key: fail (or re-upload) this task only.
-            return RequestRejected(text)
+            return FileGone(text)
         return FatalAPIError(text)
     if code == 400 and status == "FAILED_PRECONDITION" and "location is not supported" in (message or "").lower():
         return FatalAPIError(text)

@@ -48,6 +48,7 @@ from .errors import (
     ContentBlocked,
     DiskFull,
     ErrorRecord,
+    FileGone,
     FileProcessingFailed,
     GsvrError,
     OutputError,
@@ -534,6 +535,7 @@ class PreparedRequest:
     video_uri: str | None = None
     video_mime: str | None = None
     youtube: bool = False
+    reused: bool = False  # the upload is one another task (or run) made: it may vanish under us
 
 
 def video_part(prep: PreparedRequest, clip: context.Clip | None = None, fps: float | None = None) -> Any:
@@ -578,6 +580,7 @@ def _prepare(task: _Task) -> PreparedRequest:
             if ref is None:
                 ref = _upload(task, src)
             else:
+                prep.reused = True
                 log.info("task %s: reusing upload %s", spec.task_id, ref.name)
             prep.upload = ref
             prep.video_uri, prep.video_mime = ref.uri, ref.mime_type
@@ -843,11 +846,21 @@ def _run(task: _Task) -> None:
         result.skipped_reason = prep.skipped_reason
         return
     plan = _initial_plan(task, prep)
-    for _ in range(MAX_REPLANS + 1):
+    for _ in range(MAX_REPLANS + 2):  # + the one FileGone retry
         result.plan = plan.to_record()
         try:
             answer, clips = _run_plan(task, prep, plan)
             break
+        except FileGone as err:
+            if not prep.reused:
+                raise  # our own upload vanished: the task-level policy decides
+            # The upload this task reused was deleted or expired after it was checked (a 403 is an
+            # answer: nothing was billed). Upload the video ourselves and send the same plan again.
+            log.info("task %s: the reused upload is gone (%s); uploading the video", spec.task_id, err)
+            task.spec = spec = dataclasses.replace(spec, reuse_upload=None, same_size_uploads=())
+            prep = _prepare(task)
+            result.upload = prep.upload
+            continue
         except TokenOverflow as err:
             # Never final: the next strategy, sized from the API's own numbers (invariant 13).
             # The refused clip is plan.clips[done]: every clip before it is answered (in this attempt or

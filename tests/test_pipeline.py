@@ -212,6 +212,28 @@ def test_reuses_existing_upload(tmp_path, sandbox, worker):
     assert "upload" not in second.api_calls
 
 
+def test_a_reused_upload_deleted_after_its_check_is_uploaded_again(tmp_path, sandbox, worker, monkeypatch):
+    """The race a copy under another name can meet: the upload it reuses is checked ACTIVE, then
+    deleted (another run's janitor, or it expired) before the generate call, which gets 403 "… may
+    not exist". Nothing was billed: the task uploads the video itself and sends the request again."""
+    worker()
+    first = pipeline.run_task(make_spec(tmp_path, VIDEO, task_id="a"))
+    assert first.ok
+    checked = pipeline._usable
+
+    def check_then_delete(task, ref, src, now):
+        got = checked(task, ref, src, now)
+        assert got is not None and sandbox.store.delete(ref.name.split("/", 1)[1])  # gone after the check
+        return got
+
+    monkeypatch.setattr(pipeline, "_usable", check_then_delete)
+    second = pipeline.run_task(make_spec(tmp_path, VIDEO, task_id="b", reuse_upload=first.upload))
+    assert second.ok, second.error
+    refused = [g for g in log_of(sandbox, "generate", "b") if g["status"] == 403]
+    assert len(refused) == 1 and len(log_of(sandbox, "generate", "b")) == 2
+    assert len(log_of(sandbox, "upload_start")) == 2 and second.upload.name != first.upload.name
+
+
 def test_too_long_video_is_skipped_before_any_call(tmp_path, sandbox, worker):
     worker()
     result = pipeline.run_task(make_spec(tmp_path, VIDEO, max_duration=3))

@@ -130,6 +130,10 @@ class Session:
         # Local videos by size, built on first use (one stat per video, once a run): only files of
         # equal size can have equal bytes, so only they may share an upload under different names.
         self._by_size: tuple[dict[str, int], dict[int, list[str]]] | None = None
+        # Uploads offered to each task's worker (its own, or same-size ones it may match by sha256):
+        # while the task runs, none of them is deleted — the worker may be using it (it does not
+        # say which until its result), and a deleted file fails its request with 403.
+        self._offered: dict[str, set[str]] = {}
         self.now = self.opts.now
         self.mode = str(self.settings.mode or "online")
         self.policy = RetryPolicy(max_attempts=int(self.settings.max_attempts),
@@ -483,12 +487,14 @@ class Session:
         model_info = self.models.get(job.model, {})
         lim = self.prepared.limits.get(job.model)
         ctx = self.context_of(tid)
+        reuse, same_size = self.reusable_upload(tid), self.same_size_uploads(tid)
+        self._offered[tid] = {r.name for r in (reuse, *same_size) if r is not None}
         return TaskSpec(
             task_id=tid, source=job.source, source_kind=job.source_kind, title=job.title, template=job.template,
             params=dict(job.params), model=job.model, output_path=job.output_path,
             output_root=str(self.manifest.output_root), output_format=job.output_format, attempt=t.attempts,
             attempt_id=t.attempt_id or "", templates_dirs=tuple(str(p) for p in self.manifest.templates_dirs),
-            reuse_upload=self.reusable_upload(tid), same_size_uploads=self.same_size_uploads(tid),
+            reuse_upload=reuse, same_size_uploads=same_size,
             max_duration=job.max_duration if job.max_duration is not None else self.settings.max_duration,
             backend=self.worker_config.backend if self.worker_config else "gemini",
             download_dir=str(self.prepared.state_dir / "downloads"),
@@ -703,21 +709,28 @@ class Session:
         t = self.state.tasks[tid]
         source = job.source if job else t.source
         tasks = self.state.tasks
+        offered = self._offered.pop(tid, set())
         if any(tasks[o].live for o in self.by_source.get(source, ()) if o in tasks):
             return  # another task of the same video still needs its upload
         for name, up in list(self.state.uploads.items()):
-            if up.get("source") == source or up.get("uploaded_by") == tid:
+            if up.get("source") == source or up.get("uploaded_by") == tid or name in offered:
                 if not self._wanted_elsewhere(up, source):
                     self._to_delete.append(name)  # handed over after this turn's fsync (collect_deletions)
 
     def _wanted_elsewhere(self, up: dict[str, Any], source: str | None) -> bool:
-        """A live task's video other than ``source`` has, or may have, the bytes of upload ``up``
-        (a copy under another name): it would reuse the upload, so the upload stays.
+        """Upload ``up`` stays: a running task's worker was offered it (and may be using it), or a
+        live task's video other than ``source`` has, or may have, its bytes (a copy under another
+        name) and would reuse it.
 
         "Has": its hash is journaled and equal. "May have": it is as large and not hashed yet (its
         worker hashes it when it runs) — but only in a small group of equal sizes: many videos of
         one exact size are distinct recordings, and keeping every upload for them would pile up
         a batch's worth of files at the Files API (20 GB a project)."""
+        tasks = self.state.tasks
+        name = up.get("name")
+        if any(name in names for t, names in self._offered.items()
+               if t in tasks and tasks[t].status is TaskStatus.RUNNING):
+            return True  # a running task's worker may be using it right now
         sha = up.get("source_sha256")
         if not sha:
             return False
@@ -727,7 +740,6 @@ class Session:
         else:  # an upload journaled without its size: only known hashes can tell
             group = [o for o, info in self.state.sources.items() if info.get("sha256") == sha]
         may_be_copies = len(group) <= _SAME_SIZE_CANDIDATES
-        tasks = self.state.tasks
         for other in group:
             if other == source:
                 continue
