@@ -47,7 +47,10 @@ def test_cost_limit_stops_dispatching_journals_why_and_exits_75(tmp_path, sandbo
     from gsvr_batch.manifest import load_manifest
     from gsvr_batch.pricing import load_pricing
 
-    server = sandbox()
+    # No implicit cache: the five videos are copies of one file, so they share one upload, and
+    # cached input would make every task after the first cheaper; the arithmetic below needs
+    # every task to cost the same.
+    server = sandbox(cache_ttl=0)
     n = 5
     # A template whose max output is close to what the sandbox answers, so the first estimate
     # (half the max, no history yet) is of the same size as the real cost.
