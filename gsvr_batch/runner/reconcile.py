@@ -236,10 +236,7 @@ def _check_completed_outputs(s: Session) -> None:
 
 
 def _report_changed(s: Session) -> None:
-    tasks, fingerprints = s.state.tasks, s.fingerprints
-    changed = [tid for tid in s.order
-               if tasks[tid].status is TaskStatus.COMPLETED and tasks[tid].done_fingerprint
-               and tasks[tid].done_fingerprint != fingerprints.get(tid)]
+    changed = _changed(s.state, s.order, s.fingerprints)
     if changed:
         n = len(changed)
         s.echo(f"{n} job{'s' if n != 1 else ''} changed since {'they' if n != 1 else 'it'} completed (model, "
@@ -248,16 +245,18 @@ def _report_changed(s: Session) -> None:
 
 
 def changed_jobs(state: Any, manifest: Any, templates: dict[str, Any]) -> list[str]:
-    """Completed tasks whose job changed since (for ``validate``): same rule as the run's report."""
-    from .session import fingerprint
+    """Completed tasks whose job changed since (for ``validate``): the run's rule (_changed)."""
+    from .session import fingerprints
 
-    out = []
-    for job in manifest.jobs:
-        t = state.tasks.get(job.job_id)
-        if t is not None and t.status is TaskStatus.COMPLETED and t.done_fingerprint and \
-                t.done_fingerprint != fingerprint(job, templates.get(job.template)):
-            out.append(job.job_id)
-    return out
+    return _changed(state, [job.job_id for job in manifest.jobs], fingerprints(manifest.jobs, templates))
+
+
+def _changed(state: Any, order: list[str], fingerprints: dict[str, str]) -> list[str]:
+    """Completed tasks of ``order`` whose output was made from something else than what their job
+    asks for now (model, template and its version, parameters, format, context)."""
+    tasks = state.tasks
+    return [tid for tid in order if tid in tasks and tasks[tid].status is TaskStatus.COMPLETED
+            and tasks[tid].done_fingerprint and tasks[tid].done_fingerprint != fingerprints.get(tid)]
 
 
 # -- adoption ----------------------------------------------------------------------------------

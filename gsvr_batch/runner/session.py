@@ -97,17 +97,12 @@ def fingerprints(jobs: Iterable[Any], templates: dict[str, Any]) -> dict[str, st
     seen: dict[tuple[Any, ...], str] = {}
     for job in jobs:
         params = job.params
-        try:
-            # Most jobs have no parameters: no JSON text needed to tell theirs apart ({} from None).
-            key: tuple[Any, ...] | None = (job.model, job.template, job.output_format, type(params).__name__ if not params
-                                           else json.dumps(params, sort_keys=True, default=str))
-        except (TypeError, ValueError):
-            key = None
-        fp = seen.get(key) if key is not None else None
+        # Most jobs have no parameters: no JSON text needed to tell theirs apart ({} from None).
+        key = (job.model, job.template, job.output_format,
+               type(params).__name__ if not params else json.dumps(params, sort_keys=True, default=str))
+        fp = seen.get(key)
         if fp is None:
-            fp = fingerprint(job, templates.get(job.template))
-            if key is not None:
-                seen[key] = fp
+            fp = seen[key] = fingerprint(job, templates.get(job.template))
         out[job.job_id] = fp
     return out
 
@@ -487,7 +482,8 @@ class Session:
         model_info = self.models.get(job.model, {})
         lim = self.prepared.limits.get(job.model)
         ctx = self.context_of(tid)
-        reuse, same_size = self.reusable_upload(tid), self.same_size_uploads(tid)
+        reuse = self.reusable_upload(tid)
+        same_size = self.same_size_uploads(tid) if reuse is None else ()
         self._offered[tid] = {r.name for r in (reuse, *same_size) if r is not None}
         return TaskSpec(
             task_id=tid, source=job.source, source_kind=job.source_kind, title=job.title, template=job.template,
@@ -522,11 +518,11 @@ class Session:
         return UploadRef.from_dict(self.state.upload_for(known.get("sha256")))
 
     def same_size_uploads(self, tid: str) -> tuple[UploadRef, ...]:
-        """Live uploads of other files as large as this task's video, when the journal knows none
-        of its own: the worker hashes its file and reuses the one with the same sha256 (a copy of a
-        lecture under another name is uploaded once). Not hashed here: the manager never reads videos."""
+        """Live uploads of other files as large as this task's video (asked when the journal knows
+        none of its own): the worker hashes its file and reuses the one with the same sha256 (a copy
+        of a lecture under another name is uploaded once). Not hashed here: the manager never reads videos."""
         job = self.jobs[tid]
-        if job.source_kind != "local" or self.reusable_upload(tid) is not None:
+        if job.source_kind != "local":
             return ()
         size = self._size_of(job.source)
         if size is None or len(self._sizes()[1].get(size, ())) < 2:
