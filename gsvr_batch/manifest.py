@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from . import media
+from . import manifest_cache, media
 from .errors import GsvrError, ManifestError
 from .fsutil import TMP_PREFIX, atomic_write_bytes, is_inside
 from .manifest_csv import decode_text, parse_csv, parse_source_list
@@ -93,14 +93,19 @@ def validate_manifest(path: str | os.PathLike[str], overrides: dict | None = Non
                       check_files: bool = True) -> tuple[Manifest | None, list[Problem]]:
     """Check everything without calling any API. Returns the manifest (None if any error) and every problem."""
     display = str(path)
+    overrides = overrides or {}
+    facts: dict[str, Any] = {}
     try:
         with _gc_paused():
+            cached, cache_key = _from_cache(Path(path), display, overrides, date, check_files)
+            if cached is not None:
+                return cached, list(cached.warnings)
             raw, problems, identity, content_hash = _read(Path(path), display)
             if raw is None:
                 return None, problems
-            manifest, more = _build(raw, overrides or {}, date=date, check_files=check_files,
+            manifest, more = _build(raw, overrides, date=date, check_files=check_files,
                                     path=Path(path).absolute() if not Path(path).is_dir() else None,
-                                    identity=identity, content_hash=content_hash)
+                                    identity=identity, content_hash=content_hash, facts=facts)
     except (OSError, UnicodeError) as exc:  # never a traceback for bad input
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         hint = "check its permissions" if isinstance(exc, PermissionError) else None
@@ -110,7 +115,67 @@ def validate_manifest(path: str | os.PathLike[str], overrides: dict | None = Non
         return None, problems
     assert manifest is not None
     manifest.warnings = [p for p in problems if not p.is_error]
+    if cache_key is not None and facts.get("cacheable"):
+        manifest_cache.store(Path(path), cache_key, manifest, facts)
     return manifest, problems
+
+
+def _from_cache(path: Path, display: str, overrides: dict, date: str | None, check_files: bool
+                ) -> tuple[Manifest | None, str | None]:
+    """(the cached build of the manifest file ``path`` if it still holds, else None; the cache key
+    for storing the build, or None when there is no cache or ``path`` is not a regular file)."""
+    if manifest_cache.cache_dir() is None:
+        return None, None
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None, None
+        data = path.read_bytes()
+    except OSError:
+        return None, None  # _read says what is wrong with it
+    cache_key = manifest_cache.key(path, display, data, overrides, date, check_files)
+    got = manifest_cache.load(path, cache_key)
+    if got is None:
+        return None, cache_key
+    manifest, facts = got
+    try:
+        holds = _cache_still_holds(manifest, facts, date=date, check_files=check_files)
+    except (OSError, ValueError, KeyError, TypeError, GsvrError):
+        holds = False  # whatever went wrong, the full build finds it again and says it properly
+    return (manifest if holds else None), cache_key
+
+
+def _cache_still_holds(manifest: Manifest, facts: dict[str, Any], *, date: str | None, check_files: bool) -> bool:
+    """Whether what a cached build found on the file system is still so (see manifest_cache): the
+    same checks as :func:`_build`, with the same functions; any of them with something to say
+    means the full build runs and says it."""
+    root = manifest.output_root
+    if Path(facts["output_root"]).resolve() != root:
+        return False
+    if not all(d.is_dir() for d in manifest.templates_dirs):
+        return False
+    journal = Path(manifest.settings.journal).resolve() if manifest.settings.journal else \
+        root / STATE_DIR / "journal.jsonl"
+    if journal != manifest.journal:
+        return False
+    if str(date or facts["date"] or _batch_date(journal) or _dt.date.today().isoformat()) != manifest.date:
+        return False
+    jobs = manifest.jobs
+    base = manifest.base_dir
+    if check_files:
+        for job in jobs:
+            if job.source_kind == "local":
+                e = _Entry({}, "local", job.source, "", None, RawJob({}, "", None, base))
+                if _check_local(e, base):
+                    return False
+    inside = _InsideRoot(root)
+    owned = _Owned(root, journal)
+    prefix = inside.prefix
+    for job in jobs:
+        rel = job.output_path[len(prefix):]
+        checked, why = inside.check(rel)
+        if why or checked != rel or owned.problem(rel):
+            return False
+    return not _check_templates(jobs, [], manifest.templates_dirs, cli_template=facts["cli_template"])
 
 
 def load_sources(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], overrides: dict | None = None,
@@ -346,7 +411,12 @@ class _Entry:
 
 
 def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: bool, path: Path | None,
-           identity: str, content_hash: str | None) -> tuple[Manifest | None, list[Problem]]:
+           identity: str, content_hash: str | None, facts: dict[str, Any] | None = None
+           ) -> tuple[Manifest | None, list[Problem]]:
+    """The manifest ``raw`` describes, and every problem. ``facts`` (when given) receives what
+    :func:`_cache_still_holds` checks again when the build is loaded from the cache, and
+    ``cacheable``: whether every job names one video or link (no folder, list file or derived
+    manifest, whose jobs depend on more than the manifest's own bytes)."""
     problems: list[Problem] = []
     for key in overrides:
         if key not in OVERRIDE_KEYS:
@@ -364,6 +434,7 @@ def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: 
         output_root = Path(os.path.abspath(os.path.expanduser(os.fspath(out_dir))))
     else:
         output_root = raw.base_dir / Path(str(defaults.get("output_dir", DEFAULT_OUTPUT_DIR))).expanduser()
+    unresolved_root = output_root
     output_root = output_root.resolve()  # a symlinked root is fine; what matters is what's inside it
 
     templates_dirs = []
@@ -414,6 +485,11 @@ def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: 
         identity, content_hash, note = _derived_identity(raw, path, journal, identity, content_hash)
         if note is not None:
             problems.append(note)
+    if facts is not None:
+        facts.update(output_root=str(unresolved_root), date=overrides.get("date"),
+                     cli_template=overrides.get("template"),
+                     cacheable=raw.derived is None and all(
+                         e.file == raw.file and (e.kind != "local" or e.stat is not None) for e in entries))
     if content_hash is None:  # folder / derived manifests: what they expand to is their content
         content_hash = _sha256("\n".join(f"{j.job_id} {j.source}" for j in jobs).encode("utf-8"))
     manifest = Manifest(path=path, base_dir=raw.base_dir, output_root=output_root, jobs=jobs, settings=settings,

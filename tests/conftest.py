@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -14,6 +16,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The manifest cache (gsvr_batch.manifest_cache) of this test process and the runs it starts: not
+# the user's ~/.cache, and empty at the start of every session (tests that test the cache itself
+# point it at their own folder).
+_CACHE = tempfile.mkdtemp(prefix="gsvr-test-cache-")
+os.environ["GSVR_BATCH_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 SAMPLE = REPO / "jobs" / "videos" / "lecture-01-introduction.mp4"
 GSVR = [sys.executable, "-m", "gsvr_batch"]
 TEST_KEY = "test-key-not-real-0123456789"
