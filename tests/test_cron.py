@@ -34,3 +34,21 @@ def test_run_from_cron_like_environment_logs_plain_lines(tmp_path, sandbox):
                             stdin=subprocess.DEVNULL, timeout=120, start_new_session=True)
     assert r2.returncode == 0 and b"Nothing to do" in log.read_bytes()
     assert not os.path.exists("/out") and not os.path.exists("/.gsvr")  # nothing written relative to cwd /
+    # A firing with nothing to do neither builds the manifest again (the cache holds it) nor imports
+    # the SDK (~0.4 s): it reads the manifest, the journal, and stops.
+    probe = ("import sys\n"
+             "sys.argv = ['gsvr-batch', 'run', sys.argv[1]]\n"
+             "import gsvr_batch.manifest as m\n"
+             "def no_parse(*a, **k):\n"
+             "    raise SystemExit('the manifest was parsed again')\n"
+             "m._read = no_parse\n"
+             "from gsvr_batch.cli import main\n"
+             "try:\n"
+             "    main()\n"
+             "except SystemExit as exc:\n"
+             "    print('exit', exc.code)\n"
+             "print('SDK imported:', 'google.genai' in sys.modules)\n")
+    r3 = subprocess.run([GSVR[0], "-c", probe, str(m)], env=env, cwd="/", capture_output=True, text=True,
+                        stdin=subprocess.DEVNULL, timeout=120)
+    assert "Nothing to do" in r3.stdout + r3.stderr, r3.stdout + r3.stderr
+    assert r3.stdout.splitlines()[-2:] == ["exit 0", "SDK imported: False"], r3.stdout + r3.stderr

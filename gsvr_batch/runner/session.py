@@ -145,7 +145,7 @@ class Session:
         self.sandbox_server: Any = None
         self.limiter: Any = None
         self.worker_config: Any = None
-        self.client: Any = None
+        self._client: Any = None  # built on first use (the client property)
         self.janitor: Any = None
         self.control: ControlWatcher | None = None
         self.models: dict[str, dict[str, int]] = {}  # model → {"input": …, "output": …} (models.get)
@@ -194,11 +194,20 @@ class Session:
                                           request_timeout=float(s.request_timeout), limiter_path=limiter_path,
                                           backend=backend, active_timeout=float(s.active_timeout),
                                           max_call_retries=int(s.max_call_retries), manager_pid=os.getpid())
-        self.client = make_client(self.worker_config)
         from .janitor import Janitor
 
         model = sorted(self.prepared.limits)[0] if self.prepared.limits else "gemini-2.5-flash"
         self.janitor = Janitor(lambda: make_client(self.worker_config), self.limiter, model)
+
+    @property
+    def client(self) -> Any:
+        """The manager's own API client, built when first needed: importing the SDK takes ~0.4 s,
+        which a cron firing that finds nothing to do should not pay."""
+        if self._client is None:
+            from ..gemini import make_client
+
+            self._client = make_client(self.worker_config)
+        return self._client
 
     def _start_limiter(self) -> str:
         from ..ratelimit import RateLimiter
