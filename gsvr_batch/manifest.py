@@ -97,10 +97,10 @@ def validate_manifest(path: str | os.PathLike[str], overrides: dict | None = Non
     facts: dict[str, Any] = {}
     try:
         with _gc_paused():
-            cached, cache_key = _from_cache(Path(path), display, overrides, date, check_files)
+            cached, cache_key, read = _from_cache(Path(path), display, overrides, date, check_files)
             if cached is not None:
                 return cached, list(cached.warnings)
-            raw, problems, identity, content_hash = _read(Path(path), display)
+            raw, problems, identity, content_hash = _read(Path(path), display, read)
             if raw is None:
                 return None, problems
             manifest, more = _build(raw, overrides, date=date, check_files=check_files,
@@ -116,32 +116,35 @@ def validate_manifest(path: str | os.PathLike[str], overrides: dict | None = Non
     assert manifest is not None
     manifest.warnings = [p for p in problems if not p.is_error]
     if cache_key is not None and facts.get("cacheable"):
-        manifest_cache.store(Path(path), cache_key, manifest, facts)
+        manifest_cache.store(cache_key, manifest, facts)
     return manifest, problems
 
 
 def _from_cache(path: Path, display: str, overrides: dict, date: str | None, check_files: bool
-                ) -> tuple[Manifest | None, str | None]:
-    """(the cached build of the manifest file ``path`` if it still holds, else None; the cache key
-    for storing the build, or None when there is no cache or ``path`` is not a regular file)."""
+                ) -> tuple[Manifest | None, str | None, tuple[bytes, str] | None]:
+    """(the cached build of the manifest file ``path`` if it still holds, else None; the cache key to
+    store a build under, or None; the file's bytes and resolved path as read for the key, which the
+    build must use: a file changed in between must not be built into the other text's entry)."""
     if manifest_cache.cache_dir() is None:
-        return None, None
+        return None, None, None
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None, None
-        data = path.read_bytes()
-    except OSError:
-        return None, None  # _read says what is wrong with it
-    cache_key = manifest_cache.key(path, display, data, overrides, date, check_files)
-    got = manifest_cache.load(path, cache_key)
-    if got is None:
-        return None, cache_key
-    manifest, facts = got
-    try:
-        holds = _cache_still_holds(manifest, facts, date=date, check_files=check_files)
-    except (OSError, ValueError, KeyError, TypeError, GsvrError):
-        holds = False  # whatever went wrong, the full build finds it again and says it properly
-    return (manifest if holds else None), cache_key
+        resolved = path.resolve()
+        if not stat.S_ISREG(os.stat(resolved).st_mode):
+            return None, None, None  # a folder, or a FIFO _read refuses rather than block on
+        data = resolved.read_bytes()
+        resolved = str(resolved)
+        cache_key = manifest_cache.key(resolved, path, display, data, overrides, date, check_files)
+    except Exception:  # noqa: BLE001 - unreadable, odd name, odd value, no cwd...: _read says what is wrong, if anything
+        return None, None, None
+    got = manifest_cache.load(cache_key)
+    if got is not None:
+        manifest, facts = got
+        try:
+            if _cache_still_holds(manifest, facts, date=date, check_files=check_files):
+                return manifest, cache_key, None
+        except Exception:  # noqa: BLE001 - whatever it is, the full build finds it and says it properly
+            pass
+    return None, cache_key, (data, resolved)
 
 
 def _cache_still_holds(manifest: Manifest, facts: dict[str, Any], *, date: str | None, check_files: bool) -> bool:
@@ -167,6 +170,10 @@ def _cache_still_holds(manifest: Manifest, facts: dict[str, Any], *, date: str |
                 e = _Entry({}, "local", job.source, "", None, RawJob({}, "", None, base))
                 if _check_local(e, base):
                     return False
+    else:  # _expand's own question: a source that became a folder is a folder job now
+        for job in jobs:
+            if job.source_kind == "local" and stat.S_ISDIR(os.stat(job.source).st_mode):
+                return False
     inside = _InsideRoot(root)
     owned = _Owned(root, journal)
     prefix = inside.prefix
@@ -348,8 +355,14 @@ def _gc_paused() -> Iterator[None]:
 # --- reading -----------------------------------------------------------------------------
 
 
-def _read(path: Path, display: str) -> tuple[RawManifest | None, list[Problem], str, str | None]:
-    """Parse ``path`` by what it is; returns (raw, problems, identity, content_hash or None for folders)."""
+def _read(path: Path, display: str, read: tuple[bytes, str] | None = None
+          ) -> tuple[RawManifest | None, list[Problem], str, str | None]:
+    """Parse ``path`` by what it is; returns (raw, problems, identity, content_hash or None for folders).
+
+    ``read``: the file's bytes and resolved path, already read (by :func:`_from_cache`)."""
+    if read is not None:
+        data, resolved = read
+        return _parse(path, display, data, _sha256(resolved.encode("utf-8")))
     if not path.exists():
         hint = "check the path; relative paths are relative to the current folder"
         if path.is_symlink():
@@ -368,7 +381,11 @@ def _read(path: Path, display: str) -> tuple[RawManifest | None, list[Problem], 
                 else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
         return None, [Problem(display, None, f"the manifest is {kind}, not a file",
                               "give a .yaml, .csv or .txt manifest file, a folder of videos, or videos")], identity, None
-    data = path.read_bytes()
+    return _parse(path, display, path.read_bytes(), identity)
+
+
+def _parse(path: Path, display: str, data: bytes, identity: str
+           ) -> tuple[RawManifest | None, list[Problem], str, str | None]:
     content_hash = _sha256(data)
     text, problems = decode_text(data, display)
     if text is None:
@@ -1105,9 +1122,10 @@ def _check_local(e: _Entry, base: Path) -> list[Problem]:
                                 "fix or remove the link")]
             return [Problem(e.file, line, f"file not found: {shown}",
                             "paths are relative to the manifest's folder " + str(base))]
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
             shown, line = _where_local(e, base)
-            return [Problem(e.file, line, f"cannot read {shown}: {exc.strerror or exc}", None)]
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return [Problem(e.file, line, f"cannot read {shown}: {why}", None)]
     ext = _suffix(e.source).lower()
     if ext not in media.VIDEO_MIME_TYPES:
         shown, line = _where_local(e, base)

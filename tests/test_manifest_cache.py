@@ -293,18 +293,67 @@ def test_a_cache_that_cannot_be_written_is_no_cache(tmp_path, batch, monkeypatch
     assert_same(validate_manifest(batch), got)
 
 
-def test_old_entries_and_stale_temp_files_are_pruned(cache, batch):
+def test_only_its_own_files_are_pruned_old_ones_and_beyond_the_cap(cache, batch, monkeypatch):
     validate_manifest(batch)
     (entry,) = cache.glob("*.pickle")
-    old = cache / ("0" * 32 + ".pickle")
-    old.write_bytes(b"x")
-    tmp = cache / ".tmp-killed"
-    tmp.write_bytes(b"x")
     ancient = entry.stat().st_mtime - 40 * 86400
-    os.utime(old, (ancient, ancient))
-    os.utime(tmp, (ancient, ancient))
-    manifest_cache._prune(cache)
-    assert sorted(p.name for p in cache.iterdir()) == [entry.name]
+    old, tmp = cache / ("0" * 32 + ".pickle"), cache / ".gsvr-cache-tmp-killed"
+    foreign = [cache / "embeddings.pickle", cache / ".tmp-upload-in-progress"]  # a shared folder's others
+    for p in [old, tmp, *foreign]:
+        p.write_bytes(b"x")
+        os.utime(p, (ancient, ancient))
+    manifest_cache.prune(cache)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([entry.name] + [p.name for p in foreign])
+    # at most MAX_ENTRIES, the least recently used go first
+    monkeypatch.setattr(manifest_cache, "MAX_ENTRIES", 3)
+    for i in range(5):
+        validate_manifest(batch, {"workers": i + 1})
+    assert len([p for p in cache.glob("*.pickle") if len(p.stem) == 32]) == 3
+    assert_same(from_cache_only(monkeypatch, batch, {"workers": 5}), uncached(batch, {"workers": 5}))
+
+
+def test_a_folder_others_can_write_to_is_not_used(cache, batch, monkeypatch):
+    cache.mkdir(mode=0o700)
+    os.chmod(cache, 0o777)  # anyone could plant an entry (a pickle runs code when loaded)
+    assert_same(validate_manifest(batch), uncached(batch))
+    assert not list(cache.iterdir())
+    os.chmod(cache, 0o700)
+    validate_manifest(batch)
+    (entry,) = cache.glob("*.pickle")
+    os.chmod(entry, 0o666)
+    with pytest.raises(AssertionError, match="the cache was not used"):
+        from_cache_only(monkeypatch, batch)
+    # an entry that is not a regular file (a FIFO would block the read) is skipped, never waited on
+    entry.unlink()
+    os.mkfifo(entry)
+    assert_same(validate_manifest(batch), uncached(batch))
+
+
+def test_without_file_checks_a_source_that_became_a_folder_is_a_folder_job(cache, tmp_path):
+    root = tmp_path / "nf"
+    video(root / "lectures.mp4")
+    m = write(root / "m.yaml", "jobs:\n  - source: lectures.mp4\n")
+    assert len(validate_manifest(m, check_files=False)[0].jobs) == 1
+    (root / "lectures.mp4").unlink()
+    video(root / "lectures.mp4" / "week1.mp4")
+    video(root / "lectures.mp4" / "week2.mp4")
+    got = validate_manifest(m, check_files=False)
+    assert len(got[0].jobs) == 2
+    assert_same(got, uncached(m, check_files=False))
+
+
+def test_command_line_values_are_keyed_by_type_and_odd_ones_mean_no_cache(cache, batch, monkeypatch):
+    import datetime
+
+    a = validate_manifest(batch, {"output": Path("lessons")})
+    b = validate_manifest(batch, {"output": "PosixPath('lessons')"})
+    assert a[0].output_root != b[0].output_root
+    assert_same(b, uncached(batch, {"output": "PosixPath('lessons')"}))
+    # a date object (library use) is keyed by its value; an unkeyable value builds in full, no traceback
+    got = validate_manifest(batch, date=datetime.date(2024, 3, 1))
+    assert_same(got, uncached(batch, date=datetime.date(2024, 3, 1)))
+    assert_same(from_cache_only(monkeypatch, batch, date=datetime.date(2024, 3, 1)), got)
+    assert_same(validate_manifest(batch, {"model": object()}), uncached(batch, {"model": object()}))
 
 
 def test_the_run_says_the_same_with_and_without_the_cache(tmp_path, batch):
