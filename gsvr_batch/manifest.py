@@ -49,7 +49,7 @@ from .manifest_types import (
     Settings,
     new_job,
 )
-from .manifest_yaml import API_KEY_SHAPE, did_you_mean, parse_yaml
+from .manifest_yaml import API_KEY_SHAPE, SECRET_HINT, did_you_mean, parse_yaml
 from . import settings as settings_mod
 from .timeutil import parse_duration
 
@@ -115,7 +115,9 @@ def validate_manifest(path: str | os.PathLike[str], overrides: dict | None = Non
         return None, problems
     assert manifest is not None
     manifest.warnings = [p for p in problems if not p.is_error]
-    if cache_key is not None and facts.get("cacheable"):
+    # Not a manifest holding what looks like a secret (a warning): the cache would be one more copy
+    # of it on disk (invariant 9), in a folder backups take along.
+    if cache_key is not None and facts.get("cacheable") and not any(p.hint == SECRET_HINT for p in problems):
         manifest_cache.store(cache_key, manifest, facts)
     return manifest, problems
 

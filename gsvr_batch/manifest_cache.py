@@ -18,7 +18,7 @@ When any of those has anything to say, or the entry is missing, damaged or from 
 cache is ignored and the full build runs: every message comes from the one place that writes it,
 and the cache can only make a load faster, never different. Only manifest files whose jobs each
 name one video or link are cached (a folder or list-file job depends on what the folder or list
-holds now).
+holds now), and none that holds what looks like a secret (the cache would be one more copy of it).
 
 Where: ``$GSVR_BATCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/gsvr-batch``, else
 ``~/.cache/gsvr-batch``; ``GSVR_BATCH_CACHE_DIR=off`` turns it off. Deleting it is always safe.

@@ -242,6 +242,16 @@ def test_relative_command_line_paths_and_home_are_part_of_the_key(cache, batch, 
     assert got[0].output_root == (b / "lessons").resolve() != first[0].output_root
 
 
+def test_a_manifest_holding_what_looks_like_a_key_is_not_copied_into_the_cache(cache, tmp_path):
+    root = tmp_path / "s"
+    video(root / "a.mp4")
+    fake = "AIza" + "x" * 35  # key-shaped, not a key
+    m = write(root / "m.yaml", f"jobs:\n  - source: a.mp4\n    title: {fake}\n")
+    got = validate_manifest(m)
+    assert got[0] is not None and any("looks like a Google API key" in str(p) for p in got[1])
+    assert not cache.exists() or not list(cache.iterdir())
+
+
 def test_folders_list_files_and_derived_manifests_are_not_cached(cache, tmp_path):
     root = tmp_path / "f"
     video(root / "videos" / "a.mp4")
