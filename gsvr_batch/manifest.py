@@ -158,11 +158,10 @@ def _cache_still_holds(manifest: Manifest, facts: dict[str, Any], *, date: str |
         return False
     if not all(d.is_dir() for d in manifest.templates_dirs):
         return False
-    journal = Path(manifest.settings.journal).resolve() if manifest.settings.journal else \
-        root / STATE_DIR / "journal.jsonl"
+    journal = _journal_of(manifest.settings, root)
     if journal != manifest.journal:
         return False
-    if str(date or facts["date"] or _batch_date(journal) or _dt.date.today().isoformat()) != manifest.date:
+    if _names_date(date or facts["date"], journal) != manifest.date:
         return False
     jobs = manifest.jobs
     base = manifest.base_dir
@@ -474,11 +473,11 @@ def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: 
 
     # The journal a run will use (runner.preflight.resolve_journal says the same): outputs may not
     # land on it nor on anything else the batch owns.
-    journal = Path(settings.journal).resolve() if settings.journal else output_root / STATE_DIR / "journal.jsonl"
+    journal = _journal_of(settings, output_root)
     owned = _Owned(output_root, journal)
     # {date} is the day the batch was created, not today: names (and so job ids) must not change when
     # the next cron firing falls on another day, or the whole batch would be dropped and paid again.
-    day = str(day or _batch_date(journal) or _dt.date.today().isoformat())
+    day = _names_date(day, journal)
 
     entries: list[_Entry] = []
     for rj in raw.jobs:
@@ -515,6 +514,16 @@ def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: 
                         templates_dirs=templates_dirs, identity=identity, content_hash=content_hash,
                         defaults=defaults, date=day, journal=journal, settings_lines=dict(raw.settings_lines))
     return manifest, problems
+
+
+def _journal_of(settings: Settings, output_root: Path) -> Path:
+    """The journal a run of the manifest uses (``settings.journal`` is absolute by now)."""
+    return Path(settings.journal).resolve() if settings.journal else output_root / STATE_DIR / "journal.jsonl"
+
+
+def _names_date(day: Any, journal: Path) -> str:
+    """``{date}`` in output names: the one asked for, else the day the batch was created, else today."""
+    return str(day or _batch_date(journal) or _dt.date.today().isoformat())
 
 
 def _batch_date(journal: Path) -> str | None:
