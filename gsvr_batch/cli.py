@@ -20,7 +20,11 @@ from .exitcodes import ExitCode
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gsvr-batch")
 def cli() -> None:
-    """Turn many videos into lesson plans with Google Gemini, unattended and resumable."""
+    """Turn many videos into lesson plans with Google Gemini, unattended and resumable.
+
+    JOURNAL, where a command takes one, is the batch's journal, its output folder, or what was given
+    to `run` (the manifest, folder, list file or video).
+    """
 
 
 def fail(exc: GsvrError) -> None:
@@ -33,6 +37,18 @@ def fail(exc: GsvrError) -> None:
     else:
         click.echo(f"Error: {exc}", err=True)
     sys.exit(int(exc.exit_code))
+
+
+def _locate(journal: str) -> str:
+    """A JOURNAL argument as given: the journal, its output folder, or what `run` was given
+    (``locate.locate_journal``); anything else stops here with ``Error: ...``, exit 2."""
+    from .locate import locate_journal
+
+    try:
+        return str(locate_journal(journal))
+    except GsvrError as exc:
+        fail(exc)
+        raise  # not reached: fail() exits
 
 
 def _run_settings(f):
@@ -222,7 +238,7 @@ def _fail_with_problems(exc: GsvrError) -> None:
 
 
 @cli.command("retry", epilog="\b\nExit codes:\n" + EXIT_CODES_HELP)
-@click.argument("journal", type=click.Path(dir_okay=False))
+@click.argument("journal")
 @click.option("--failed", "retry_failed", is_flag=True, help="Rerun every failed task.")
 @click.option("--ids", "ids", multiple=True, metavar="ID", help="Rerun these task ids (repeatable or comma separated).")
 @_retry_settings
@@ -235,6 +251,7 @@ def retry_cmd(journal: str, retry_failed: bool, ids: tuple[str, ...], **kw) -> N
       gsvr-batch retry jobs/output/.gsvr/journal.jsonl --failed
       gsvr-batch retry jobs/output/.gsvr/journal.jsonl --ids 07f3c704a076cf28 --workers 1
     """
+    journal = _locate(journal)
     from . import settings as settings_mod
     from .runner import retry_batch
 
@@ -248,7 +265,7 @@ def retry_cmd(journal: str, retry_failed: bool, ids: tuple[str, ...], **kw) -> N
 
 
 @cli.command("replay")
-@click.argument("journal", type=click.Path(dir_okay=False))
+@click.argument("journal")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (for scripts).")
 @click.option("--verify", is_flag=True, help="Check every completed output exists with its recorded sha256 (exit 1 if not).")
 def replay_cmd(journal: str, as_json: bool, verify: bool) -> None:
@@ -260,6 +277,7 @@ def replay_cmd(journal: str, as_json: bool, verify: bool) -> None:
       gsvr-batch replay jobs/output/.gsvr/journal.jsonl --json | jq .counts
       gsvr-batch replay jobs/output/.gsvr/journal.jsonl --verify
     """
+    journal = _locate(journal)
     from .summary import batch_document, render_replay, to_json
 
     try:
@@ -272,15 +290,17 @@ def replay_cmd(journal: str, as_json: bool, verify: bool) -> None:
 
 
 @cli.command("status")
-@click.argument("journal", type=click.Path(dir_okay=False))
+@click.argument("journal")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def status_cmd(journal: str, as_json: bool) -> None:
     """Short live view of JOURNAL's batch: counts, rate, ETA, who holds the lock, running tasks and their step.
 
     \b
-    Example:
+    Examples:
       gsvr-batch status jobs/output/.gsvr/journal.jsonl
+      gsvr-batch status jobs/manifest.yaml
     """
+    journal = _locate(journal)
     from .summary import render_status, status_document, to_json
 
     try:
@@ -291,7 +311,7 @@ def status_cmd(journal: str, as_json: bool) -> None:
 
 
 @cli.command("report")
-@click.argument("journal", type=click.Path(dir_okay=False))
+@click.argument("journal")
 @click.option("--format", "fmt", type=click.Choice(["md", "json", "html"]), default="md", show_default=True,
               help="Markdown, JSON, or one self-contained HTML page with SVG charts.")
 @click.option("--output", "-o", "out", type=click.Path(dir_okay=False),
@@ -305,6 +325,7 @@ def report_cmd(journal: str, fmt: str, out: str | None) -> None:
       gsvr-batch report jobs/output/.gsvr/journal.jsonl --format html -o report.html
       gsvr-batch report jobs/output/.gsvr/journal.jsonl --format json -o report.json
     """
+    journal = _locate(journal)
     from .report import write_report
 
     try:
@@ -316,7 +337,7 @@ def report_cmd(journal: str, fmt: str, out: str | None) -> None:
 
 
 @cli.command("repair")
-@click.argument("journal", type=click.Path(dir_okay=False, exists=True))
+@click.argument("journal")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def repair_cmd(journal: str, yes: bool) -> None:
     """Cut JOURNAL at its first damaged record (the original is copied aside).
@@ -327,6 +348,7 @@ def repair_cmd(journal: str, yes: bool) -> None:
     Example:
       gsvr-batch repair jobs/output/.gsvr/journal.jsonl --yes
     """
+    journal = _locate(journal)
     from .channels import RunLock
 
     if not yes and not click.confirm(f"Cut {journal} at its first damaged record?", default=False):
@@ -341,9 +363,14 @@ def repair_cmd(journal: str, yes: bool) -> None:
         fail(LockHeld(f"a run is using {journal}; stop it before repairing ({exc})"))
     try:
         kept, backup, dropped = repair(journal)
+    except GsvrError as exc:
+        fail(exc)
     finally:
         lock.release()
-    click.echo(f"Kept {kept} good records, dropped {dropped} bytes; the original is at {backup}")
+    if backup is None:
+        click.echo(f"Nothing to repair: all {kept} records of {journal} are good; nothing changed")
+    else:
+        click.echo(f"Kept {kept} good records, dropped {dropped} bytes; the original is at {backup}")
 
 
 def _control(journal: str, command: str) -> None:
@@ -357,7 +384,7 @@ def _control(journal: str, command: str) -> None:
 
 
 @cli.command("pause")
-@click.argument("journal", type=click.Path(dir_okay=False))
+@click.argument("journal")
 def pause_cmd(journal: str) -> None:
     """Pause the run on JOURNAL: no new tasks start, running ones hold at their next API call.
 
@@ -365,11 +392,12 @@ def pause_cmd(journal: str) -> None:
     Example:
       gsvr-batch pause jobs/output/.gsvr/journal.jsonl
     """
+    journal = _locate(journal)
     _control(journal, "pause")
 
 
 @cli.command("resume")
-@click.argument("journal", type=click.Path(dir_okay=False))
+@click.argument("journal")
 def resume_cmd(journal: str) -> None:
     """Resume a paused run on JOURNAL.
 
@@ -377,11 +405,12 @@ def resume_cmd(journal: str) -> None:
     Example:
       gsvr-batch resume jobs/output/.gsvr/journal.jsonl
     """
+    journal = _locate(journal)
     _control(journal, "resume")
 
 
 @cli.command("cancel")
-@click.argument("journal", type=click.Path(dir_okay=False))
+@click.argument("journal")
 def cancel_cmd(journal: str) -> None:
     """Cancel the run on JOURNAL: stop dispatching, let running calls end, exit 4. Rerun to continue.
 
@@ -392,6 +421,7 @@ def cancel_cmd(journal: str) -> None:
     In batch mode the remote Gemini batch jobs are cancelled too, even when no run is in
     progress (their tasks go back to pending).
     """
+    journal = _locate(journal)
     import os
 
     from .channels import lock_is_held

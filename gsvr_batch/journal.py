@@ -346,10 +346,13 @@ def cut_torn_tail(path: str | os.PathLike[str], end_offset: int, now: float | No
     return backup
 
 
-def repair(path: str | os.PathLike[str], now: float | None = None) -> tuple[int, Path, int]:
+def repair(path: str | os.PathLike[str], now: float | None = None) -> tuple[int, Path | None, int]:
     """Keep the good records before the first damaged one; copy the original aside.
 
-    Returns (records kept, backup path, bytes dropped). Used by ``gsvr-batch repair``.
+    Returns (records kept, backup path, bytes dropped). Used by ``gsvr-batch repair``. A journal
+    with nothing damaged is left as it is (no copy: backup None). One whose *first* record is
+    damaged is refused (JournalError): keeping nothing is not a repair, and a file that is not a
+    journal at all (a manifest named by mistake) looks exactly like that.
     """
     path = Path(path)
     end = 0
@@ -369,6 +372,12 @@ def repair(path: str | os.PathLike[str], now: float | None = None) -> tuple[int,
         kept += 1
         pos = nl + 1
         end = pos
+    if end == len(data):
+        return kept, None, 0
+    if kept == 0:
+        raise JournalError(f"{path}: its first record is damaged or it is not a gsvr-batch journal, so a repair "
+                           f"would keep nothing; nothing changed. If it is your batch's journal, move it aside to "
+                           f"start the batch again")
     stamp = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc).strftime("%Y%m%dT%H%M%S")
     backup = path.with_name(f"{path.name}.corrupt-{stamp}")
     shutil.copy2(path, backup)

@@ -1,0 +1,145 @@
+"""A JOURNAL argument names a batch the way people name it (gsvr_batch/locate.py).
+
+The journal, its output folder or state folder, or what `run` was given all lead to the same
+journal; anything else is refused before a command acts on it. `repair` once took a manifest
+for a journal whose first record was damaged and cut it to 0 bytes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import SAMPLE
+from gsvr_batch import journal as jr
+from gsvr_batch.cli import cli
+from gsvr_batch.errors import JournalError
+from gsvr_batch.lifecycle import BatchLog
+from gsvr_batch.locate import locate_journal, looks_like_journal
+
+MANIFEST = ("sandbox: true\ndefaults:\n  template: summary_report\n  output_dir: out\n"
+            "jobs:\n  - source: a.mp4\n")
+
+
+def batch(root: Path, *, run: bool = True) -> tuple[Path, Path]:
+    """A manifest and the journal a run of it uses (written by the real BatchLog when ``run``)."""
+    shutil.copyfile(SAMPLE, root / "a.mp4")
+    m = root / "m.yaml"
+    m.write_text(MANIFEST, encoding="utf-8")
+    j = root / "out" / ".gsvr" / "journal.jsonl"
+    if run:
+        bl, _ = BatchLog.open(j)
+        bl.create_batch(manifest=str(m), manifest_identity="i", manifest_hash="h", settings={}, version="t")
+        bl.close()
+    return m, j
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_every_way_of_naming_a_batch_leads_to_its_journal(tmp_path, monkeypatch):
+    m, j = batch(tmp_path)
+    for named in (j, tmp_path / "out", tmp_path / "out" / ".gsvr", m):
+        assert locate_journal(named).resolve() == j.resolve(), named
+    monkeypatch.chdir(tmp_path)
+    assert locate_journal("m.yaml").resolve() == j.resolve()  # relative, as typed
+    assert locate_journal("out").resolve() == j.resolve()
+
+
+def test_a_video_names_the_batch_run_on_it_alone(tmp_path):
+    batch(tmp_path, run=False)
+    with pytest.raises(JournalError) as ei:
+        locate_journal(tmp_path / "a.mp4")
+    assert str(ei.value).startswith(f"{tmp_path / 'a.mp4'} is a video whose batch has not run yet: its journal would be ")
+
+
+def test_a_manifest_that_has_not_run_says_where_its_journal_would_be(tmp_path):
+    m, j = batch(tmp_path, run=False)
+    with pytest.raises(JournalError) as ei:
+        locate_journal(m)
+    assert str(ei.value) == (f"{m} is a manifest whose batch has not run yet: its journal would be {j}. Run it first "
+                             f"(gsvr-batch run {m}), or, if it ran with --journal or --output-dir, name that journal")
+    assert not j.parent.exists()  # nothing written on the way
+
+
+def test_a_manifest_with_errors_is_named_as_such(tmp_path):
+    m = tmp_path / "m.yaml"
+    m.write_text("jobs: 3\n", encoding="utf-8")
+    with pytest.raises(JournalError) as ei:
+        locate_journal(m)
+    assert str(ei.value).startswith(f"{m} is a manifest, not a journal, and its journal cannot be worked out: it has errors (")
+    assert f"See `gsvr-batch validate {m}`" in str(ei.value)
+
+
+def test_what_is_no_journal_and_nothing_run_accepts_is_refused(tmp_path):
+    with pytest.raises(JournalError, match=r"^journal not found: .*nope\.jsonl$"):
+        locate_journal(tmp_path / "nope.jsonl")
+    with pytest.raises(JournalError, match="^no journal given"):
+        locate_journal(" ")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(JournalError) as ei:
+        locate_journal(empty)
+    assert str(ei.value).startswith(f"{empty} is not a journal (")
+
+
+def test_what_looks_like_a_journal(tmp_path):
+    m, j = batch(tmp_path)
+    assert looks_like_journal(j) and not looks_like_journal(m)
+    empty = tmp_path / "new.log"
+    empty.write_bytes(b"")
+    assert looks_like_journal(empty)  # created, nothing appended yet
+    damaged = tmp_path / "j.jsonl"
+    damaged.write_bytes(b"\x00garbage\n")
+    assert looks_like_journal(damaged)  # a .jsonl reaches repair, which tells what it found
+
+
+def test_status_and_replay_take_the_manifest(tmp_path):
+    m, j = batch(tmp_path)
+    r = invoke("replay", m, "--json")
+    assert r.exit_code == 0, r.output
+    assert str(j.resolve()) in r.output or str(j) in r.output
+    r = invoke("status", tmp_path / "out")
+    assert r.exit_code == 0 and "0/0 done" in r.output, r.output
+
+
+def test_repair_given_a_manifest_by_mistake_changes_nothing(tmp_path):
+    """The mistake that emptied a manifest: `repair m.yaml` before the batch ever ran."""
+    m, j = batch(tmp_path, run=False)
+    before = m.read_bytes()
+    r = invoke("repair", m, "--yes")
+    assert r.exit_code == 2
+    assert r.stderr == (f"Error: {m} is a manifest whose batch has not run yet: its journal would be {j}. Run it first "
+                        f"(gsvr-batch run {m}), or, if it ran with --journal or --output-dir, name that journal\n")
+    assert m.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "m.yaml"]  # no copy, no lock file
+
+
+def test_repair_of_a_sound_journal_changes_nothing(tmp_path):
+    m, j = batch(tmp_path)
+    before = j.read_bytes()
+    r = invoke("repair", m, "--yes")
+    assert r.exit_code == 0, r.output
+    assert r.stdout == f"Nothing to repair: all 1 records of {j} are good; nothing changed\n"
+    assert j.read_bytes() == before and not list(j.parent.glob("*.corrupt-*"))
+
+
+def test_repair_refuses_to_keep_nothing(tmp_path):
+    """A journal whose first record is damaged (or a file that is no journal at all) is not cut to
+    nothing: the user decides, with the file as it was."""
+    _m, j = batch(tmp_path)
+    data = bytearray(j.read_bytes())
+    data[20] ^= 0x01
+    j.write_bytes(bytes(data))
+    with pytest.raises(JournalError, match="would keep nothing; nothing changed"):
+        jr.repair(j)
+    r = invoke("repair", j, "--yes")
+    assert r.exit_code == 2
+    assert r.stderr == (f"Error: {j}: its first record is damaged or it is not a gsvr-batch journal, so a repair "
+                        f"would keep nothing; nothing changed. If it is your batch's journal, move it aside to "
+                        f"start the batch again\n")
+    assert j.read_bytes() == bytes(data) and not list(j.parent.glob("*.corrupt-*"))
