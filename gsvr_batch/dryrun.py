@@ -54,10 +54,10 @@ def estimate_rows(opts: Any, *, probe: Callable[[str], float | None] | None = No
                   ) -> tuple[Any, list[JobEstimate], list[str]]:
     """(manifest, one estimate per job, notes) for ``opts`` (a RunOptions); raises GsvrError on bad input."""
     from .lifecycle import replay
-    from .manifest import load_sources
+    from .gone import load_for_run
     from .runner.preflight import check_notify_targets, resolve_journal
 
-    manifest = load_sources(opts.manifest, dict(opts.settings))
+    manifest = load_for_run(opts.manifest, dict(opts.settings), force=bool(getattr(opts, "force", False)))
     check_notify_targets(manifest.settings.notify)
     notes = [str(w) for w in manifest.warnings]
     journal = resolve_journal(opts.get("journal"), manifest)

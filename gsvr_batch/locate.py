@@ -6,7 +6,7 @@ work on a batch's journal. People name a batch the way they ran it, so each of t
 * the journal itself (``jobs/output/.gsvr/journal.jsonl``);
 * the output folder or its state folder (``jobs/output``, ``jobs/output/.gsvr``);
 * whatever ``gsvr-batch run`` was given — a manifest, a folder of videos, a list file, a video —
-  which names the journal a run of it uses (the run's own rule, ``preflight.resolve_journal``).
+  which names the journal a run of it uses (the run's own rule: ``Manifest.journal``).
 
 Anything else is refused with a message saying what the file is, *before* a command can act on
 it: ``repair`` on a manifest once "repaired" the manifest to 0 bytes, because its first line was
@@ -64,7 +64,6 @@ def locate_journal(target: str | os.PathLike[str]) -> Path:
 def _journal_of_run_input(text: str) -> Path:
     """The journal ``gsvr-batch run TEXT`` uses, if TEXT is something ``run`` accepts and it has run."""
     from .manifest import validate_sources
-    from .runner.preflight import resolve_journal
 
     from .media import is_video_name
 
@@ -80,8 +79,8 @@ def _journal_of_run_input(text: str) -> Path:
                                f"errors{why}. See `gsvr-batch validate {text}`, or name the journal itself")
         raise JournalError(f"{text} is not a journal{why}. Name the journal (OUTPUT/{STATE_DIR}/{JOURNAL_NAME}), "
                            f"the output folder, or the manifest the batch was run with")
-    journal = resolve_journal(None, manifest)
-    if not journal.is_file():
+    journal = manifest.journal
+    if journal is None or not journal.is_file():
         raise JournalError(f"{text} is a {what} whose batch has not run yet: its journal would be {journal}. "
                            f"Run it first (gsvr-batch run {text}), or, if it ran with --journal or --output-dir, "
                            f"name that journal")

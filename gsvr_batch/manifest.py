@@ -1130,9 +1130,9 @@ def _check_local(e: _Entry, base: Path) -> list[Problem]:
             if os.path.islink(e.source):
                 return [Problem(e.file, line,
                                 f"{shown} is a dangling symlink (its target {os.readlink(e.source)} is gone)",
-                                "fix or remove the link")]
+                                "fix or remove the link", gone=e.source)]
             return [Problem(e.file, line, f"file not found: {shown}",
-                            "paths are relative to the manifest's folder " + str(base))]
+                            "paths are relative to the manifest's folder " + str(base), gone=e.source)]
         except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
             shown, line = _where_local(e, base)
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -33,6 +33,9 @@ class Problem:
     message: str
     hint: str | None = None
     severity: str = "error"  # "error" | "warning" (additive to the documented contract)
+    # The local video this problem says is gone (not found, or a dangling link): a run forgives
+    # it when the video's tasks completed earlier (gone.validate_for_run).
+    gone: str | None = None
 
     @property
     def is_error(self) -> bool:

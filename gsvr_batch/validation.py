@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import GsvrError
-from .manifest import CLI, Manifest, Problem, validate_sources
+from .gone import validate_for_run
+from .manifest import CLI, Manifest, Problem
 
 
 @dataclass
@@ -53,7 +54,7 @@ def validate_batch(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[
     """Check ``sources`` with the ``run`` options ``settings`` (names as in ``settings.SETTINGS``)."""
     items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     given = {k: v for k, v in settings.items() if v is not None and v != () and v != []}
-    manifest, problems = validate_sources(items if len(items) != 1 else items[0], given)
+    manifest, problems = validate_for_run(items if len(items) != 1 else items[0], given, force=force)
     result = Validation(manifest, list(problems))
     if manifest is None:
         return result

@@ -278,6 +278,9 @@ def test_every_readme_command_is_run_or_skipped_with_a_reason():
 
 
 @pytest.mark.slow
+# One worker runs them all, in order: `pause` starts the live run that `resume` and `cancel` act on,
+# in this module's one world (pytest -n 2 would otherwise share them out between two worlds).
+@pytest.mark.xdist_group("readme")
 @pytest.mark.parametrize("cmd", COMMANDS, ids=[c.id for c in COMMANDS])
 def test_readme_command(world, cmd):
     reason = skip_reason(cmd)

@@ -59,10 +59,10 @@ def resolve_journal(opts_journal: str | None, manifest: Any) -> Path:
 def prepare(opts: RunOptions, *, echo: Callable[[str], None]) -> Prepared:
     """Load and check the manifest and everything it names; raise GsvrError (exit 2) on problems."""
     from ..gemini import resolve_credentials
-    from ..manifest import load_sources
+    from ..gone import load_for_run
     from ..templates import load_templates
 
-    manifest = load_sources(opts.manifest, dict(opts.settings))
+    manifest = load_for_run(opts.manifest, dict(opts.settings), force=bool(getattr(opts, "force", False)))
     warnings = [str(w) for w in manifest.warnings]  # a Problem says "FILE:LINE: warning: ..." itself
     settings = manifest.settings
     journal = resolve_journal(opts.get("journal"), manifest)
