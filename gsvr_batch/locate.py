@@ -4,7 +4,8 @@
 work on a batch's journal. People name a batch the way they ran it, so each of these accepts:
 
 * the journal itself (``jobs/output/.gsvr/journal.jsonl``);
-* the output folder or its state folder (``jobs/output``, ``jobs/output/.gsvr``);
+* the output folder or its state folder (``jobs/output``, ``jobs/output/.gsvr``), or the folder
+  holding the manifest (``jobs``);
 * whatever ``gsvr-batch run`` was given — a manifest, a folder of videos, a list file, a video —
   which names the journal a run of it uses (the run's own rule: ``Manifest.journal``).
 
@@ -19,7 +20,7 @@ import os
 from pathlib import Path
 
 from .errors import JournalError
-from .manifest_types import STATE_DIR
+from .manifest_types import MANIFEST_NAMES, STATE_DIR
 
 JOURNAL_NAME = "journal.jsonl"
 # Every record the writer appends starts with its sequence number (journal.JournalWriter.make).
@@ -50,6 +51,9 @@ def locate_journal(target: str | os.PathLike[str]) -> Path:
         for candidate in (path / STATE_DIR / JOURNAL_NAME, path / JOURNAL_NAME):
             if candidate.is_file():
                 return candidate
+        held = next((name for name in MANIFEST_NAMES if (path / name).is_file()), None)
+        if held is not None:  # the manifest's folder (`status jobs`): the manifest's batch
+            return _journal_of_run_input(os.path.join(text, held))
     elif not path.exists():
         raise JournalError(f"journal not found: {text}")
     else:

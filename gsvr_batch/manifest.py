@@ -39,6 +39,7 @@ from .manifest_types import (
     DEFAULT_TEMPLATE,
     DERIVED_MANIFEST,
     FLAT_OUTPUT_PATTERN,
+    MANIFEST_NAMES,
     OUTPUT_FORMATS,
     STATE_DIR,
     Job,
@@ -371,6 +372,13 @@ def _read(path: Path, display: str, read: tuple[bytes, str] | None = None
         return None, [Problem(display, None, f"manifest not found: {display}", hint)], "", None
     identity = _sha256(str(path.resolve()).encode("utf-8"))
     if path.is_dir():
+        held = next((name for name in MANIFEST_NAMES if (path / name).is_file()), None)
+        if held is not None:
+            # `run jobs/` for `run jobs/manifest.yaml`: running the folder would run every video under
+            # it with the defaults, as a batch of its own (and pay for it) in the same output folder.
+            shown = os.path.join(display, held)
+            return None, [Problem(display, None, f"a folder holding a manifest ({shown}), not a folder of videos", f"to run that manifest: gsvr-batch run {shown}; to run the videos "
+                                  f"under it with the defaults instead, name them or their own folder")], identity, None
         base = path.absolute()
         raw = RawManifest(file=display, base_dir=base)
         raw.jobs = [RawJob({"source": str(base)}, display, None, base)]

@@ -22,6 +22,8 @@ FLAT_OUTPUT_PATTERN = "{stem}_{template}.{ext}"
 OUTPUT_FORMATS = ("md", "json", "html")
 STATE_DIR = ".gsvr"  # OUTPUT_ROOT/.gsvr/: the default state folder (journal, lock, snapshot...)
 DERIVED_MANIFEST = "manifest.derived.yaml"  # written next to the journal of a folder / list / videos batch
+# A folder holding one of these is a manifest's folder, not a folder of videos (``run jobs/``).
+MANIFEST_NAMES = ("manifest.yaml", "manifest.yml", "manifest.csv")
 
 
 @dataclass(frozen=True)

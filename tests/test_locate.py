@@ -143,3 +143,31 @@ def test_repair_refuses_to_keep_nothing(tmp_path):
                         f"would keep nothing; nothing changed. If it is your batch's journal, move it aside to "
                         f"start the batch again\n")
     assert j.read_bytes() == bytes(data) and not list(j.parent.glob("*.corrupt-*"))
+
+
+def test_the_folder_holding_the_manifest_names_its_batch(tmp_path):
+    m, j = batch(tmp_path)
+    m.rename(tmp_path / "manifest.yaml")
+    assert locate_journal(tmp_path).resolve() == j.resolve()
+
+
+def test_running_the_folder_that_holds_a_manifest_is_refused(tmp_path):
+    """`run jobs/` for `run jobs/manifest.yaml` would run every video under jobs/ with the defaults, as
+    a batch of its own, into the same output folder: refused, with both ways on."""
+    from gsvr_batch.manifest import validate_sources
+
+    m, j = batch(tmp_path, run=False)
+    m.rename(tmp_path / "manifest.yaml")
+    manifest, problems = validate_sources(tmp_path)
+    assert manifest is None
+    held = tmp_path / "manifest.yaml"
+    assert [str(p) for p in problems] == [
+        f"{tmp_path}: a folder holding a manifest ({held}), not a folder of videos (to run that manifest: "
+        f"gsvr-batch run {held}; to run the videos under it with the defaults instead, name them or their own folder)"]
+    r = invoke("run", tmp_path, "--sandbox")
+    assert r.exit_code == 2
+    assert r.stderr == f"Error: manifest has 1 error:\n  {problems[0]}\n"
+    assert not j.parent.exists()  # nothing started
+    # without the manifest it is a folder of videos, run as before
+    held.unlink()
+    assert validate_sources(tmp_path, check_files=False)[0] is not None
