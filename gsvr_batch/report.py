@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from .errors import OutputError, UsageError
 from .fsutil import atomic_write_bytes
 from .journal import iter_records
 from .lifecycle import replay
@@ -590,8 +591,32 @@ def write_report(journal: str | os.PathLike[str], fmt: str, out: str | os.PathLi
         (stream or sys.stdout).write(text)
         return None
     out = Path(out)
-    atomic_write_bytes(out, text.encode("utf-8"))
+    if not _replaceable(out):
+        # `-o` onto the journal once replaced the batch's whole history with its own report; the
+        # manifest, a video or a lesson would be lost the same way. A report is only ever
+        # written over an earlier report (of any format) or an empty file.
+        raise UsageError(f"{out} exists and is not a gsvr-batch report: refusing to overwrite it "
+                         f"(choose another name for the report, or delete that file first)")
+    try:
+        atomic_write_bytes(out, text.encode("utf-8"))
+    except OutputError as exc:  # a path that cannot be written is the caller's to fix: exit 2, not 1
+        raise UsageError(str(exc)) from exc
     return out
+
+
+def _replaceable(path: Path) -> bool:
+    """Whether ``path`` is absent, empty, or a report this command wrote (md, json or html)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # a folder, or unreadable: not a report we may replace
+    if not head.strip():
+        return True
+    return (head.startswith("# gsvr-batch report") or "<title>gsvr-batch report" in head
+            or (head.lstrip().startswith("{") and all(f'"{k}"' in head for k in ("journal", "batch_id", "generated"))))
 
 
 __all__ = ["FORMATS", "build_report", "pack_lanes", "percentile", "render_report", "write_report"]

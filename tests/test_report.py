@@ -232,6 +232,35 @@ def test_cli(journal: Path, tmp_path: Path) -> None:
     assert f"Error: journal not found: {missing}" in res.output
 
 
+def test_a_report_never_overwrites_what_is_not_a_report(journal: Path, tmp_path: Path) -> None:
+    """`-o` onto the journal once replaced the batch's history with its report. Only an earlier report
+    (any format) or an empty file is replaced; anything else is refused, exit 2, untouched."""
+    runner = CliRunner()
+    before = journal.read_bytes()
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text("jobs: []\n", encoding="utf-8")
+    for victim in (journal, manifest):
+        kept = victim.read_bytes()
+        res = runner.invoke(cli, ["report", str(journal), "-o", str(victim)])
+        assert res.exit_code == 2
+        assert res.stderr == (f"Error: {victim} exists and is not a gsvr-batch report: refusing to overwrite it "
+                              f"(choose another name for the report, or delete that file first)\n")
+        assert victim.read_bytes() == kept
+    assert journal.read_bytes() == before
+    out = tmp_path / "report.out"
+    out.write_bytes(b"")
+    for fmt in ("md", "html", "json", "md"):  # an earlier report of any format is replaced
+        res = runner.invoke(cli, ["report", str(journal), "--format", fmt, "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        text = out.read_text(encoding="utf-8")
+        if fmt == "json":
+            assert json.loads(text)["journal"] == str(journal)
+        else:
+            assert text.startswith("# gsvr-batch report" if fmt == "md" else "<!DOCTYPE html>")
+    res = runner.invoke(cli, ["report", str(journal), "-o", "/proc/gsvr-no-such/r.md"])
+    assert res.exit_code == 2 and res.stderr == "Error: cannot write /proc/gsvr-no-such/r.md: No such file or directory\n"
+
+
 def test_corrupt_journal_is_an_error(journal: Path) -> None:
     lines = journal.read_bytes().splitlines(keepends=True)
     lines[3] = lines[3].replace(b'"task_added"', b'"task_addeX"')
