@@ -273,6 +273,11 @@ def iter_batches(path: str | os.PathLike[str], start_offset: int = 0, first_line
                     # else is damage in the middle of the journal.
                     if _blank_after(lines[i + len(records) + 1:], carry, fh):
                         return
+                    if line_no == 1:  # nothing good before it: a repair would keep nothing (and refuses)
+                        raise JournalCorrupt(
+                            f"{path}: its first record is damaged ({why}) and is followed by more records, or it "
+                            f"is not a gsvr-batch journal; refusing to guess. If it is your batch's journal, move "
+                            f"it aside to start the batch again", line=1)
                     raise JournalCorrupt(
                         f"{path}: record at line {line_no} is damaged ({why}) and is followed by more records; "
                         f"refusing to guess. Inspect it, then run `gsvr-batch repair {path} --yes` to keep the "

@@ -171,3 +171,29 @@ def test_running_the_folder_that_holds_a_manifest_is_refused(tmp_path):
     # without the manifest it is a folder of videos, run as before
     held.unlink()
     assert validate_sources(tmp_path, check_files=False)[0] is not None
+
+
+def test_run_with_journal_onto_a_file_that_is_no_journal_is_refused_untouched(tmp_path):
+    m, j = batch(tmp_path, run=False)
+    other = tmp_path / "notes.csv"
+    other.write_text("source,title\na.mp4,A\n", encoding="utf-8")
+    r = invoke("run", m, "--journal", other, "--sandbox")
+    assert r.exit_code == 2
+    assert r.stderr == (f"Error: {other} is not a gsvr-batch journal (it does not start with a journal record); "
+                        f"give --journal a new file, or the journal of this batch\n")
+    assert other.read_text(encoding="utf-8") == "source,title\na.mp4,A\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "m.yaml", "notes.csv"]  # no lock, no state
+
+
+def test_a_journal_damaged_at_its_first_record_is_not_sent_to_repair(tmp_path):
+    """`repair` keeps the good records before the damage: none here, and it refuses. The message says
+    what can be done instead."""
+    from gsvr_batch.lifecycle import replay
+
+    j = tmp_path / "j.jsonl"
+    j.write_bytes(b"not a record\n" + jr.encode_record({"seq": 2, "ts": "2026-01-01T00:00:00.000Z", "type": "x"}))
+    with pytest.raises(JournalError) as ei:
+        replay(j)
+    assert str(ei.value) == (f"{j}: its first record is damaged (bad checksum or malformed JSON) and is followed by "
+                             f"more records, or it is not a gsvr-batch journal; refusing to guess. If it is your "
+                             f"batch's journal, move it aside to start the batch again")

@@ -66,6 +66,7 @@ def prepare(opts: RunOptions, *, echo: Callable[[str], None]) -> Prepared:
     warnings = [str(w) for w in manifest.warnings]  # a Problem says "FILE:LINE: warning: ..." itself
     settings = manifest.settings
     journal = resolve_journal(opts.get("journal"), manifest)
+    refuse_foreign_journal(journal)
     # The key must be usable before anything starts (exit 2, never echoed).
     resolve_credentials(settings.api_key_env, sandbox=bool(settings.sandbox))
     secrets_mod.register_env(settings.api_key_env)
@@ -79,6 +80,19 @@ def prepare(opts: RunOptions, *, echo: Callable[[str], None]) -> Prepared:
         manifest.identity = opts.accept_identity
     return Prepared(opts=opts, manifest=manifest, journal=journal, templates=templates, pricing=pricing,
                     limits=limits, limit_sources=sources, warnings=warnings)
+
+
+def refuse_foreign_journal(journal: Path) -> None:
+    """A file there that is no journal (``--journal jobs/manifest.csv``) is refused before the run
+    locks or reads it: it is somebody's file, not a damaged journal to repair."""
+    from ..locate import looks_like_journal
+
+    try:
+        if journal.is_file() and not looks_like_journal(journal):
+            raise UsageError(f"{journal} is not a gsvr-batch journal (it does not start with a journal record); "
+                             f"give --journal a new file, or the journal of this batch")
+    except OSError:
+        return  # unreadable: BatchLog.open says why, with its own message
 
 
 def refuse_foreign_outputs(manifest: Any, state: Any, *, force: bool = False) -> None:
