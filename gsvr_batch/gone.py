@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from .errors import GsvrError, ManifestError
 from .manifest import Manifest, Problem, _summary, validate_sources
 
-FORGIVEN_HINT = "remove the job from the manifest to silence this"
+FORGIVEN_HINT = "remove it from the manifest or the command line to silence this"
 
 
 def validate_for_run(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],

@@ -17,7 +17,7 @@ from conftest import SAMPLE, env_for, journal_of, make_batch, records, run_cli
 pytestmark = pytest.mark.slow
 
 WARNING = ("manifest.yaml:{line}: warning: file not found: videos/{name}: its work is done (output kept), so it is "
-           "not needed (remove the job from the manifest to silence this)")
+           "not needed (remove it from the manifest or the command line to silence this)")
 
 
 def generate_calls(server) -> int:
@@ -116,3 +116,16 @@ def test_a_dangling_link_to_finished_work_is_forgiven_too(tmp_path, sandbox):
     r = run_cli(["run", m], env=env_for(server))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "is a dangling symlink" in r.stderr + r.stdout and "its work is done (output kept)" in r.stderr + r.stdout
+
+
+def test_a_video_named_on_the_command_line_and_deleted_after(tmp_path, sandbox):
+    server = sandbox()
+    shutil.copyfile(SAMPLE, tmp_path / "a.mp4")
+    assert run_cli(["run", "a.mp4", "--template", "summary_report"], env=env_for(server), cwd=tmp_path).returncode == 0
+    os.unlink(tmp_path / "a.mp4")
+    r = run_cli(["run", "a.mp4", "--template", "summary_report"], env=env_for(server), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ("a.mp4: warning: file not found: a.mp4: its work is done (output kept), so it is not needed "
+            "(remove it from the manifest or the command line to silence this)") in r.stdout + r.stderr
+    s = run_cli(["status", "a.mp4"], env=env_for(server), cwd=tmp_path)  # named as it was run
+    assert s.returncode == 0 and "1/1 done" in s.stdout, s.stdout + s.stderr
