@@ -63,6 +63,8 @@ def locate_journal(target: str | os.PathLike[str]) -> Path:
             except JournalError:
                 pass
         raise JournalError(f"journal not found: {text}")
+    elif not path.is_file():  # a FIFO would block the read below (cron would hang), a device never end
+        raise JournalError(f"{text} is not a regular file: name a journal, an output folder or the manifest you ran")
     else:
         try:
             if looks_like_journal(path):

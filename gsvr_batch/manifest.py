@@ -160,7 +160,7 @@ def _cache_still_holds(manifest: Manifest, facts: dict[str, Any], *, date: str |
     if not all(d.is_dir() for d in manifest.templates_dirs):
         return False
     journal = _journal_of(manifest.settings, root)
-    if journal != manifest.journal:
+    if journal != manifest.journal or _journal_unusable(journal):
         return False
     if _names_date(date or facts["date"], journal) != manifest.date:
         return False
@@ -482,6 +482,11 @@ def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: 
     # The journal a run will use (runner.preflight.resolve_journal says the same): outputs may not
     # land on it nor on anything else the batch owns.
     journal = _journal_of(settings, output_root)
+    why = _journal_unusable(journal)
+    if why:
+        from_cli = overrides.get("journal") is not None
+        problems.append(Problem(CLI if from_cli else raw.file, None if from_cli else raw.settings_lines.get("journal"),
+                                f"the journal {journal} {why}", "name a new file, or the journal of this batch"))
     owned = _Owned(output_root, journal)
     # {date} is the day the batch was created, not today: names (and so job ids) must not change when
     # the next cron firing falls on another day, or the whole batch would be dropped and paid again.
@@ -529,6 +534,20 @@ def _journal_of(settings: Settings, output_root: Path) -> Path:
     return Path(settings.journal).resolve() if settings.journal else output_root / STATE_DIR / "journal.jsonl"
 
 
+def _journal_unusable(journal: Path) -> str | None:
+    """Why ``journal`` cannot be a journal (a folder, a FIFO, a device), or None. Checked before
+    anything opens it: a FIFO would block the first read for ever (a cron run would hang)."""
+    try:
+        mode = os.stat(journal).st_mode
+    except OSError:
+        return None  # not there yet (the run creates it), or a problem the run reports itself
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file"
+    return None
+
+
 def _names_date(day: Any, journal: Path) -> str:
     """``{date}`` in output names: the one asked for, else the day the batch was created, else today."""
     return str(day or _batch_date(journal) or _dt.date.today().isoformat())
@@ -536,6 +555,8 @@ def _names_date(day: Any, journal: Path) -> str:
 
 def _batch_date(journal: Path) -> str | None:
     """The local date of the journal's first record (``batch_created``), or None without a journal."""
+    if _journal_unusable(journal):
+        return None  # reported by _build
     try:
         with open(journal, "rb") as fh:
             first = fh.readline(1 << 16)

@@ -7,6 +7,7 @@ for a journal whose first record was damaged and cut it to 0 bytes.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -197,3 +198,30 @@ def test_a_journal_damaged_at_its_first_record_is_not_sent_to_repair(tmp_path):
     assert str(ei.value) == (f"{j}: its first record is damaged (bad checksum or malformed JSON) and is followed by "
                              f"more records, or it is not a gsvr-batch journal; refusing to guess. If it is your "
                              f"batch's journal, move it aside to start the batch again")
+
+
+@pytest.mark.timeout(60)
+def test_a_journal_that_is_a_fifo_or_a_folder_is_a_problem_not_a_hang(tmp_path):
+    """A FIFO where the journal goes blocked the first read of it for ever (`--dry-run`, `validate`,
+    and a cron run, which would hang). Every load of the manifest says so instead, exit 2."""
+    from gsvr_batch.manifest import validate_sources
+
+    m, _j = batch(tmp_path, run=False)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for journal, why in ((fifo, "is not a regular file"), (tmp_path, "is a folder")):
+        manifest, problems = validate_sources(m, {"journal": str(journal)})
+        assert manifest is None
+        assert [str(p) for p in problems] == [f"<command line>: the journal {journal} {why} "
+                                              f"(name a new file, or the journal of this batch)"]
+        for args in (("run", m), ("run", m, "--dry-run"), ("validate", m)):
+            r = invoke(*args, "--journal", journal, "--sandbox")
+            assert r.exit_code == 2, (args, r.output)
+            assert f"the journal {journal} {why}" in r.stderr + r.stdout
+    m.write_text(MANIFEST.replace("jobs:", f"settings:\n  journal: {fifo}\njobs:"), encoding="utf-8")
+    manifest, problems = validate_sources(m)
+    assert [str(p) for p in problems] == [f"{m}:6: the journal {fifo} is not a regular file "
+                                          f"(name a new file, or the journal of this batch)"]
+    r = invoke("status", fifo)
+    assert r.exit_code == 2
+    assert r.stderr == f"Error: {fifo} is not a regular file: name a journal, an output folder or the manifest you ran\n"

@@ -88,6 +88,7 @@ def refuse_foreign_journal(journal: Path) -> None:
     from ..locate import looks_like_journal
 
     try:
+        # (A folder, a FIFO or a device there is the manifest's problem: manifest._journal_unusable.)
         if journal.is_file() and not looks_like_journal(journal):
             raise UsageError(f"{journal} is not a gsvr-batch journal (it does not start with a journal record); "
                              f"give --journal a new file, or the journal of this batch")
