@@ -57,7 +57,8 @@ def estimate_rows(opts: Any, *, probe: Callable[[str], float | None] | None = No
     from .gone import load_for_run
     from .runner.preflight import check_notify_targets, resolve_journal
 
-    manifest = load_for_run(opts.manifest, dict(opts.settings), force=bool(getattr(opts, "force", False)))
+    manifest = load_for_run(opts.manifest, dict(opts.settings), force=bool(getattr(opts, "force", False)),
+                            redo=getattr(opts, "retry_ids", ()))
     check_notify_targets(manifest.settings.notify)
     notes = [str(w) for w in manifest.warnings]
     journal = resolve_journal(opts.get("journal"), manifest)

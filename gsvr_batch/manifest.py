@@ -252,6 +252,10 @@ def derive_manifest(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[
             raw_jobs.append(({"source": text}, text))
             continue
         abs_path = os.path.abspath(os.path.expanduser(text))
+        if os.path.isdir(abs_path):
+            held = _held_manifest_problem(abs_path, text)
+            if held is not None:
+                raise ManifestError(_summary([held]), [held])
         is_list = os.path.isfile(abs_path) and not media.is_video_name(abs_path)
         raw_jobs.append(({"list" if is_list else "source": abs_path}, text))
         local_dirs.append(abs_path if os.path.isdir(abs_path) else os.path.dirname(abs_path))
@@ -357,6 +361,43 @@ def _gc_paused() -> Iterator[None]:
 # --- reading -----------------------------------------------------------------------------
 
 
+def held_manifest(folder: str) -> str | None:
+    """The manifest file a folder holds (``jobs/`` → ``manifest.yaml``), if any: such a folder is
+    that manifest's folder, not a folder of videos."""
+    return next((name for name in MANIFEST_NAMES if os.path.isfile(os.path.join(folder, name))), None)
+
+
+def _held_manifest_problem(folder: str, display: str) -> Problem | None:
+    """`run jobs/` for `run jobs/manifest.yaml`: running the folder would run every video under it
+    with the defaults, as a batch of its own (and pay for it) in the same output folder."""
+    held = held_manifest(folder)
+    if held is None:
+        return None
+    shown = os.path.join(display, held)
+    return Problem(display, None, f"a folder holding a manifest ({shown}), not a folder of videos",
+                   f"to run that manifest: gsvr-batch run {shown}; to run the videos under it with the "
+                   f"defaults instead, name them or their own folder")
+
+
+def journal_of_manifest(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
+    """(journal, identity) of the batch a manifest file names, even when it has errors (an unknown
+    template given by ``--templates`` at run time, a missing video): where the journal is depends
+    only on the output root and settings. None when the file cannot be read as a manifest at all.
+    Read only; opens no video."""
+    try:
+        with _gc_paused():
+            raw, _problems, identity, content_hash = _read(Path(path), os.fspath(path))
+            if raw is None:
+                return None
+            manifest, _more = _build(raw, {}, date=None, check_files=False, path=Path(path).absolute(),
+                                     identity=identity, content_hash=content_hash)
+    except (OSError, UnicodeError, ValueError):
+        return None
+    if manifest is None or manifest.journal is None:
+        return None
+    return manifest.journal, manifest.identity
+
+
 def _read(path: Path, display: str, read: tuple[bytes, str] | None = None
           ) -> tuple[RawManifest | None, list[Problem], str, str | None]:
     """Parse ``path`` by what it is; returns (raw, problems, identity, content_hash or None for folders).
@@ -372,13 +413,9 @@ def _read(path: Path, display: str, read: tuple[bytes, str] | None = None
         return None, [Problem(display, None, f"manifest not found: {display}", hint)], "", None
     identity = _sha256(str(path.resolve()).encode("utf-8"))
     if path.is_dir():
-        held = next((name for name in MANIFEST_NAMES if (path / name).is_file()), None)
+        held = _held_manifest_problem(str(path), display)
         if held is not None:
-            # `run jobs/` for `run jobs/manifest.yaml`: running the folder would run every video under
-            # it with the defaults, as a batch of its own (and pay for it) in the same output folder.
-            shown = os.path.join(display, held)
-            return None, [Problem(display, None, f"a folder holding a manifest ({shown}), not a folder of videos", f"to run that manifest: gsvr-batch run {shown}; to run the videos "
-                                  f"under it with the defaults instead, name them or their own folder")], identity, None
+            return None, [held], identity, None
         base = path.absolute()
         raw = RawManifest(file=display, base_dir=base)
         raw.jobs = [RawJob({"source": str(base)}, display, None, base)]

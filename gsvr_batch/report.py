@@ -25,6 +25,7 @@ import html
 import json
 import math
 import os
+import stat
 import sys
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
@@ -605,18 +606,35 @@ def write_report(journal: str | os.PathLike[str], fmt: str, out: str | os.PathLi
 
 
 def _replaceable(path: Path) -> bool:
-    """Whether ``path`` is absent, empty, or a report this command wrote (md, json or html)."""
+    """Whether ``path`` is absent, empty, or a report this command wrote (md, json or html).
+
+    Each format is recognised by its whole shape, not by words in it: a journal holds "journal",
+    "batch_id" and whatever its titles say, and must never pass for a JSON report.
+    """
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(1 << 16).decode("utf-8", "replace")
+        st = os.stat(path)
     except FileNotFoundError:
         return True
     except OSError:
-        return False  # a folder, or unreadable: not a report we may replace
-    if not head.strip():
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False  # a folder, a device, or a FIFO (reading it would block)
+    if st.st_size == 0:
         return True
-    return (head.startswith("# gsvr-batch report") or "<title>gsvr-batch report" in head
-            or (head.lstrip().startswith("{") and all(f'"{k}"' in head for k in ("journal", "batch_id", "generated"))))
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    text = data.decode("utf-8", "replace")
+    if text.startswith("# gsvr-batch report: "):
+        return True
+    if text.startswith("<!DOCTYPE html>") and "<title>gsvr-batch report " in text[:8192]:
+        return True
+    try:
+        doc = json.loads(data)
+    except ValueError:  # a journal (many lines), a snapshot (a checksum line first), anything else
+        return False
+    return isinstance(doc, dict) and list(doc)[:2] == ["journal", "batch_id"] and {"generated", "counts"} <= doc.keys()
 
 
 __all__ = ["FORMATS", "build_report", "pack_lanes", "percentile", "render_report", "write_report"]

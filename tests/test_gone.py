@@ -129,3 +129,33 @@ def test_a_video_named_on_the_command_line_and_deleted_after(tmp_path, sandbox):
             "(remove it from the manifest or the command line to silence this)") in r.stdout + r.stderr
     s = run_cli(["status", "a.mp4"], env=env_for(server), cwd=tmp_path)  # named as it was run
     assert s.returncode == 0 and "1/1 done" in s.stdout, s.stdout + s.stderr
+
+
+def test_retry_of_a_task_whose_video_is_gone_is_refused_and_changes_nothing(tmp_path, sandbox):
+    """`retry --ids` redoes the tasks it names: their videos are needed, finished or not. (Forgiven,
+    the task ran, failed for the missing file, and its completed output left the batch.)"""
+    server, m = finished_batch(tmp_path, sandbox)
+    j = journal_of(tmp_path)
+    gone_id = next(x["task_id"] for x in records(j) if x["type"] == "task_added" and x["source"].endswith("lecture-000.mp4"))
+    other_id = next(x["task_id"] for x in records(j) if x["type"] == "task_added" and x["source"].endswith("lecture-001.mp4"))
+    os.unlink(tmp_path / "videos" / "lecture-000.mp4")
+    before = j.read_bytes()
+    r = run_cli(["retry", j, "--ids", gone_id], env=env_for(server))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "file not found: videos/lecture-000.mp4" in r.stderr, r.stderr
+    assert j.read_bytes() == before
+    # another task's retry goes on: the gone video's finished work is not in it
+    r = run_cli(["retry", j, "--ids", other_id, "--progress", "log"], env=env_for(server))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "its work is done (output kept)" in r.stdout + r.stderr
+
+
+def test_another_manifests_finished_work_forgives_nothing(tmp_path, sandbox):
+    server, m = finished_batch(tmp_path, sandbox)
+    m2 = tmp_path / "second.yaml"
+    m2.write_text(m.read_text(encoding="utf-8"), encoding="utf-8")  # same jobs, same output folder: another batch
+    os.unlink(tmp_path / "videos" / "lecture-000.mp4")
+    v = run_cli(["validate", m2], env=env_for(server))
+    assert v.returncode == 2
+    assert "file not found: videos/lecture-000.mp4" in v.stdout + v.stderr
+    assert "its work is done" not in v.stdout + v.stderr

@@ -19,21 +19,26 @@ from gsvr_batch import journal as jr
 from gsvr_batch.cli import cli
 from gsvr_batch.errors import JournalError
 from gsvr_batch.lifecycle import BatchLog
-from gsvr_batch.locate import locate_journal, looks_like_journal
+from gsvr_batch.locate import locate_journal, looks_like_journal, starts_like_journal
 
 MANIFEST = ("sandbox: true\ndefaults:\n  template: summary_report\n  output_dir: out\n"
             "jobs:\n  - source: a.mp4\n")
 
 
-def batch(root: Path, *, run: bool = True) -> tuple[Path, Path]:
-    """A manifest and the journal a run of it uses (written by the real BatchLog when ``run``)."""
+def batch(root: Path, *, run: bool = True, name: str = "m.yaml", text: str = MANIFEST) -> tuple[Path, Path]:
+    """A manifest and the journal a run of it uses (begun by the real BatchLog, as `run` begins it,
+    when ``run``)."""
+    from gsvr_batch.manifest import journal_of_manifest
+
     shutil.copyfile(SAMPLE, root / "a.mp4")
-    m = root / "m.yaml"
-    m.write_text(MANIFEST, encoding="utf-8")
+    m = root / name
+    m.write_text(text, encoding="utf-8")
     j = root / "out" / ".gsvr" / "journal.jsonl"
     if run:
+        journal, identity = journal_of_manifest(m)
+        assert journal == j.resolve()
         bl, _ = BatchLog.open(j)
-        bl.create_batch(manifest=str(m), manifest_identity="i", manifest_hash="h", settings={}, version="t")
+        bl.create_batch(manifest=str(m), manifest_identity=identity, manifest_hash="h", settings={}, version="t")
         bl.close()
     return m, j
 
@@ -63,17 +68,37 @@ def test_a_manifest_that_has_not_run_says_where_its_journal_would_be(tmp_path):
     with pytest.raises(JournalError) as ei:
         locate_journal(m)
     assert str(ei.value) == (f"{m} is a manifest whose batch has not run yet: its journal would be {j}. Run it first "
-                             f"(gsvr-batch run {m}), or, if it ran with --journal or --output-dir, name that journal")
+                             f"(gsvr-batch run {m}), or, if it ran with --journal or --output, name that journal")
     assert not j.parent.exists()  # nothing written on the way
 
 
-def test_a_manifest_with_errors_is_named_as_such(tmp_path):
+def test_a_manifest_that_cannot_be_read_is_named_as_such(tmp_path):
     m = tmp_path / "m.yaml"
-    m.write_text("jobs: 3\n", encoding="utf-8")
+    m.write_text("jobs: [\n", encoding="utf-8")
     with pytest.raises(JournalError) as ei:
         locate_journal(m)
     assert str(ei.value).startswith(f"{m} is a manifest, not a journal, and its journal cannot be worked out: it has errors (")
     assert f"See `gsvr-batch validate {m}`" in str(ei.value)
+
+
+def test_a_manifest_with_errors_still_names_the_batch_it_ran(tmp_path):
+    """Run with `--templates mine/`, a manifest's template is unknown without it: where its journal
+    is does not depend on that."""
+    m, j = batch(tmp_path, text=MANIFEST.replace("summary_report", "my_own_template"))
+    assert locate_journal(m).resolve() == j.resolve()
+
+
+def test_a_journal_of_another_manifest_is_not_this_ones(tmp_path):
+    """Two manifests with one output folder: the journal there is the batch of the one that ran."""
+    m, j = batch(tmp_path)
+    other = tmp_path / "other.yaml"
+    other.write_text(MANIFEST, encoding="utf-8")
+    with pytest.raises(JournalError) as ei:
+        locate_journal(other)
+    assert str(ei.value) == (f"{other} is a manifest whose batch has not run yet: the journal its run would use, "
+                             f"{j.resolve()}, belongs to another manifest ({m}). If it ran with --journal or "
+                             f"--output, name that journal")
+    assert locate_journal(m).resolve() == j.resolve()
 
 
 def test_what_is_no_journal_and_nothing_run_accepts_is_refused(tmp_path):
@@ -93,7 +118,10 @@ def test_what_looks_like_a_journal(tmp_path):
     assert looks_like_journal(j) and not looks_like_journal(m)
     empty = tmp_path / "new.log"
     empty.write_bytes(b"")
-    assert looks_like_journal(empty)  # created, nothing appended yet
+    assert not looks_like_journal(empty) and starts_like_journal(empty)  # `run --journal new.log` may fill it
+    empty_journal = tmp_path / "journal.jsonl"
+    empty_journal.write_bytes(b"")
+    assert looks_like_journal(empty_journal)  # created by a run that died before its first record
     damaged = tmp_path / "j.jsonl"
     damaged.write_bytes(b"\x00garbage\n")
     assert looks_like_journal(damaged)  # a .jsonl reaches repair, which tells what it found
@@ -115,7 +143,7 @@ def test_repair_given_a_manifest_by_mistake_changes_nothing(tmp_path):
     r = invoke("repair", m, "--yes")
     assert r.exit_code == 2
     assert r.stderr == (f"Error: {m} is a manifest whose batch has not run yet: its journal would be {j}. Run it first "
-                        f"(gsvr-batch run {m}), or, if it ran with --journal or --output-dir, name that journal\n")
+                        f"(gsvr-batch run {m}), or, if it ran with --journal or --output, name that journal\n")
     assert m.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "m.yaml"]  # no copy, no lock file
 
@@ -147,9 +175,9 @@ def test_repair_refuses_to_keep_nothing(tmp_path):
 
 
 def test_the_folder_holding_the_manifest_names_its_batch(tmp_path):
-    m, j = batch(tmp_path)
-    m.rename(tmp_path / "manifest.yaml")
+    m, j = batch(tmp_path, name="manifest.yaml")
     assert locate_journal(tmp_path).resolve() == j.resolve()
+    assert locate_journal(f"{tmp_path}/").resolve() == j.resolve()
 
 
 def test_running_the_folder_that_holds_a_manifest_is_refused(tmp_path):
@@ -225,3 +253,43 @@ def test_a_journal_that_is_a_fifo_or_a_folder_is_a_problem_not_a_hang(tmp_path):
     r = invoke("status", fifo)
     assert r.exit_code == 2
     assert r.stderr == f"Error: {fifo} is not a regular file: name a journal, an output folder or the manifest you ran\n"
+
+
+def test_run_with_journal_onto_a_jsonl_that_is_no_journal_is_refused_untouched(tmp_path):
+    """A `.jsonl` of somebody else's (one line: it was taken for a torn tail and moved aside; several:
+    refused after a lock file was left) is refused like any other file that is no journal."""
+    m, _j = batch(tmp_path, run=False)
+    for content in (b'{"a": 1}\n', b'{"a": 1}\n{"b": 2}\n'):
+        data = tmp_path / "data.jsonl"
+        data.write_bytes(content)
+        r = invoke("run", m, "--journal", data, "--sandbox")
+        assert r.exit_code == 2
+        assert r.stderr == (f"Error: {data} is not a gsvr-batch journal (it does not start with a journal record); "
+                            f"give --journal a new file, or the journal of this batch\n")
+        assert data.read_bytes() == content
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "data.jsonl", "m.yaml"]
+
+
+def test_odd_journal_arguments_get_an_error_not_a_traceback(tmp_path, monkeypatch):
+    long = tmp_path / ("a" * 5000)
+    r = invoke("status", long)
+    assert r.exit_code == 2 and r.stderr == f"Error: cannot read {long}: File name too long\n"
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    r = invoke("repair", empty, "--yes")
+    assert r.exit_code == 2 and r.stderr.startswith(f"Error: {empty} is not a journal")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt"]  # no lock file beside it
+    m, j = batch(tmp_path, name="manifest.yaml")
+    monkeypatch.setenv("HOME", str(tmp_path.parent))
+    for quoted in (f"~/{tmp_path.name}", f"~/{tmp_path.name}/manifest.yaml", f"~/{tmp_path.name}/out"):
+        assert locate_journal(quoted).resolve() == j.resolve(), quoted
+
+
+def test_a_folder_holding_a_manifest_among_other_inputs_is_refused(tmp_path):
+    from gsvr_batch.manifest import validate_sources
+
+    batch(tmp_path, run=False, name="manifest.yaml")
+    manifest, problems = validate_sources([str(tmp_path), str(tmp_path / "a.mp4")], check_files=False)
+    assert manifest is None
+    assert [p.message for p in problems] == [f"a folder holding a manifest ({tmp_path / 'manifest.yaml'}), "
+                                             f"not a folder of videos"]

@@ -257,6 +257,19 @@ def test_a_report_never_overwrites_what_is_not_a_report(journal: Path, tmp_path:
             assert json.loads(text)["journal"] == str(journal)
         else:
             assert text.startswith("# gsvr-batch report" if fmt == "md" else "<!DOCTYPE html>")
+    # shapes that once passed for a JSON report, and files reading would hang on
+    lookalike = tmp_path / "lookalike.jsonl"
+    lookalike.write_text('{"journal": "j", "batch_id": "b", "generated": "g", "counts": {}}\n{"seq": 2}\n',
+                         encoding="utf-8")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for victim in (lookalike, journal.with_name("journal.jsonl.snapshot"), fifo):
+        if not victim.exists():
+            continue
+        res = runner.invoke(cli, ["report", str(journal), "-o", str(victim)])
+        assert res.exit_code == 2, (victim, res.output)
+        assert "is not a gsvr-batch report: refusing to overwrite it" in res.stderr
+    assert lookalike.read_text(encoding="utf-8").endswith('{"seq": 2}\n')
     res = runner.invoke(cli, ["report", str(journal), "-o", "/proc/gsvr-no-such/r.md"])
     assert res.exit_code == 2 and res.stderr == "Error: cannot write /proc/gsvr-no-such/r.md: No such file or directory\n"
 

@@ -62,7 +62,8 @@ def prepare(opts: RunOptions, *, echo: Callable[[str], None]) -> Prepared:
     from ..gone import load_for_run
     from ..templates import load_templates
 
-    manifest = load_for_run(opts.manifest, dict(opts.settings), force=bool(getattr(opts, "force", False)))
+    manifest = load_for_run(opts.manifest, dict(opts.settings), force=bool(getattr(opts, "force", False)),
+                            redo=getattr(opts, "retry_ids", ()))
     warnings = [str(w) for w in manifest.warnings]  # a Problem says "FILE:LINE: warning: ..." itself
     settings = manifest.settings
     journal = resolve_journal(opts.get("journal"), manifest)
@@ -85,11 +86,11 @@ def prepare(opts: RunOptions, *, echo: Callable[[str], None]) -> Prepared:
 def refuse_foreign_journal(journal: Path) -> None:
     """A file there that is no journal (``--journal jobs/manifest.csv``) is refused before the run
     locks or reads it: it is somebody's file, not a damaged journal to repair."""
-    from ..locate import looks_like_journal
+    from ..locate import starts_like_journal
 
     try:
         # (A folder, a FIFO or a device there is the manifest's problem: manifest._journal_unusable.)
-        if journal.is_file() and not looks_like_journal(journal):
+        if journal.is_file() and not starts_like_journal(journal):
             raise UsageError(f"{journal} is not a gsvr-batch journal (it does not start with a journal record); "
                              f"give --journal a new file, or the journal of this batch")
     except OSError:
