@@ -184,6 +184,8 @@ def _cache_still_holds(manifest: Manifest, facts: dict[str, Any], *, date: str |
         checked, why = inside.check(rel)
         if why or checked != rel or owned.problem(rel):
             return False
+    if _outputs_onto_sources(jobs):
+        return False
     return not _check_templates(jobs, [], manifest.templates_dirs, cli_template=facts["cli_template"])
 
 
@@ -1023,7 +1025,32 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
                             template=v["template"], params=v["params"], model=v["model"], output_path=prefix + rel,
                             output_format=v["output_format"], max_duration=v["max_duration"],
                             origin=f"{e.file}:{e.line}" if e.line else e.file, context=v.get("context")))
+    for job, video in _outputs_onto_sources(jobs):
+        file, _, line = job.origin.rpartition(":")
+        rel = job.output_path[len(prefix):]
+        whose = "the job's own video" if video is job else f"the video of the job at {video.origin}"
+        problems.append(Problem(file if line.isdigit() else job.origin, int(line) if line.isdigit() else None,
+                                f"output '{rel}' is {whose}: the lesson would be written over it",
+                                "give the output another name"))
     return jobs, problems
+
+
+def _outputs_onto_sources(jobs: list[Job]) -> list[tuple[Job, Job]]:
+    """(job, the job whose local video that job's output is): ``--overwrite`` replaced a lecture
+    with its own lesson. Compared resolved (symlinks followed), and only where the names match, so
+    10,000 jobs cost a dictionary and no system call."""
+    by_name: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_name.setdefault(os.path.basename(job.output_path).casefold(), []).append(job)
+    hits = []
+    for video in jobs:
+        if video.source_kind != "local":
+            continue
+        same_name = by_name.get(os.path.basename(video.source).casefold())
+        if same_name:
+            real = os.path.realpath(video.source)
+            hits += [(job, video) for job in same_name if os.path.realpath(job.output_path) == real]
+    return hits
 
 
 @functools.lru_cache(maxsize=64)  # one or two patterns for a whole manifest

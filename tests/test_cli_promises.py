@@ -116,6 +116,40 @@ def test_owned_files_follow_the_journal_wherever_it_is(tmp_path):
                                      f"folder {(m2.parent / 'out' / '.gsvr').resolve()} ({OWNED_HINT})"]
 
 
+def test_no_output_is_written_over_a_video_of_the_batch(tmp_path):
+    """`run --overwrite` replaced a lecture with its own lesson when a job's output named the video
+    (the output root around it): refused whatever --overwrite says, also through a symlinked folder
+    and for another job's video, in the cached load too."""
+    shutil.copyfile(SAMPLE, tmp_path / "a.mp4")
+    shutil.copyfile(SAMPLE, tmp_path / "b.mp4")
+    m = tmp_path / "m.yaml"
+    m.write_text("sandbox: true\ndefaults:\n  template: summary_report\n  output_dir: .\njobs:\n"
+                 "  - source: a.mp4\n    output: a.mp4\n  - source: b.mp4\n    output: via/a.mp4\n",
+                 encoding="utf-8")
+    (tmp_path / "via").symlink_to(tmp_path)
+    before = (tmp_path / "a.mp4").read_bytes()
+    manifest, problems = validate_manifest(m)
+    assert manifest is None
+    assert [str(p) for p in problems] == [
+        f"{m}:6: output 'a.mp4' is the job's own video: the lesson would be written over it (give the output "
+        f"another name)",
+        f"{m}:8: output 'via/a.mp4' is the video of the job at {m}:6: the lesson would be written over it "
+        f"(give the output another name)"]
+    r = invoke("run", m, "--overwrite")
+    assert r.exit_code == 2 and "is the job's own video" in r.stderr
+    assert (tmp_path / "a.mp4").read_bytes() == before
+    # a cached build whose folder became a symlink onto the videos: the re-check sees it
+    (tmp_path / "via").unlink()
+    (tmp_path / "via").mkdir()
+    m.write_text(m.read_text(encoding="utf-8").replace("    output: a.mp4\n", ""), encoding="utf-8")
+    assert validate_manifest(m)[0] is not None and validate_manifest(m)[0] is not None  # stored, then loaded
+    (tmp_path / "via").rmdir()
+    (tmp_path / "via").symlink_to(tmp_path)
+    manifest, problems = validate_manifest(m)
+    assert manifest is None and [p.message for p in problems] == [
+        f"output 'via/a.mp4' is the video of the job at {m}:6: the lesson would be written over it"]
+
+
 @pytest.mark.slow
 def test_run_refuses_outputs_onto_the_journal_and_the_lock_of_a_live_batch(tmp_path, sandbox):
     """Before: the run replaced the journal with a lesson and exited 0; an output onto the lock file
