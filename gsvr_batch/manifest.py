@@ -184,7 +184,7 @@ def _cache_still_holds(manifest: Manifest, facts: dict[str, Any], *, date: str |
         checked, why = inside.check(rel)
         if why or checked != rel or owned.problem(rel):
             return False
-    if _outputs_onto_sources(jobs):
+    if _outputs_onto_inputs(jobs, manifest.path):
         return False
     return not _check_templates(jobs, [], manifest.templates_dirs, cli_template=facts["cli_template"])
 
@@ -549,6 +549,7 @@ def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: 
                                 "them; --output-pattern '{dir}/{stem}_{template}.{ext}' switches this one and "
                                 "redoes those videos", "warning"))
     problems += more
+    problems += _onto_input_problems(jobs, path, output_root)
     problems += _check_templates(jobs, entries, templates_dirs, cli_template=overrides.get("template"))
 
     if raw.derived is not None:
@@ -1025,32 +1026,44 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
                             template=v["template"], params=v["params"], model=v["model"], output_path=prefix + rel,
                             output_format=v["output_format"], max_duration=v["max_duration"],
                             origin=f"{e.file}:{e.line}" if e.line else e.file, context=v.get("context")))
-    for job, video in _outputs_onto_sources(jobs):
-        file, _, line = job.origin.rpartition(":")
-        rel = job.output_path[len(prefix):]
-        whose = "the job's own video" if video is job else f"the video of the job at {video.origin}"
-        problems.append(Problem(file if line.isdigit() else job.origin, int(line) if line.isdigit() else None,
-                                f"output '{rel}' is {whose}: the lesson would be written over it",
-                                "give the output another name"))
     return jobs, problems
 
 
-def _outputs_onto_sources(jobs: list[Job]) -> list[tuple[Job, Job]]:
-    """(job, the job whose local video that job's output is): ``--overwrite`` replaced a lecture
-    with its own lesson. Compared resolved (symlinks followed), and only where the names match, so
-    10,000 jobs cost a dictionary and no system call."""
+def _outputs_onto_inputs(jobs: list[Job], manifest_path: Path | None) -> list[tuple[Job, str]]:
+    """(job, what its output would be written over) for outputs that are an input of the batch: a
+    video of a job, or the manifest itself (``--overwrite`` replaced a lecture, or the manifest, with
+    a lesson). Compared resolved (symlinks followed), and only where the names match, so 10,000
+    jobs cost a dictionary and no system call."""
     by_name: dict[str, list[Job]] = {}
     for job in jobs:
         by_name.setdefault(os.path.basename(job.output_path).casefold(), []).append(job)
+    inputs = [(video.source, video) for video in jobs if video.source_kind == "local"]
+    if manifest_path is not None:
+        inputs.append((str(manifest_path), None))
     hits = []
-    for video in jobs:
-        if video.source_kind != "local":
+    for source, video in inputs:
+        same_name = by_name.get(os.path.basename(source).casefold())
+        if not same_name:
             continue
-        same_name = by_name.get(os.path.basename(video.source).casefold())
-        if same_name:
-            real = os.path.realpath(video.source)
-            hits += [(job, video) for job in same_name if os.path.realpath(job.output_path) == real]
+        real = os.path.realpath(source)
+        for job in same_name:
+            if os.path.realpath(job.output_path) == real:
+                what = ("the manifest" if video is None else "the job's own video" if video is job
+                        else f"the video of the job at {video.origin}")
+                hits.append((job, what))
     return hits
+
+
+def _onto_input_problems(jobs: list[Job], manifest_path: Path | None, root: Path) -> list[Problem]:
+    problems = []
+    prefix = str(root).rstrip("/") + "/"
+    for job, what in _outputs_onto_inputs(jobs, manifest_path):
+        file, _, line = job.origin.rpartition(":")
+        rel = job.output_path[len(prefix):] if job.output_path.startswith(prefix) else job.output_path
+        problems.append(Problem(file if line.isdigit() else job.origin, int(line) if line.isdigit() else None,
+                                f"output '{rel}' is {what}: the lesson would be written over it",
+                                "give the output another name"))
+    return problems
 
 
 @functools.lru_cache(maxsize=64)  # one or two patterns for a whole manifest

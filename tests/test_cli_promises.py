@@ -138,6 +138,13 @@ def test_no_output_is_written_over_a_video_of_the_batch(tmp_path):
     r = invoke("run", m, "--overwrite")
     assert r.exit_code == 2 and "is the job's own video" in r.stderr
     assert (tmp_path / "a.mp4").read_bytes() == before
+    # nor the manifest itself
+    text = m.read_text(encoding="utf-8")
+    m.write_text(text.replace("output: a.mp4", "output: m.yaml"), encoding="utf-8")
+    r = invoke("run", m, "--overwrite")
+    assert r.exit_code == 2 and (f"{m}:6: output 'm.yaml' is the manifest: the lesson would be written over it "
+                                 f"(give the output another name)") in r.stderr, r.stderr
+    m.write_text(text, encoding="utf-8")
     # a cached build whose folder became a symlink onto the videos: the re-check sees it
     (tmp_path / "via").unlink()
     (tmp_path / "via").mkdir()
