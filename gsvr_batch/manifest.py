@@ -434,6 +434,14 @@ def _read(path: Path, display: str, read: tuple[bytes, str] | None = None
 
 def _parse(path: Path, display: str, data: bytes, identity: str
            ) -> tuple[RawManifest | None, list[Problem], str, str | None]:
+    if data.startswith(b'{"seq":'):  # `run journal.jsonl`: read as a list file, every record was a "missing file"
+        from .journal import decode_line
+
+        first = decode_line(data[:data.find(b"\n")] if b"\n" in data else data) or {}
+        ran = f" ({first['manifest']})" if first.get("type") == "batch_created" and first.get("manifest") else ""
+        return None, [Problem(display, None, f"this is a gsvr-batch journal, not a manifest: run the manifest the "
+                              f"batch was run with{ran}", "status, replay, report and retry take the journal")
+                      ], identity, None
     content_hash = _sha256(data)
     text, problems = decode_text(data, display)
     if text is None:

@@ -293,3 +293,15 @@ def test_a_folder_holding_a_manifest_among_other_inputs_is_refused(tmp_path):
     assert manifest is None
     assert [p.message for p in problems] == [f"a folder holding a manifest ({tmp_path / 'manifest.yaml'}), "
                                              f"not a folder of videos"]
+
+
+def test_run_given_the_journal_names_the_manifest_to_run(tmp_path):
+    """`run journal.jsonl` read the journal as a list of videos: one "file not found" per record."""
+    from gsvr_batch.manifest import validate_sources
+
+    m, j = batch(tmp_path)
+    manifest, problems = validate_sources(j)
+    assert manifest is None
+    assert [str(p) for p in problems] == [
+        f"{j}: this is a gsvr-batch journal, not a manifest: run the manifest the batch was run with ({m}) "
+        f"(status, replay, report and retry take the journal)"]
