@@ -245,6 +245,9 @@ def one_failed_task(world: World) -> None:
     blocker.rmdir()
 
 
+# Commands whose JOURNAL argument may name the batch another way (its manifest, its output folder).
+JOURNAL_COMMANDS = ("status", "replay", "report", "retry", "repair", "pause", "resume", "cancel")
+
 SETUPS = {
     f"gsvr-batch pause  {JOURNAL}": live_run,
     f"gsvr-batch retry  {JOURNAL} --failed": one_failed_task,
@@ -293,8 +296,9 @@ def test_readme_command(world, cmd):
     if cmd.text.startswith("gsvr-batch sandbox"):
         world.start_sandbox(cmd.text)
         return
-    if JOURNAL in cmd.text:
-        world.ensure_batch()
+    words = cmd.text.split()
+    if JOURNAL in cmd.text or (words[0] == "gsvr-batch" and words[1:2] and words[1] in JOURNAL_COMMANDS):
+        world.ensure_batch()  # the batch these commands look at (named by its journal or its manifest)
     setup = SETUPS.get(cmd.text)
     if setup is not None:
         setup(world)
