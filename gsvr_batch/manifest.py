@@ -184,7 +184,7 @@ def _cache_still_holds(manifest: Manifest, facts: dict[str, Any], *, date: str |
         checked, why = inside.check(rel)
         if why or checked != rel or owned.problem(rel):
             return False
-    if _outputs_onto_inputs(jobs, manifest.path):
+    if _outputs_onto_inputs(jobs, _input_files(manifest.path, [], manifest.templates_dirs)):
         return False
     return not _check_templates(jobs, [], manifest.templates_dirs, cli_template=facts["cli_template"])
 
@@ -540,8 +540,9 @@ def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: 
     day = _names_date(day, journal)
 
     entries: list[_Entry] = []
+    list_files: list[tuple[str, str]] = []  # (path, what it is) of each list file read
     for rj in raw.jobs:
-        got, more = _expand(rj, raw, check_files)
+        got, more = _expand(rj, raw, check_files, list_files)
         entries += got
         problems += more
 
@@ -557,7 +558,7 @@ def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: 
                                 "them; --output-pattern '{dir}/{stem}_{template}.{ext}' switches this one and "
                                 "redoes those videos", "warning"))
     problems += more
-    problems += _onto_input_problems(jobs, path, output_root)
+    problems += _onto_input_problems(jobs, _input_files(path, list_files, templates_dirs), output_root)
     problems += _check_templates(jobs, entries, templates_dirs, cli_template=overrides.get("template"))
 
     if raw.derived is not None:
@@ -662,8 +663,9 @@ def _keep_flat_layout(journal: Path, jobs: list[Job], flat: Any) -> tuple[list[J
     return None
 
 
-def _expand(rj: RawJob, raw: RawManifest, check_files: bool) -> tuple[list[_Entry], list[Problem]]:
-    """Folder and list-file jobs become one entry per video."""
+def _expand(rj: RawJob, raw: RawManifest, check_files: bool, list_files: list[tuple[str, str]] | None = None
+            ) -> tuple[list[_Entry], list[Problem]]:
+    """Folder and list-file jobs become one entry per video (each list file read is added to ``list_files``)."""
     problems: list[Problem] = []
     fields = rj.fields  # copied below before anything is taken out of it (list, folder jobs)
     if "list" in fields:
@@ -679,6 +681,8 @@ def _expand(rj: RawJob, raw: RawManifest, check_files: bool) -> tuple[list[_Entr
         except OSError as exc:
             return [], [Problem(rj.file, line, f"cannot read list file {shown}: {exc.strerror or exc}",
                                 "paths are relative to the manifest's folder")]
+        if list_files is not None:
+            list_files.append((str(list_path), f"the list file {shown}"))
         text, problems = decode_text(data, shown)
         if text is None:
             return [], problems
@@ -690,7 +694,7 @@ def _expand(rj: RawJob, raw: RawManifest, check_files: bool) -> tuple[list[_Entr
         out: list[_Entry] = []
         for number, src in lines:
             sub = RawJob({**fields, "source": src}, shown, number, list_path.parent)
-            got, more = _expand(sub, raw, check_files)
+            got, more = _expand(sub, raw, check_files, list_files)
             out += got
             problems += more
         return out, problems
@@ -1037,35 +1041,57 @@ def _make_jobs(entries: list[_Entry], raw: RawManifest, overrides: dict, default
     return jobs, problems
 
 
-def _outputs_onto_inputs(jobs: list[Job], manifest_path: Path | None) -> list[tuple[Job, str]]:
-    """(job, what its output would be written over) for outputs that are an input of the batch: a
-    video of a job, or the manifest itself (``--overwrite`` replaced a lecture, or the manifest, with
-    a lesson). Compared resolved (symlinks followed), and only where the names match, so 10,000
-    jobs cost a dictionary and no system call."""
-    by_name: dict[str, list[Job]] = {}
+def _input_files(manifest_path: Path | None, list_files: list[tuple[str, str]], templates_dirs: list[Path]
+                 ) -> list[tuple[str, str]]:
+    """(path, what it is) of the batch's own files besides its videos: the manifest, its list files,
+    the templates of its template folders."""
+    files = [(str(manifest_path), "the manifest")] if manifest_path is not None else []
+    files += list_files
+    for d in templates_dirs:
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue  # reported by the templates check
+        files += [(os.path.join(d, n), f"the template {os.path.join(d, n)}") for n in names
+                  if n.endswith((".yaml", ".yml"))]
+    return files
+
+
+def _outputs_onto_inputs(jobs: list[Job], inputs: list[tuple[str, str]]) -> list[tuple[Job, str]]:
+    """(job, what its output would be written over) for outputs that are a file of the batch: a
+    video of a job, or one of ``inputs`` (``--overwrite`` replaced a lecture, or the manifest, with a
+    lesson). Only an output that exists can replace anything, and what it would replace is the
+    entry at its name (a symlink there is replaced, never written through): its ``lstat`` is
+    compared with each input's ``stat`` (links followed) by device and inode, so symlinks, hard
+    links and letter case cannot hide a match."""
+    existing: dict[tuple[int, int], list[Job]] = {}
     for job in jobs:
-        by_name.setdefault(os.path.basename(job.output_path).casefold(), []).append(job)
-    inputs = [(video.source, video) for video in jobs if video.source_kind == "local"]
-    if manifest_path is not None:
-        inputs.append((str(manifest_path), None))
-    hits = []
-    for source, video in inputs:
-        same_name = by_name.get(os.path.basename(source).casefold())
-        if not same_name:
+        try:
+            st = os.lstat(job.output_path)
+        except (OSError, ValueError):
             continue
-        real = os.path.realpath(source)
-        for job in same_name:
-            if os.path.realpath(job.output_path) == real:
-                what = ("the manifest" if video is None else "the job's own video" if video is job
-                        else f"the video of the job at {video.origin}")
-                hits.append((job, what))
+        existing.setdefault((st.st_dev, st.st_ino), []).append(job)
+    if not existing:
+        return []  # a first run: nothing there to be written over
+    candidates: list[tuple[str, Job | str]] = [(v.source, v) for v in jobs if v.source_kind == "local"]
+    candidates += inputs
+    hits = []
+    for source, who in candidates:
+        try:
+            st = os.stat(source)
+        except (OSError, ValueError):
+            continue
+        for job in existing.get((st.st_dev, st.st_ino), ()):
+            what = (who if isinstance(who, str) else "the job's own video" if who is job
+                    else f"the video of the job at {who.origin}")
+            hits.append((job, what))
     return hits
 
 
-def _onto_input_problems(jobs: list[Job], manifest_path: Path | None, root: Path) -> list[Problem]:
+def _onto_input_problems(jobs: list[Job], inputs: list[tuple[str, str]], root: Path) -> list[Problem]:
     problems = []
     prefix = str(root).rstrip("/") + "/"
-    for job, what in _outputs_onto_inputs(jobs, manifest_path):
+    for job, what in _outputs_onto_inputs(jobs, inputs):
         file, _, line = job.origin.rpartition(":")
         rel = job.output_path[len(prefix):] if job.output_path.startswith(prefix) else job.output_path
         problems.append(Problem(file if line.isdigit() else job.origin, int(line) if line.isdigit() else None,

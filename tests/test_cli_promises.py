@@ -155,6 +155,24 @@ def test_no_output_is_written_over_a_video_of_the_batch(tmp_path):
     manifest, problems = validate_manifest(m)
     assert manifest is None and [p.message for p in problems] == [
         f"output 'via/a.mp4' is the video of the job at {m}:6: the lesson would be written over it"]
+    # the video or the manifest reached through a symlink of another name; a list file; a template
+    (tmp_path / "via").unlink()
+    (tmp_path / "link.mp4").symlink_to(tmp_path / "a.mp4")
+    (tmp_path / "link.yaml").symlink_to(m)
+    (tmp_path / "videos.txt").write_text("b.mp4\n", encoding="utf-8")
+    (tmp_path / "tpl").mkdir()
+    shutil.copyfile(REPO / "templates" / "summary_report.yaml", tmp_path / "tpl" / "mine.yaml")
+    m.write_text("sandbox: true\ndefaults:\n  template: summary_report\n  output_dir: .\njobs:\n"
+                 "  - source: link.mp4\n    output: a.mp4\n  - source: b.mp4\n    output: m.yaml\n"
+                 "  - list: videos.txt\n    output: videos.txt\n"
+                 "  - source: b.mp4\n    output: tpl/mine.yaml\n    template: comprehensive_lesson\n",
+                 encoding="utf-8")
+    manifest, problems = validate_manifest(tmp_path / "link.yaml", {"templates_dir": [str(tmp_path / "tpl")]})
+    assert manifest is None
+    assert [p.message.split(":")[0] for p in problems if p.is_error] == [
+        "output 'a.mp4' is the job's own video", "output 'm.yaml' is the manifest",
+        f"output 'videos.txt' is the list file {tmp_path / 'videos.txt'}",
+        f"output 'tpl/mine.yaml' is the template {tmp_path / 'tpl' / 'mine.yaml'}"], [str(p) for p in problems]
 
 
 @pytest.mark.slow
