@@ -350,7 +350,14 @@ def repair_cmd(journal: str, yes: bool) -> None:
     """
     journal = _locate(journal)
     from .channels import RunLock
+    from .journal import check_repairable
 
+    try:
+        check_repairable(journal)  # before the question and the lock: nothing to keep, nothing to ask
+    except GsvrError as exc:
+        fail(exc)
+    except OSError as exc:
+        fail(UsageError(f"cannot read {journal}: {exc.strerror or exc}"))
     if not yes and not click.confirm(f"Cut {journal} at its first damaged record?", default=False):
         sys.exit(int(ExitCode.USAGE))
     from .journal import repair

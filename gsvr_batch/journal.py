@@ -380,9 +380,7 @@ def repair(path: str | os.PathLike[str], now: float | None = None) -> tuple[int,
     if end == len(data):
         return kept, None, 0
     if kept == 0:
-        raise JournalError(f"{path}: its first record is damaged or it is not a gsvr-batch journal, so a repair "
-                           f"would keep nothing; nothing changed. If it is your batch's journal, move it aside to "
-                           f"start the batch again")
+        raise _nothing_to_keep(path)
     stamp = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc).strftime("%Y%m%dT%H%M%S")
     backup = path.with_name(f"{path.name}.corrupt-{stamp}")
     shutil.copy2(path, backup)
@@ -393,6 +391,21 @@ def repair(path: str | os.PathLike[str], now: float | None = None) -> tuple[int,
     if snap.exists():
         snap.unlink()  # it may describe records we just dropped
     return kept, backup, len(data) - end
+
+
+def check_repairable(path: str | os.PathLike[str]) -> None:
+    """Raise JournalError when :func:`repair` would keep nothing (its first record is not a good one),
+    so ``gsvr-batch repair`` refuses before it asks anything or takes the run lock."""
+    with open(path, "rb") as fh:
+        first = fh.readline(1 << 24)
+    if first and decode_line(first.rstrip(b"\n")) is None:
+        raise _nothing_to_keep(Path(path))
+
+
+def _nothing_to_keep(path: Path) -> JournalError:
+    return JournalError(f"{path}: its first record is damaged or it is not a gsvr-batch journal, so a repair "
+                        f"would keep nothing; nothing changed. If it is your batch's journal, move it aside to "
+                        f"start the batch again")
 
 
 class JournalWriter:

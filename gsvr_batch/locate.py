@@ -61,7 +61,7 @@ def locate_journal(target: str | os.PathLike[str]) -> Path:
 
 
 def _locate(text: str) -> Path:
-    from .manifest import held_manifest
+    from .manifest import held_manifests
     from .media import is_video_name
 
     path = Path(text)
@@ -69,10 +69,18 @@ def _locate(text: str) -> Path:
         for candidate in (path / STATE_DIR / JOURNAL_NAME, path / JOURNAL_NAME):
             if candidate.is_file():
                 return candidate
-        held = held_manifest(text)
-        if held is not None:  # the manifest's folder (`status jobs`): the manifest's batch
-            return _journal_of_run_input(os.path.join(text, held))
-        return _journal_of_run_input(text)
+        held = held_manifests(text)
+        if not held:
+            return _journal_of_folder(text)
+        # the manifest's folder (`status jobs`): the batch of whichever of its manifests ran
+        first: JournalError | None = None
+        for name in held:
+            try:
+                return _journal_of_run_input(os.path.join(text, name))
+            except JournalError as exc:
+                first = first or exc
+        assert first is not None
+        raise first
     if not path.exists():
         if is_video_name(text):  # `run lecture.mp4` works on with the video deleted (gone.py): so does this
             try:
@@ -85,6 +93,15 @@ def _locate(text: str) -> Path:
     if looks_like_journal(path):
         return path
     return _journal_of_run_input(text)
+
+
+def _journal_of_folder(text: str) -> Path:
+    """The journal of ``gsvr-batch run FOLDER``, found without reading the folder (``status /``
+    walked the whole disk to list videos it did not need)."""
+    from .manifest import folder_batch
+
+    journal, identity = folder_batch(text)
+    return _checked(text, "folder", journal, identity)
 
 
 def _journal_of_run_input(text: str) -> Path:
@@ -108,6 +125,11 @@ def _journal_of_run_input(text: str) -> Path:
         raise JournalError(f"{text} is not a journal{why}. Name the journal (OUTPUT/{STATE_DIR}/{JOURNAL_NAME}), "
                            f"the output folder, or the manifest the batch was run with")
     journal, identity = found
+    return _checked(text, what, journal, identity)
+
+
+def _checked(text: str, what: str, journal: Path, identity: str) -> Path:
+    """``journal`` if a run of ``text`` has written it (and it is that batch's), else why not."""
     if not journal.is_file():
         raise JournalError(f"{text} is a {what} whose batch has not run yet: its journal would be {journal}. "
                            f"Run it first (gsvr-batch run {text}), or, if it ran with --journal or --output, "

@@ -363,19 +363,28 @@ def _gc_paused() -> Iterator[None]:
 # --- reading -----------------------------------------------------------------------------
 
 
-def held_manifest(folder: str) -> str | None:
-    """The manifest file a folder holds (``jobs/`` → ``manifest.yaml``), if any: such a folder is
-    that manifest's folder, not a folder of videos."""
-    return next((name for name in MANIFEST_NAMES if os.path.isfile(os.path.join(folder, name))), None)
+def held_manifests(folder: str) -> list[str]:
+    """The manifest files a folder holds (``jobs/`` → ``manifest.yaml``, ``manifest.csv``): such a
+    folder is that manifest's folder, not a folder of videos."""
+    return [name for name in MANIFEST_NAMES if os.path.isfile(os.path.join(folder, name))]
+
+
+def folder_batch(folder: str | os.PathLike[str]) -> tuple[Path, str]:
+    """(journal, identity) of ``gsvr-batch run FOLDER`` with no options, without walking the folder:
+    where its journal goes does not depend on what is in it (``_read``'s identity, ``_build``'s
+    default output root)."""
+    path = Path(folder)
+    identity = _sha256(str(path.resolve()).encode("utf-8"))
+    return (path.absolute() / DEFAULT_OUTPUT_DIR).resolve() / STATE_DIR / "journal.jsonl", identity
 
 
 def _held_manifest_problem(folder: str, display: str) -> Problem | None:
     """`run jobs/` for `run jobs/manifest.yaml`: running the folder would run every video under it
     with the defaults, as a batch of its own (and pay for it) in the same output folder."""
-    held = held_manifest(folder)
-    if held is None:
+    held = held_manifests(folder)
+    if not held:
         return None
-    shown = os.path.join(display, held)
+    shown = os.path.join(display, held[0])
     return Problem(display, None, f"a folder holding a manifest ({shown}), not a folder of videos",
                    f"to run that manifest: gsvr-batch run {shown}; to run the videos under it with the "
                    f"defaults instead, name them or their own folder")

@@ -591,7 +591,7 @@ def write_report(journal: str | os.PathLike[str], fmt: str, out: str | os.PathLi
     if out is None:
         (stream or sys.stdout).write(text)
         return None
-    out = Path(out)
+    out = Path(out).expanduser()  # `-o '~/r.md'` (quoted, or --output=~/r.md, which the shell leaves alone)
     if not _replaceable(out):
         # `-o` onto the journal once replaced the batch's whole history with its own report; the
         # manifest, a video or a lesson would be lost the same way. A report is only ever

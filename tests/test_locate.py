@@ -110,7 +110,8 @@ def test_what_is_no_journal_and_nothing_run_accepts_is_refused(tmp_path):
     empty.mkdir()
     with pytest.raises(JournalError) as ei:
         locate_journal(empty)
-    assert str(ei.value).startswith(f"{empty} is not a journal (")
+    assert str(ei.value).startswith(f"{empty} is a folder whose batch has not run yet: its journal would be "
+                                    f"{empty / 'output' / '.gsvr' / 'journal.jsonl'}.")
 
 
 def test_what_looks_like_a_journal(tmp_path):
@@ -305,3 +306,47 @@ def test_run_given_the_journal_names_the_manifest_to_run(tmp_path):
     assert [str(p) for p in problems] == [
         f"{j}: this is a gsvr-batch journal, not a manifest: run the manifest the batch was run with ({m}) "
         f"(status, replay, report and retry take the journal)"]
+
+
+def test_a_folder_of_videos_names_its_batch_without_reading_the_folder(tmp_path, monkeypatch):
+    """`status /` listed every file on the disk to find videos it did not need."""
+    from gsvr_batch import manifest as manifest_mod
+    from gsvr_batch.manifest import folder_batch, validate_sources
+
+    videos = tmp_path / "lectures"
+    videos.mkdir()
+    shutil.copyfile(SAMPLE, videos / "a.mp4")
+    built, _ = validate_sources(videos, check_files=False)
+    assert folder_batch(videos) == (built.journal, built.identity)  # the run's own answer
+    bl, _ = BatchLog.open(built.journal)
+    bl.create_batch(manifest=str(videos), manifest_identity=built.identity, manifest_hash="h", settings={}, version="t")
+    bl.close()
+    monkeypatch.setattr(manifest_mod, "_expand", None)  # reading the folder would fail now
+    assert locate_journal(videos) == built.journal
+
+
+def test_the_folder_holding_two_manifests_names_the_batch_of_the_one_that_ran(tmp_path):
+    """jobs/ ships manifest.yaml and manifest.csv, one output folder: the batch there is the one that ran."""
+    from gsvr_batch.manifest import journal_of_manifest
+
+    shutil.copyfile(SAMPLE, tmp_path / "a.mp4")
+    (tmp_path / "manifest.yaml").write_text("sandbox: true\ndefaults:\n  template: summary_report\n"
+                                            "jobs:\n  - source: a.mp4\n", encoding="utf-8")
+    csv = tmp_path / "manifest.csv"
+    csv.write_text("source,template\na.mp4,summary_report\n", encoding="utf-8")
+    journal, identity = journal_of_manifest(csv)
+    assert journal == journal_of_manifest(tmp_path / "manifest.yaml")[0]  # one output folder
+    bl, _ = BatchLog.open(journal)
+    bl.create_batch(manifest=str(csv), manifest_identity=identity, manifest_hash="h", settings={}, version="t")
+    bl.close()
+    assert locate_journal(tmp_path) == journal
+
+
+def test_repair_of_what_it_cannot_repair_asks_nothing_and_leaves_no_lock(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(b'{"a": 1}\n{"b": 2}\n')
+    r = CliRunner().invoke(cli, ["repair", str(data)], input="y\n")
+    assert r.exit_code == 2
+    assert "Cut " not in r.output  # not asked
+    assert r.stderr.startswith(f"Error: {data}: its first record is damaged or it is not a gsvr-batch journal")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]
