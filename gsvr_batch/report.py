@@ -262,8 +262,10 @@ def build_report(journal: str | os.PathLike[str]) -> dict[str, Any]:
         "failed_tasks": failed_tasks,
         # Outputs worth a second look: cut at max_output_tokens, or adopted after a crash (paid once).
         "notable_outputs": [{"task_id": t.task_id, "title": titles.get(t.task_id, t.task_id), "output": t.output,
-                             "note": ", ".join(n for n, on in (("truncated at max_output_tokens", t.truncated),
-                                                                ("adopted after a crash", t.adopted)) if on)}
+                             "note": ", ".join(n for n, on in (
+                                 ("truncated at max_output_tokens", t.truncated),
+                                 ("adopted after a crash", t.adopted and t.attempts),
+                                 ("adopted: made under an earlier journal", t.adopted and not t.attempts)) if on)}
                             for t in tasks.values() if t.status is TaskStatus.COMPLETED and (t.truncated or t.adopted)],
         "calls": sum(t.calls for t in tasks.values()),
         "lost_calls": sum(t.lost_calls for t in tasks.values()),

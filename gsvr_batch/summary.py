@@ -164,7 +164,8 @@ def render_replay(doc: dict[str, Any]) -> str:
         lines.append("Outputs:")
         for t in done:
             flags = (" [truncated: cut at max_output_tokens]" if t.get("truncated") else "") + \
-                (" [adopted after a crash]" if t.get("adopted") else "")
+                ((" [adopted after a crash]" if t.get("attempts") else " [adopted: made under an earlier journal]")
+                 if t.get("adopted") else "")
             lines.append(f"  {t['id']}  {t['output']}{_plan_text(t)}{flags}")
     if "verify_problems" in doc:
         lines.append("")

@@ -236,3 +236,31 @@ def test_fingerprints_of_a_batch_equal_each_jobs_own():
     got = fingerprints(jobs, templates)
     assert got == {j.job_id: fingerprint(j, templates.get(j.template)) for j in jobs}
     assert len(set(got.values())) == len(combos) - 8  # {"z": 1, "k": 1} is {"k": 1, "z": 1}
+
+
+def test_a_batch_whose_journal_was_lost_adopts_its_outputs_and_pays_nothing_again(tmp_path, sandbox):
+    """The journal moved aside (the advice for one damaged at its first record) or lost: the next run
+    found every lesson "ours" and paid for all of them again, overwriting any edit. Outputs made for
+    these very jobs are adopted instead (cost 0 under the new journal); --force still regenerates."""
+    server = sandbox()
+    m = make_batch(tmp_path, 3)
+    assert run_cli(["run", m, "--progress", "quiet"], env=env_for(server)).returncode == 0
+    j = journal_of(tmp_path)
+    out = tmp_path / "out"
+    edited = out / "lecture-000_summary_report.md"
+    edited.write_text(edited.read_text(encoding="utf-8") + "\nMy own note.\n", encoding="utf-8")
+    before = {p.name: p.read_bytes() for p in out.glob("*.md")}
+    calls = len(generates(server))
+    os.replace(j, tmp_path / "journal.moved-aside")
+    for p in j.parent.glob("journal.jsonl.*"):
+        p.unlink()
+    r = run_cli(["run", m, "--progress", "log"], env=env_for(server))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Adopted 3 output(s) made earlier for these very jobs" in r.stdout
+    assert len(generates(server)) == calls  # nothing paid again
+    assert {p.name: p.read_bytes() for p in out.glob("*.md")} == before  # the edit kept
+    done = [x for x in records(j) if x["type"] == "task_completed"]
+    assert len(done) == 3 and all(x["adopted"] and x["cost_usd"] == 0 and x["calls"] == 0 for x in done)
+    assert run_cli(["replay", j, "--verify"], env=env_for(server)).returncode == 0
+    r = run_cli(["run", m, "--force", "--progress", "quiet"], env=env_for(server))
+    assert r.returncode == 0 and len(generates(server)) == calls + 3
