@@ -262,5 +262,13 @@ def test_a_batch_whose_journal_was_lost_adopts_its_outputs_and_pays_nothing_agai
     done = [x for x in records(j) if x["type"] == "task_completed"]
     assert len(done) == 3 and all(x["adopted"] and x["cost_usd"] == 0 and x["calls"] == 0 for x in done)
     assert run_cli(["replay", j, "--verify"], env=env_for(server)).returncode == 0
+    # a --force that put one back, then a crash before it restarted: the next run redoes it, as asked
+    from gsvr_batch.lifecycle import BatchLog
+
+    blog, _ = BatchLog.open(j)
+    blog.requeue(done[0]["task_id"], "--force: reprocess", reset=True)
+    blog.close()
+    r = run_cli(["run", m, "--progress", "quiet"], env=env_for(server))
+    assert r.returncode == 0 and len(generates(server)) == calls + 1, r.stdout + r.stderr
     r = run_cli(["run", m, "--force", "--progress", "quiet"], env=env_for(server))
-    assert r.returncode == 0 and len(generates(server)) == calls + 3
+    assert r.returncode == 0 and len(generates(server)) == calls + 4

@@ -197,7 +197,10 @@ def reconcile(s: Session) -> None:
                 adopt_partials(s, tid)
                 if adopt_output(s, tid):
                     continue
-            elif t.status is TaskStatus.PENDING and not t.attempts and not s.opts.force and tid not in wanted:
+            elif (t.status is TaskStatus.PENDING and not t.attempts and t.finished_ts is None
+                  and not s.opts.force and tid not in wanted):
+                # never started nor finished in this journal (a --force or retry put back keeps its
+                # finish time: what it asked for is not undone by a crash before the task restarts)
                 adopted_earlier += adopt_earlier_output(s, tid)
             if t.status is running and tid not in held:
                 from .session import lost_in_flight
