@@ -66,6 +66,10 @@ class LessonMeta:
     media_resolution: str | None = None  # as sent, e.g. "MEDIA_RESOLUTION_LOW"; None = API default
     strategy: str | None = None  # context strategy: "full" | "low" | "clips"
     clips: int | None = None  # how many clips were merged (strategy "clips")
+    # What the job asked for when this was made (the manager's fingerprint: model, template version,
+    # parameters, format, context): a run whose journal has no record of the output adopts it only
+    # if this still matches (reconcile.adopt_earlier_output).
+    fingerprint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -290,7 +294,7 @@ class MarkdownFormatter:
             fm["cost_usd"] = round(float(meta.cost_usd), 6)
         if meta.truncated:
             fm["truncated"] = True
-        for key in ("media_resolution", "strategy", "clips"):
+        for key in ("media_resolution", "strategy", "clips", "fingerprint"):
             if d[key] is not None:
                 fm[key] = d[key]
         return fm
@@ -640,7 +644,8 @@ JSON_READ_LIMIT = 8 * 1024 * 1024
 _REQUIRED_META = ("title", "source", "template", "model", "created", "backend")
 _META_FIELDS = {f.name: f for f in dataclasses.fields(LessonMeta)}
 _STR_FIELDS = ("title", "source", "template", "template_version", "model", "created", "backend")
-_OPT_STR_FIELDS = ("source_url", "model_version", "task_id", "attempt_id", "media_resolution", "strategy")
+_OPT_STR_FIELDS = ("source_url", "model_version", "task_id", "attempt_id", "media_resolution", "strategy",
+                   "fingerprint")
 _OPT_NUM_FIELDS = ("duration", "cost_usd")
 
 

@@ -830,7 +830,7 @@ def _write_lesson(task: _Task, prep: PreparedRequest, answer: Answer, *, plan: c
         # Always said when a plan was followed: "default" = none sent, the API's default resolution.
         "media_resolution": (plan.media_resolution if plan and plan.media_resolution else
                              prep.generation.get("media_resolution") or ("default" if plan else None)),
-        "clips": clips or None,
+        "clips": clips or None, "fingerprint": spec.fingerprint or None,
     })
     data = formats.get_formatter(spec.output_format).render(answer.text, meta)
     return _write(task, data)

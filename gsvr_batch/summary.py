@@ -186,8 +186,10 @@ def status_document(journal: str | os.PathLike[str], *, now: float | None = None
     doc["running_now"] = held
     doc["owner"] = read_owner(journal) if held else {}
     window = 600.0  # rate over the last 10 minutes, or since the run's first task started if later
+    # Adopted outputs were made before (a crash, a lost journal): no work of this window.
     recent = [t for t in rp_state.live_tasks()
-              if t.status is TaskStatus.COMPLETED and t.finished_ts and now - _ts(t.finished_ts) <= window]
+              if t.status is TaskStatus.COMPLETED and t.finished_ts and not t.adopted
+              and now - _ts(t.finished_ts) <= window]
     starts = [_ts(t.started_ts) for t in recent if t.started_ts]
     starts += [_ts(t.started_ts) for t in rp_state.live_tasks() if t.status is TaskStatus.RUNNING and t.started_ts]
     span = min(window, now - min(starts)) if starts else window

@@ -62,6 +62,7 @@ class TaskSpec:
     output_format: str = "md"  # "md" | "json" | "html"
     attempt: int = 1
     attempt_id: str = ""  # nonce of this attempt: the output carries it (adoption after a crash)
+    fingerprint: str = ""  # what the job asks for (Session.fingerprints): the output carries it too
     templates_dirs: tuple[str, ...] = ()
     reuse_upload: UploadRef | None = None  # a live upload of the same video, if the journal knows one
     # Live uploads of other files of the same size (a copy of this video under another name shares

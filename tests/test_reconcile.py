@@ -256,7 +256,7 @@ def test_a_batch_whose_journal_was_lost_adopts_its_outputs_and_pays_nothing_agai
         p.unlink()
     r = run_cli(["run", m, "--progress", "log"], env=env_for(server))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "Adopted 3 output(s) made earlier for these very jobs" in r.stdout
+    assert "Adopted 3 output(s) already made for exactly these jobs" in r.stdout
     assert len(generates(server)) == calls  # nothing paid again
     assert {p.name: p.read_bytes() for p in out.glob("*.md")} == before  # the edit kept
     done = [x for x in records(j) if x["type"] == "task_completed"]
@@ -272,3 +272,14 @@ def test_a_batch_whose_journal_was_lost_adopts_its_outputs_and_pays_nothing_agai
     assert r.returncode == 0 and len(generates(server)) == calls + 1, r.stdout + r.stderr
     r = run_cli(["run", m, "--force", "--progress", "quiet"], env=env_for(server))
     assert r.returncode == 0 and len(generates(server)) == calls + 4
+    # lessons made with other parameters are not these jobs' lessons: the journal lost again, and a
+    # parameter changed, all three are made again
+    os.replace(j, tmp_path / "journal.moved-aside-2")
+    for p in j.parent.glob("journal.jsonl.*"):
+        p.unlink()
+    m.write_text(m.read_text(encoding="utf-8").replace("  template: summary_report\n",
+                                                       "  template: summary_report\n  params:\n    audience: nurses\n"),
+                 encoding="utf-8")
+    r = run_cli(["run", m, "--progress", "log"], env=env_for(server))
+    assert r.returncode == 0 and "Adopted" not in r.stdout, r.stdout + r.stderr
+    assert len(generates(server)) == calls + 7

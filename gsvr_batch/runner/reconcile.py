@@ -187,29 +187,32 @@ def reconcile(s: Session) -> None:
         from ..batchmode import held_task_ids
 
         held = held_task_ids(st)
-    adopted_earlier = 0
-    # One fsync for what this loop journals (a whole batch adopted after its journal was lost would
-    # otherwise pay one per lesson): nothing acts on these records before the block ends.
-    with blog.group_commit():
-        for tid in s.order:
-            t = tasks[tid]
-            if t.status in in_flight and tid not in held and t.attempt_id:
-                adopt_partials(s, tid)
-                if adopt_output(s, tid):
-                    continue
-            elif (t.status is TaskStatus.PENDING and not t.attempts and t.finished_ts is None
-                  and not s.opts.force and tid not in wanted):
+    for tid in s.order:
+        t = tasks[tid]
+        if t.status in in_flight and tid not in held and t.attempt_id:
+            adopt_partials(s, tid)
+            if adopt_output(s, tid):
+                continue
+        if t.status is running and tid not in held:
+            from .session import lost_in_flight
+
+            blog.requeue(tid, "was in flight when the previous run ended (crash or kill)", interrupted=True,
+                         lost_calls=lost_in_flight(t.step))
+    if not s.opts.force:
+        adopted = 0
+        # One fsync for all of them (a whole batch whose journal was lost would otherwise pay one
+        # per lesson); nothing acts on these records before the block ends.
+        with blog.group_commit():
+            for tid in s.order:
+                t = tasks[tid]
                 # never started nor finished in this journal (a --force or retry put back keeps its
                 # finish time: what it asked for is not undone by a crash before the task restarts)
-                adopted_earlier += adopt_earlier_output(s, tid)
-            if t.status is running and tid not in held:
-                from .session import lost_in_flight
-
-                blog.requeue(tid, "was in flight when the previous run ended (crash or kill)", interrupted=True,
-                             lost_calls=lost_in_flight(t.step))
-    if adopted_earlier:
-        s.echo(f"Adopted {adopted_earlier} output(s) made earlier for these very jobs (their records are not in "
-               f"this journal: a journal moved aside or lost): kept, not paid again; --force regenerates them.")
+                if t.status is TaskStatus.PENDING and not t.attempts and t.finished_ts is None and tid not in wanted:
+                    adopted += adopt_earlier_output(s, tid)
+        if adopted:
+            s.echo(f"Adopted {adopted} output(s) already made for exactly these jobs (same task, model, template "
+                   f"version, parameters and format) but not recorded in this journal: kept, not paid again. "
+                   f"`gsvr-batch retry {blog.path} --ids ...` regenerates one, --force all.")
     _check_completed_outputs(s)
     if s.opts.force:
         for tid in s.order:
@@ -300,19 +303,24 @@ def adopt_output(s: Session, tid: str) -> bool:
 
 
 def adopt_earlier_output(s: Session, tid: str) -> bool:
-    """Journal as completed a never-started task whose output is already there, made for this very
-    job (its id, model, template and version, format) under a journal that is gone: a batch whose
-    journal was moved aside or lost would otherwise pay for every lesson again and overwrite any
-    edits made to them. Nothing was paid under this journal, so its cost is 0 (the tokens are kept)."""
+    """Journal as completed a never-started task whose output is already there, made for exactly
+    this job under a journal that is not this one (moved aside, lost): a batch whose journal was lost
+    would otherwise pay for every lesson again and overwrite any edits made to them.
+
+    "Exactly this job": the output carries the task id and the job's fingerprint (model, template
+    version, parameters, format, context) as it is now, and was made by the same backend (a sandbox
+    answer is never kept for a real run). Outputs older than the fingerprint in their metadata are
+    not adopted: nothing says what they were asked for. Nothing was paid under this journal, so the
+    cost is 0 (the tokens are kept)."""
     from ..formats import read_output_meta
 
     job = s.jobs[tid]
     path = job.output_path
     meta = read_output_meta(path) if os.path.exists(path) else None
-    template = s.prepared.templates.get(job.template)
-    if (not meta or meta.get("task_id") != tid or meta.get("model") != job.model or meta.get("template") != job.template
-            or template is None or meta.get("template_version") != str(template.version)
-            or meta.get("format") != job.output_format):
+    fingerprint = s.fingerprints.get(tid)
+    backend = "sandbox" if s.settings.sandbox else "gemini"
+    if (not meta or not fingerprint or meta.get("task_id") != tid or meta.get("fingerprint") != fingerprint
+            or meta.get("backend") != backend or meta.get("format") != job.output_format):
         return False
     usage = {k: int(v) for k, v in (meta.get("tokens") or {}).items() if isinstance(v, (int, float))}
     try:
@@ -322,7 +330,8 @@ def adopt_earlier_output(s: Session, tid: str) -> bool:
         return False
     s.log.complete_task(tid, output=path, sha256=sha, bytes_=size, usage=usage, cost_usd=0.0,
                         model_version=meta.get("model_version"), video_duration=meta.get("duration"),
-                        elapsed=None, calls=0, adopted=True, truncated=bool(meta.get("truncated")), fingerprint=None)
+                        elapsed=None, calls=0, adopted=True, truncated=bool(meta.get("truncated")),
+                        fingerprint=fingerprint)
     return True
 
 
