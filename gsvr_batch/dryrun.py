@@ -7,8 +7,8 @@ and no run lock is taken, so a dry run can never block or disturb a real run on 
 
 from __future__ import annotations
 
+import os
 import unicodedata
-
 from typing import Any, Callable
 
 from .costs import JobEstimate, estimate_job
@@ -89,9 +89,32 @@ def estimate_rows(opts: Any, *, probe: Callable[[str], float | None] | None = No
     rows = [estimate_job(job, templates_dirs=manifest.templates_dirs, pricing=pricing, state=state,
                          force=bool(getattr(opts, "force", False)), max_duration=manifest.settings.max_duration,
                          probe=probe, limits=limits, settings_context=ctx) for job in manifest.jobs]
+    if not getattr(opts, "force", False):
+        rows = _with_earlier_outputs(manifest, rows, state)
     manifest.limits, manifest.limit_sources = limits, sources  # for the limits line
     manifest.youtube_line = youtube_line(manifest, rows, state, now=getattr(opts, "now", None))
     return manifest, rows, notes
+
+
+def _with_earlier_outputs(manifest: Any, rows: list[JobEstimate], state: Any) -> list[JobEstimate]:
+    """Jobs the run would adopt instead of sending (their output was made for exactly them under a
+    journal that is not this one: reconcile.adopt_earlier_output) are not counted, as the run does."""
+    import dataclasses
+
+    from .runner.reconcile import earlier_output, never_started
+    from .runner.session import fingerprints
+    from .templates import load_templates
+
+    tasks = state.tasks if state is not None else {}
+    todo = [job for job, row in zip(manifest.jobs, rows) if row.counted
+            and (job.job_id not in tasks or never_started(tasks[job.job_id]))]
+    if not todo or not any(os.path.exists(job.output_path) for job in todo):
+        return rows
+    prints = fingerprints(todo, load_templates(manifest.templates_dirs))
+    sandbox = bool(manifest.settings.sandbox)
+    adoptable = {job.job_id for job in todo if earlier_output(job, prints.get(job.job_id), sandbox=sandbox)}
+    return [dataclasses.replace(row, note="made earlier for exactly this job: adopted, not sent", counted=False)
+            if row.task_id in adoptable else row for row in rows]
 
 
 def youtube_line(manifest: Any, rows: list[JobEstimate], state: Any, now: Any = None) -> str | None:

@@ -254,6 +254,8 @@ def test_a_batch_whose_journal_was_lost_adopts_its_outputs_and_pays_nothing_agai
     os.replace(j, tmp_path / "journal.moved-aside")
     for p in j.parent.glob("journal.jsonl.*"):
         p.unlink()
+    d = run_cli(["run", m, "--dry-run"], env=env_for(server))  # says what the run will do
+    assert d.returncode == 0 and d.stdout.count("made earlier for exactly this job: adopted, not sent") == 3, d.stdout
     r = run_cli(["run", m, "--progress", "log"], env=env_for(server))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Adopted 3 output(s) already made for exactly these jobs" in r.stdout

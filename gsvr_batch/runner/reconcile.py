@@ -204,10 +204,7 @@ def reconcile(s: Session) -> None:
         # per lesson); nothing acts on these records before the block ends.
         with blog.group_commit():
             for tid in s.order:
-                t = tasks[tid]
-                # never started nor finished in this journal (a --force or retry put back keeps its
-                # finish time: what it asked for is not undone by a crash before the task restarts)
-                if t.status is TaskStatus.PENDING and not t.attempts and t.finished_ts is None and tid not in wanted:
+                if never_started(tasks[tid]) and tid not in wanted:
                     adopted += adopt_earlier_output(s, tid)
         if adopted:
             s.echo(f"Adopted {adopted} output(s) already made for exactly these jobs (same task, model, template "
@@ -302,6 +299,26 @@ def adopt_output(s: Session, tid: str) -> bool:
     return True
 
 
+def never_started(t: Any) -> bool:
+    """A task this journal never started nor finished (what ``adopt_earlier_output`` may adopt). A
+    --force or retry put back keeps its finish time: what it asked for is not undone by a crash
+    before the task restarts."""
+    return t.status is TaskStatus.PENDING and not t.attempts and t.finished_ts is None
+
+
+def earlier_output(job: Any, fingerprint: str | None, *, sandbox: bool) -> dict[str, Any] | None:
+    """The metadata of ``job``'s output if it is already there and was made for exactly this job (see
+    :func:`adopt_earlier_output`), else None. Reads at most the output's header; writes nothing."""
+    from ..formats import read_output_meta
+
+    path = job.output_path
+    meta = read_output_meta(path) if fingerprint and os.path.exists(path) else None
+    if (not meta or meta.get("task_id") != job.job_id or meta.get("fingerprint") != fingerprint
+            or meta.get("backend") != ("sandbox" if sandbox else "gemini") or meta.get("format") != job.output_format):
+        return None
+    return meta
+
+
 def adopt_earlier_output(s: Session, tid: str) -> bool:
     """Journal as completed a never-started task whose output is already there, made for exactly
     this job under a journal that is not this one (moved aside, lost): a batch whose journal was lost
@@ -312,15 +329,11 @@ def adopt_earlier_output(s: Session, tid: str) -> bool:
     answer is never kept for a real run). Outputs older than the fingerprint in their metadata are
     not adopted: nothing says what they were asked for. Nothing was paid under this journal, so the
     cost is 0 (the tokens are kept)."""
-    from ..formats import read_output_meta
-
     job = s.jobs[tid]
     path = job.output_path
-    meta = read_output_meta(path) if os.path.exists(path) else None
     fingerprint = s.fingerprints.get(tid)
-    backend = "sandbox" if s.settings.sandbox else "gemini"
-    if (not meta or not fingerprint or meta.get("task_id") != tid or meta.get("fingerprint") != fingerprint
-            or meta.get("backend") != backend or meta.get("format") != job.output_format):
+    meta = earlier_output(job, fingerprint, sandbox=bool(s.settings.sandbox))
+    if meta is None:
         return False
     usage = {k: int(v) for k, v in (meta.get("tokens") or {}).items() if isinstance(v, (int, float))}
     try:
