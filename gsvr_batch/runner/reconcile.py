@@ -283,16 +283,8 @@ def adopt_output(s: Session, tid: str) -> bool:
     meta = read_output_meta(path) if os.path.exists(path) else None
     if not meta or meta.get("task_id") != tid or meta.get("attempt_id") != t.attempt_id:
         return False
-    usage = {k: int(v) for k, v in (meta.get("tokens") or {}).items() if isinstance(v, (int, float))}
-    try:
-        sha = sha256_file(path)
-        size = os.path.getsize(path)
-    except OSError:
+    if not _complete_adopted(s, tid, path, meta, paid=True, fingerprint=t.fingerprint):
         return False
-    s.log.complete_task(tid, output=path, sha256=sha, bytes_=size, usage=usage, cost_usd=s.price(t.model, usage),
-                        model_version=meta.get("model_version"), video_duration=meta.get("duration"),
-                        elapsed=None, calls=1, adopted=True, truncated=bool(meta.get("truncated")),
-                        fingerprint=t.fingerprint)
     s.echo(f"Adopted {os.path.relpath(path, s.manifest.output_root)}: written by a run that ended before "
            f"recording it (not paid again).")
     s.drop_partials(tid)
@@ -333,18 +325,24 @@ def adopt_earlier_output(s: Session, tid: str) -> bool:
     path = job.output_path
     fingerprint = s.fingerprints.get(tid)
     meta = earlier_output(job, fingerprint, sandbox=bool(s.settings.sandbox))
-    if meta is None:
-        return False
+    return meta is not None and _complete_adopted(s, tid, path, meta, paid=False, fingerprint=fingerprint)
+
+
+def _complete_adopted(s: Session, tid: str, path: str, meta: dict[str, Any], *, paid: bool,
+                      fingerprint: str | None) -> bool:
+    """Journal the output at ``path`` as ``tid``'s completion (adopted), from what its metadata says.
+    ``paid``: the answer was paid under this journal (a crash: one call, priced), or not (0, 0)."""
     usage = {k: int(v) for k, v in (meta.get("tokens") or {}).items() if isinstance(v, (int, float))}
     try:
         sha = sha256_file(path)
         size = os.path.getsize(path)
     except OSError:
         return False
-    s.log.complete_task(tid, output=path, sha256=sha, bytes_=size, usage=usage, cost_usd=0.0,
-                        model_version=meta.get("model_version"), video_duration=meta.get("duration"),
-                        elapsed=None, calls=0, adopted=True, truncated=bool(meta.get("truncated")),
-                        fingerprint=fingerprint)
+    model = s.state.tasks[tid].model
+    s.log.complete_task(tid, output=path, sha256=sha, bytes_=size, usage=usage,
+                        cost_usd=s.price(model, usage) if paid else 0.0, model_version=meta.get("model_version"),
+                        video_duration=meta.get("duration"), elapsed=None, calls=1 if paid else 0, adopted=True,
+                        truncated=bool(meta.get("truncated")), fingerprint=fingerprint)
     return True
 
 
