@@ -692,6 +692,10 @@ def _expand(rj: RawJob, raw: RawManifest, check_files: bool, list_files: list[tu
                                 "paths are relative to the manifest's folder")]
         if list_files is not None:
             list_files.append((str(list_path), f"the list file {shown}"))
+        if data.startswith(b'{"seq":'):  # a journal named as a list: one "file not found" per record
+            return [], [Problem(rj.file, line, f"{shown} is a gsvr-batch journal, not a list of videos",
+                                "run the manifest the batch was run with; status, replay, report and retry take "
+                                "the journal")]
         text, problems = decode_text(data, shown)
         if text is None:
             return [], problems

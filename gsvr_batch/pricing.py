@@ -343,7 +343,7 @@ def load_pricing(override: str | Path | None = None) -> PriceTable:
     models, meta = _parse(_read(BUILTIN), str(BUILTIN))
     files = [str(BUILTIN)]
     if override:
-        path = Path(override)
+        path = Path(override).expanduser()  # `--pricing '~/p.json'` (quoted, or --pricing=~/p.json)
         omodels, ometa = _parse(_read(path), str(path))
         if ometa.pop("replace", False) is True:
             models = {}

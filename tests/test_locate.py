@@ -350,3 +350,12 @@ def test_repair_of_what_it_cannot_repair_asks_nothing_and_leaves_no_lock(tmp_pat
     assert "Cut " not in r.output  # not asked
     assert r.stderr.startswith(f"Error: {data}: its first record is damaged or it is not a gsvr-batch journal")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]
+
+
+def test_a_journal_among_other_inputs_is_named_as_such(tmp_path):
+    from gsvr_batch.manifest import validate_sources
+
+    m, j = batch(tmp_path)
+    manifest, problems = validate_sources([str(j), str(tmp_path / "a.mp4")], check_files=False)
+    assert manifest is None
+    assert [p.message for p in problems if p.is_error] == [f"{j} is a gsvr-batch journal, not a list of videos"]

@@ -99,6 +99,13 @@ def test_override_file_replaces_listed_models_and_keeps_the_rest(tmp_path):
     assert p.cost("gemini-2.5-pro", {"prompt_tokens": 100_000}) == pytest.approx(0.125)  # built-in kept
     assert p.files[-1] == str(f)
 
+
+def test_override_file_named_with_a_quoted_tilde(tmp_path, monkeypatch):
+    """`--pricing '~/prices.json'` (quoted, or `--pricing=~/…`, which the shell leaves alone)."""
+    (tmp_path / "prices.json").write_text(json.dumps({"models": {"my-model": {"input": 3, "output": 4}}}))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_pricing("~/prices.json").cost("my-model", {"candidates_tokens": 1_000_000}) == pytest.approx(4.0)
+
     only = tmp_path / "only.json"
     only.write_text(json.dumps({"replace": True, "models": {"m": {"input": 1, "output": 1}}}))
     assert load_pricing(only).known() == ["m"]
