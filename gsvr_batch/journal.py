@@ -55,6 +55,9 @@ _DECODER = json.JSONDecoder()
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 CRC_SUFFIX_LEN = len(',"crc":"00000000"}')  # 18
 _CRC_KEY = b',"crc":"'
+# How every record the writer appends begins (JournalWriter.make puts seq first): a file that does not
+# begin so is not a journal (a manifest named where a journal goes, a journal named as a manifest).
+RECORD_START = b'{"seq":'
 SNAPSHOT_SUFFIX = ".snapshot"
 SNAPSHOT_VERSION = 2  # 2: prefix_crc (a digest of the whole prefix it covers)
 
@@ -393,12 +396,17 @@ def repair(path: str | os.PathLike[str], now: float | None = None) -> tuple[int,
     return kept, backup, len(data) - end
 
 
+def first_line(path: str | os.PathLike[str], limit: int = 1 << 24) -> bytes:
+    """The file's first line without its newline (at most ``limit`` bytes): where its first record is."""
+    with open(path, "rb") as fh:
+        return fh.readline(limit).rstrip(b"\n")
+
+
 def check_repairable(path: str | os.PathLike[str]) -> None:
     """Raise JournalError when :func:`repair` would keep nothing (its first record is not a good one),
     so ``gsvr-batch repair`` refuses before it asks anything or takes the run lock."""
-    with open(path, "rb") as fh:
-        first = fh.readline(1 << 24)
-    if first and decode_line(first.rstrip(b"\n")) is None:
+    first = first_line(path)
+    if first and decode_line(first) is None:
         raise _nothing_to_keep(Path(path))
 
 

@@ -22,19 +22,22 @@ import os
 from pathlib import Path
 
 from .errors import JournalError
+from .journal import RECORD_START
 from .manifest_types import STATE_DIR
 
 JOURNAL_NAME = "journal.jsonl"
-# Every record the writer appends starts with its sequence number (journal.JournalWriter.make).
-_RECORD_START = b'{"seq":'
 _HINT = "name a journal, an output folder or the manifest you ran"
+
+
+def _head(path: str | os.PathLike[str]) -> bytes:
+    """As many first bytes of the regular file ``path`` as a record's beginning has."""
+    with open(path, "rb") as fh:
+        return fh.read(len(RECORD_START))
 
 
 def starts_like_journal(path: str | os.PathLike[str]) -> bool:
     """Whether the regular file at ``path`` is empty or starts the way every journal record does."""
-    with open(path, "rb") as fh:
-        head = fh.read(len(_RECORD_START))
-    return not head or head == _RECORD_START
+    return _head(path) in (b"", RECORD_START)
 
 
 def looks_like_journal(path: str | os.PathLike[str]) -> bool:
@@ -42,10 +45,7 @@ def looks_like_journal(path: str | os.PathLike[str]) -> bool:
     line that starts the way every record does, or a ``.jsonl`` name (a journal whose first record
     was damaged must still reach ``repair``, which says so). An empty file only by that name: an
     empty manifest is not a journal with nothing in it yet."""
-    if os.fspath(path).endswith(".jsonl"):
-        return True
-    with open(path, "rb") as fh:
-        return fh.read(len(_RECORD_START)) == _RECORD_START
+    return os.fspath(path).endswith(".jsonl") or _head(path) == RECORD_START
 
 
 def locate_journal(target: str | os.PathLike[str]) -> Path:
@@ -145,14 +145,13 @@ def _checked(text: str, what: str, journal: Path, identity: str) -> Path:
 def _batch_of(journal: Path) -> tuple[str, str] | None:
     """(manifest identity, manifest) of the batch in ``journal``, from its first record; None when
     that cannot be read (the command reports the journal's state itself)."""
-    from .journal import decode_line
+    from .journal import decode_line, first_line
 
     try:
-        with open(journal, "rb") as fh:
-            first = fh.readline(1 << 20)
+        first = first_line(journal, 1 << 20)
     except OSError:
         return None
-    rec = decode_line(first.rstrip(b"\n"))
+    rec = decode_line(first)
     if rec is None or rec.get("type") != "batch_created" or not rec.get("manifest_identity"):
         return None
     return str(rec["manifest_identity"]), str(rec.get("manifest"))

@@ -30,6 +30,7 @@ import yaml
 from . import manifest_cache, media
 from .errors import GsvrError, ManifestError
 from .fsutil import TMP_PREFIX, atomic_write_bytes, is_inside
+from .journal import RECORD_START, decode_line
 from .manifest_csv import decode_text, parse_csv, parse_source_list
 from .manifest_outputs import pattern_problem, render_pattern, with_suffix_number
 from .manifest_types import (
@@ -49,6 +50,7 @@ from .manifest_types import (
     RawManifest,
     Settings,
     new_job,
+    origin_of,
 )
 from .manifest_yaml import API_KEY_SHAPE, SECRET_HINT, did_you_mean, parse_yaml
 from . import settings as settings_mod
@@ -166,16 +168,20 @@ def _cache_still_holds(manifest: Manifest, facts: dict[str, Any], *, date: str |
         return False
     jobs = manifest.jobs
     base = manifest.base_dir
-    if check_files:
-        for job in jobs:
-            if job.source_kind == "local":
-                e = _Entry({}, "local", job.source, "", None, RawJob({}, "", None, base))
-                if _check_local(e, base):
-                    return False
-    else:  # _expand's own question: a source that became a folder is a folder job now
-        for job in jobs:
-            if job.source_kind == "local" and stat.S_ISDIR(os.stat(job.source).st_mode):
+    stats: dict[str, os.stat_result] = {}  # one stat per video, for every check below
+    for job in jobs:
+        if job.source_kind != "local":
+            continue
+        try:
+            st = os.stat(job.source)
+        except (OSError, ValueError):
+            return False  # gone or unreadable: the full build says what, if anything
+        if check_files:
+            if _check_local(_Entry({}, "local", job.source, "", None, RawJob({}, "", None, base), stat=st), base):
                 return False
+        elif stat.S_ISDIR(st.st_mode):  # _expand's own question: a source that became a folder is a folder job now
+            return False
+        stats[job.source] = st
     inside = _InsideRoot(root)
     owned = _Owned(root, journal)
     prefix = inside.prefix
@@ -184,7 +190,7 @@ def _cache_still_holds(manifest: Manifest, facts: dict[str, Any], *, date: str |
         checked, why = inside.check(rel)
         if why or checked != rel or owned.problem(rel):
             return False
-    if _outputs_onto_inputs(jobs, _input_files(manifest.path, [], manifest.templates_dirs)):
+    if _outputs_onto_inputs(jobs, _input_files(manifest.path, [], manifest.templates_dirs), stats):
         return False
     return not _check_templates(jobs, [], manifest.templates_dirs, cli_template=facts["cli_template"])
 
@@ -369,12 +375,17 @@ def held_manifests(folder: str) -> list[str]:
     return [name for name in MANIFEST_NAMES if os.path.isfile(os.path.join(folder, name))]
 
 
+def _identity_of(resolved: str | os.PathLike[str]) -> str:
+    """The batch identity of a manifest file or folder named by its resolved path (``_read``)."""
+    return _sha256(os.fspath(resolved).encode("utf-8"))
+
+
 def folder_batch(folder: str | os.PathLike[str]) -> tuple[Path, str]:
     """(journal, identity) of ``gsvr-batch run FOLDER`` with no options, without walking the folder:
     where its journal goes does not depend on what is in it (``_read``'s identity, ``_build``'s
     default output root)."""
     path = Path(folder)
-    identity = _sha256(str(path.resolve()).encode("utf-8"))
+    identity = _identity_of(path.resolve())
     return (path.absolute() / DEFAULT_OUTPUT_DIR).resolve() / STATE_DIR / "journal.jsonl", identity
 
 
@@ -416,13 +427,13 @@ def _read(path: Path, display: str, read: tuple[bytes, str] | None = None
     ``read``: the file's bytes and resolved path, already read (by :func:`_from_cache`)."""
     if read is not None:
         data, resolved = read
-        return _parse(path, display, data, _sha256(resolved.encode("utf-8")))
+        return _parse(path, display, data, _identity_of(resolved))
     if not path.exists():
         hint = "check the path; relative paths are relative to the current folder"
         if path.is_symlink():
             return None, [Problem(display, None, "manifest is a dangling symlink", hint)], "", None
         return None, [Problem(display, None, f"manifest not found: {display}", hint)], "", None
-    identity = _sha256(str(path.resolve()).encode("utf-8"))
+    identity = _identity_of(path.resolve())
     if path.is_dir():
         held = _held_manifest_problem(str(path), display)
         if held is not None:
@@ -443,8 +454,7 @@ def _read(path: Path, display: str, read: tuple[bytes, str] | None = None
 
 def _parse(path: Path, display: str, data: bytes, identity: str
            ) -> tuple[RawManifest | None, list[Problem], str, str | None]:
-    if data.startswith(b'{"seq":'):  # `run journal.jsonl`: read as a list file, every record was a "missing file"
-        from .journal import decode_line
+    if data.startswith(RECORD_START):  # `run journal.jsonl`: read as a list file, every record was a "missing file"
 
         first = decode_line(data[:data.find(b"\n")] if b"\n" in data else data) or {}
         ran = f" ({first['manifest']})" if first.get("type") == "batch_created" and first.get("manifest") else ""
@@ -567,7 +577,8 @@ def _build(raw: RawManifest, overrides: dict, *, date: str | None, check_files: 
                                 "them; --output-pattern '{dir}/{stem}_{template}.{ext}' switches this one and "
                                 "redoes those videos", "warning"))
     problems += more
-    problems += _onto_input_problems(jobs, _input_files(path, list_files, templates_dirs), output_root)
+    problems += _onto_input_problems(jobs, _input_files(path, list_files, templates_dirs), output_root,
+                                     {e.source: e.stat for e in entries if e.stat is not None})
     problems += _check_templates(jobs, entries, templates_dirs, cli_template=overrides.get("template"))
 
     if raw.derived is not None:
@@ -692,7 +703,7 @@ def _expand(rj: RawJob, raw: RawManifest, check_files: bool, list_files: list[tu
                                 "paths are relative to the manifest's folder")]
         if list_files is not None:
             list_files.append((str(list_path), f"the list file {shown}"))
-        if data.startswith(b'{"seq":'):  # a journal named as a list: one "file not found" per record
+        if data.startswith(RECORD_START):  # a journal named as a list: one "file not found" per record
             return [], [Problem(rj.file, line, f"{shown} is a gsvr-batch journal, not a list of videos",
                                 "run the manifest the batch was run with; status, replay, report and retry take "
                                 "the journal")]
@@ -1070,13 +1081,15 @@ def _input_files(manifest_path: Path | None, list_files: list[tuple[str, str]], 
     return files
 
 
-def _outputs_onto_inputs(jobs: list[Job], inputs: list[tuple[str, str]]) -> list[tuple[Job, str]]:
+def _outputs_onto_inputs(jobs: list[Job], inputs: list[tuple[str, str]],
+                         source_stats: dict[str, os.stat_result]) -> list[tuple[Job, str]]:
     """(job, what its output would be written over) for outputs that are a file of the batch: a
     video of a job, or one of ``inputs`` (``--overwrite`` replaced a lecture, or the manifest, with a
     lesson). Only an output that exists can replace anything, and what it would replace is the
     entry at its name (a symlink there is replaced, never written through): its ``lstat`` is
     compared with each input's ``stat`` (links followed) by device and inode, so symlinks, hard
-    links and letter case cannot hide a match."""
+    links and letter case cannot hide a match. ``source_stats``: the ``stat`` of each local video
+    the caller already took (the build's ``_expand``, the cache's re-check), not taken again."""
     existing: dict[tuple[int, int], list[Job]] = {}
     for job in jobs:
         try:
@@ -1090,10 +1103,12 @@ def _outputs_onto_inputs(jobs: list[Job], inputs: list[tuple[str, str]]) -> list
     candidates += inputs
     hits = []
     for source, who in candidates:
-        try:
-            st = os.stat(source)
-        except (OSError, ValueError):
-            continue
+        st = source_stats.get(source) if not isinstance(who, str) else None
+        if st is None:
+            try:
+                st = os.stat(source)
+            except (OSError, ValueError):
+                continue
         for job in existing.get((st.st_dev, st.st_ino), ()):
             what = (who if isinstance(who, str) else "the job's own video" if who is job
                     else f"the video of the job at {who.origin}")
@@ -1101,15 +1116,13 @@ def _outputs_onto_inputs(jobs: list[Job], inputs: list[tuple[str, str]]) -> list
     return hits
 
 
-def _onto_input_problems(jobs: list[Job], inputs: list[tuple[str, str]], root: Path) -> list[Problem]:
+def _onto_input_problems(jobs: list[Job], inputs: list[tuple[str, str]], root: Path,
+                         source_stats: dict[str, os.stat_result]) -> list[Problem]:
     problems = []
-    prefix = str(root).rstrip("/") + "/"
-    for job, what in _outputs_onto_inputs(jobs, inputs):
-        file, _, line = job.origin.rpartition(":")
-        rel = job.output_path[len(prefix):] if job.output_path.startswith(prefix) else job.output_path
-        problems.append(Problem(file if line.isdigit() else job.origin, int(line) if line.isdigit() else None,
-                                f"output '{rel}' is {what}: the lesson would be written over it",
-                                "give the output another name"))
+    for job, what in _outputs_onto_inputs(jobs, inputs, source_stats):
+        file, line = origin_of(job)
+        problems.append(Problem(file, line, f"output '{os.path.relpath(job.output_path, root)}' is {what}: the "
+                                f"lesson would be written over it", "give the output another name"))
     return problems
 
 

@@ -51,6 +51,12 @@ class Problem:
         return text
 
 
+def origin_of(job: Any) -> tuple[str, int | None]:
+    """``jobs/manifest.yaml:14`` → (file, 14); a job without a line → (file, None)."""
+    head, sep, tail = str(job.origin).rpartition(":")
+    return (head, int(tail)) if sep and tail.isdigit() else (str(job.origin), None)
+
+
 @dataclass(frozen=True)
 class Job:
     job_id: str  # stable: sha256 of source identity + template + output (relative to output root)

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from .errors import GsvrError
 from .gone import validate_for_run
 from .manifest import CLI, Manifest, Problem
+from .manifest_types import origin_of
 
 
 @dataclass
@@ -66,12 +67,6 @@ def validate_batch(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[
     state = _read_journal(manifest, result)
     result.problems += _existing_outputs(manifest, state, force)
     return result
-
-
-def _origin(job: Any) -> tuple[str, int | None]:
-    """``jobs/manifest.yaml:14`` → (file, 14); a job without a line → (file, None)."""
-    head, sep, tail = str(job.origin).rpartition(":")
-    return (head, int(tail)) if sep and tail.isdigit() else (str(job.origin), None)
 
 
 def _notify_problems(manifest: Manifest, where: str, from_cli: bool) -> list[Problem]:
@@ -150,7 +145,7 @@ def _existing_outputs(manifest: Manifest, state: Any, force: bool) -> list[Probl
 
     problems = []
     for job in foreign_outputs(manifest, state, force=force):
-        file, line = _origin(job)
+        file, line = origin_of(job)
         rel = os.path.relpath(job.output_path, manifest.output_root)
         problems.append(Problem(file, line, f"output '{rel}' already exists and was not made by this batch",
                                 "run refuses to overwrite it: --skip-existing keeps it (the job is skipped), "
