@@ -202,9 +202,10 @@ def reconcile(s: Session) -> None:
         adopted = 0
         # One fsync for all of them (a whole batch whose journal was lost would otherwise pay one
         # per lesson); nothing acts on these records before the block ends.
+        listed = _Listings()  # a 10,000-task batch asks one listing per folder, not 10,000 stats
         with blog.group_commit():
             for tid in s.order:
-                if never_started(tasks[tid]) and tid not in wanted:
+                if never_started(tasks[tid]) and tid not in wanted and listed.may_exist(jobs[tid].output_path):
                     adopted += adopt_earlier_output(s, tid)
         if adopted:
             s.echo(f"Adopted {adopted} output(s) already made for exactly these jobs (same task, model, template "
