@@ -893,7 +893,9 @@ def run_task(spec: TaskSpec) -> TaskResult:
     w = _require_state()
     task = _Task(w, spec)
     result = task.result
-    task.emit(EVENT_STARTED, {"pid": os.getpid()})
+    # The parent is the forkserver this worker was forked from: if it is gone when this worker
+    # dies, the worker died with it (parent-death signal), not of its task.
+    task.emit(EVENT_STARTED, {"pid": os.getpid(), "ppid": os.getppid()})
     start = time.monotonic()
     try:
         _run(task)

@@ -123,7 +123,7 @@ class TaskResult:
 _RESULT_FIELDS = frozenset(f.name for f in dataclasses.fields(TaskResult))
 
 # Events: (kind, task_id, payload). Every payload also carries "attempt_id".
-EVENT_STARTED = "started"  # {"pid": int}
+EVENT_STARTED = "started"  # {"pid": int, "ppid": int} (the worker's and its parent's)
 EVENT_STEP = "step"  # {"step": "resolving"|"downloading"|"uploading"|"processing"|"generating"|"merging"|"writing"}
 EVENT_UPLOAD = "upload"  # UploadRef.to_dict()
 EVENT_REQUEST = "request"  # {"model": str, "youtube_seconds": float?} one per generate request (daily quota)
@@ -184,8 +184,12 @@ def check_event(event: Any) -> Event | None:
             return None
     if kind == EVENT_STEP and payload["step"] not in _STEPS:
         return None
-    if kind == EVENT_STARTED and not 1 < payload["pid"] < 2**22:  # the manager signals this pid later
-        return None
+    if kind == EVENT_STARTED:
+        if not 1 < payload["pid"] < 2**22:  # the manager signals this pid later
+            return None
+        ppid = payload.get("ppid")
+        if ppid is not None and (type(ppid) is not int or not 0 < ppid < 2**22):
+            return None
     if kind == EVENT_REQUEST:
         yt = payload.get("youtube_seconds", 0)
         if isinstance(yt, bool) or not isinstance(yt, _NUM) or not 0 <= yt <= 24 * 3600:

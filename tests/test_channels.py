@@ -153,6 +153,8 @@ MALFORMED = [
     ["request", "t1", {"model": "m", "youtube_seconds": 10**9}],
     ["request", "t1", {"model": "m", "youtube_seconds": True}],
     ["started", "t1", {"pid": "1"}],
+    ["started", "t1", {"pid": 100, "ppid": "1"}],
+    ["started", "t1", {"pid": 100, "ppid": 2**40}],
     ["step", "t1", {"step": "rm -rf"}],
     ["upload", "t1", {"name": 1, "uri": "u", "mime_type": "video/mp4"}],
     ["partial", "t1", {"clip": 0, "start": 0, "end": 1, "path": "p", "sha256": "s", "usage": {"prompt_tokens": -5}}],

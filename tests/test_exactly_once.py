@@ -164,7 +164,7 @@ def test_manager_killed_between_answer_and_journal_adopts_the_output_not_paying_
     (SIGSTOP), then the manager is killed before it could journal anything. The rerun adopts both
     outputs (``adopted: true``) and the sandbox sees exactly one generate request per task."""
     server = sandbox(latency=1.0)
-    m = make_batch(tmp_path, 2)
+    m = make_batch(tmp_path, 2, distinct=True)  # two videos: both in flight at once, not one waiting
     j = journal_of(tmp_path)
     out = tmp_path / "out"
     with start_run(m, server) as run:

@@ -37,7 +37,9 @@ def test_fail_rate_and_429_bursts_are_all_recovered_with_bounded_retries(tmp_pat
 
 
 def _batch_with(tmp_path: Path, names: list[str], extra: str = "") -> Path:
-    return make_batch(tmp_path, len(names), names=names,
+    # Distinct bytes: the sandbox's faults follow a file's name, and a byte-identical copy under
+    # another name rightly shares the first one's upload (so it would never meet its fault).
+    return make_batch(tmp_path, len(names), names=names, distinct=True,
                       extra_settings="retry_base_delay: 0.05\nmax_call_retries: 1\n" + extra)
 
 

@@ -430,6 +430,30 @@ def test_a_copy_under_another_name_shares_the_upload_a_video_of_the_same_size_do
     assert len(by_type(recs, "upload_deleted")) == 2  # the finished batch keeps none
 
 
+def test_copies_that_start_together_upload_once(tmp_path, sandbox):
+    """Three byte-identical copies under three names and a distinct video of the same size, four
+    workers: all four would start at once and upload four times. A copy waits while a running video
+    of its size has not uploaded yet; then its worker hashes it and reuses the upload. So: two
+    uploads (the copies' and the distinct video's), every task completed, each upload deleted once."""
+    server = sandbox(processing_delay=0.5)
+    names = ["a.mp4", "b.mp4", "c.mp4", "other.mp4"]
+    m = lecture_batch(tmp_path, [{"name": "a.mp4", "seconds": 60}] + [{"source": f"videos/{n}"} for n in names[1:]],
+                      settings={"tpm": ROOMY_TPM, "workers": 4})
+    body = (tmp_path / "videos" / "a.mp4").read_bytes()
+    for name in names:
+        pad = b"diff-bytes" if name == "other.mp4" else b"same-bytes"
+        (tmp_path / "videos" / name).write_bytes(body + (8 + len(pad)).to_bytes(4, "big") + b"free" + pad)
+    r = run(m, server)
+    assert r.returncode == 0, r.stdout + r.stderr
+    kinds = Counter(x["kind"] for x in server.requests)
+    assert kinds["upload_finalize"] == 2 and len(generates(server)) == 4, kinds
+    recs = records(journal_of(tmp_path))
+    assert len(by_type(recs, "task_completed")) == 4
+    ups = by_type(recs, "upload_finished")
+    assert len(ups) == 2 and len({u["upload"]["source_sha256"] for u in ups}) == 2
+    assert len(by_type(recs, "upload_deleted")) == 2 and kinds["files_delete"] == 2
+
+
 def test_a_rerun_an_hour_later_uses_the_upload_still_alive(tmp_path, sandbox, monkeypatch):
     """The first run stops after one of three tasks (its daily request budget is spent): the upload
     stays, journaled, because pending tasks need it. An hour later the rerun sends the other two

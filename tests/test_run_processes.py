@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -146,6 +147,27 @@ def test_killed_forkserver_charges_no_task_and_the_batch_finishes(tmp_path, sand
     assert not any(r.get("error_class") == "WorkerDied" for r in recs), [r for r in recs if "error_class" in r]
     assert any(r["type"] == "task_requeued" and "forkserver" in r.get("reason", "") for r in recs)
     assert "forkserver process died; no task charged" in out
+
+
+def test_a_worker_whose_own_forkserver_is_gone_died_with_it(tmp_path):
+    """The per-worker check behind "no task charged": a worker's reported parent (its forkserver)
+    that is gone, reaped or not, means it died with it, even if another forkserver runs now
+    (CPython starts a new one when a task is submitted before the broken pool is noticed)."""
+    from gsvr_batch.runner.online import Running, _died_with_its_forkserver
+
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        r = Running("t1", "a1", pool=0, pid=123, ppid=parent.pid)
+        assert not _died_with_its_forkserver(r)  # its parent still runs: the worker died on its own
+        parent.kill()
+        assert wait_for(lambda: _died_with_its_forkserver(r), 10)  # a zombie counts as gone
+        parent.wait()
+        assert _died_with_its_forkserver(r)  # and so does a reaped one
+    finally:
+        parent.kill()
+        parent.wait()
+    assert not _died_with_its_forkserver(Running("t1", "a1", pool=0, pid=123, ppid=os.getpid()))  # spawn
+    assert not _died_with_its_forkserver(Running("t1", "a1", pool=0, pid=123))  # unknown: charged as before
 
 
 def test_sigterm_lets_running_tasks_finish_and_rerun_continues(tmp_path, sandbox):

@@ -53,6 +53,7 @@ class Running:
     attempt_id: str
     pool: int  # generation of the pool the task was submitted to
     pid: int | None = None  # the worker's pid, from its first event
+    ppid: int | None = None  # its parent's (the forkserver it was forked from), from the same event
     orphan: bool = False  # its pool broke under it; the result comes on the event channel
 
 
@@ -92,6 +93,17 @@ def _forkserver_died() -> bool:
 
     pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
     return bool(pid) and not pid_alive(int(pid))
+
+
+def _died_with_its_forkserver(r: Running) -> bool:
+    """The worker's own parent (the forkserver it reported at its start) is gone.
+
+    Asked per worker, not only of the current forkserver: when the forkserver is killed, a task
+    submitted before the broken pool is noticed makes CPython start a new forkserver
+    (``ensure_running``), and the workers that died with the old one must not be charged because
+    the new one is alive. Under ``spawn`` the parent is the manager itself, alive.
+    """
+    return bool(r.ppid) and r.ppid != os.getpid() and not pid_alive(int(r.ppid))
 
 
 def _pool_processes(pool: cf.ProcessPoolExecutor) -> list[Any]:
@@ -345,7 +357,11 @@ class OnlineRun:
         for tid, r in list(self.running.items()):
             if r.orphan and r.pid and not pid_alive(r.pid):
                 self._drain()
-                if tid in self.running:  # died without sending a result: that worker's own death
+                if tid in self.running and _died_with_its_forkserver(r):  # no task caused that
+                    self.running.pop(tid)
+                    self.s.interrupted(tid, "the workers' forkserver process died (killed from outside)")
+                    self.pending.append(tid)
+                elif tid in self.running:  # died without sending a result: that worker's own death
                     self.running.pop(tid)
                     self.s.worker_died(tid, f" (pid {r.pid}, after its pool was rebuilt)")
                     if self.s.state.tasks[tid].status is TaskStatus.PENDING:
@@ -366,6 +382,7 @@ class OnlineRun:
         # A forkserver killed from outside (the OOM killer picks large processes) takes every worker
         # with it through the parent-death signal: no task caused that, so none is charged a crash.
         server_died = _forkserver_died()
+        with_server = 0  # workers that died with their forkserver: no task caused that
         for tid, r in list(self.running.items()):
             if r.pool != gen or r.orphan:
                 continue
@@ -378,7 +395,8 @@ class OnlineRun:
                 # Finish this task, then exit: a worker of a broken pool must never take another
                 # item from the old pool's queue (a task the manager has already put back and restarted).
                 self._signal(r.pid, signal.SIGUSR1)
-            elif server_died:
+            elif server_died or _died_with_its_forkserver(r):
+                with_server += 1
                 self.running.pop(tid)
                 s.interrupted(tid, "the workers' forkserver process died (killed from outside)")
                 pending.appendleft(tid)
@@ -396,7 +414,8 @@ class OnlineRun:
         except Exception:  # noqa: BLE001 - shutting down a broken pool may raise; nothing to save
             pass
         orphans = sum(1 for r in self.running.values() if r.orphan)
-        s.echo(("The workers' forkserver process died; no task charged for it" if server_died else
+        s.echo(("The workers' forkserver process died; no task charged for it" if (server_died or with_server)
+                and not culprits else
                 f"A worker process died; {culprits} task(s) charged for it")
                + (f", {orphans} running task(s) of the old pool are allowed to finish" if orphans else "")
                + "; the worker pool was rebuilt.")

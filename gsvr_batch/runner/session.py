@@ -58,6 +58,8 @@ NOTIFY_EVENTS = {"fatal": "batch_aborted", "quota_day": "quota_exhausted", "cost
 # video understanding, limitations; the paid tiers have no such limit).
 FREE_TIER_YOUTUBE_SECONDS = 8 * 3600.0
 _SAME_SIZE_CANDIDATES = 8  # live uploads of a video's exact size offered to its worker (by sha256)
+# A running task's steps up to its upload (pipeline: queued, resolving, uploading; then processing).
+_UPLOAD_NOT_DONE = frozenset({None, "queued", "resolving", "uploading"})
 
 
 def youtube_limit(settings: Any) -> float | None:
@@ -545,16 +547,34 @@ class Session:
         return tuple(r for r in refs if r is not None)
 
     def uploading_elsewhere(self, tid: str, running: list[str]) -> bool:
-        """Another running task is uploading this task's video right now: wait for its upload
-        instead of sending the same bytes twice (and so the requests share a cacheable prefix).
+        """Another running task is uploading this task's video right now, or may be: wait for its
+        upload instead of sending the same bytes twice (and so the requests share a cacheable prefix).
 
-        Only the same path waits: a file of the same size may be a copy, but waiting on every
-        same-size video would serialise a batch of equal-sized distinct ones; a copy that runs
-        while its twin is still uploading uploads once more, and later tasks share either."""
+        The same path always waits. A video of the same size under another path may be a copy (the
+        manager never reads videos, so it cannot tell): it waits only while that task has not yet
+        uploaded or found its upload, and only in a small group of equal sizes (as
+        :meth:`_wanted_elsewhere` decides): many videos of one exact size are distinct recordings,
+        and waiting on each other would serialise their uploads. When the other upload is journaled
+        this task starts, its worker hashes its file and reuses that upload if the bytes match
+        (``same_size_uploads``), else uploads its own."""
         job = self.jobs[tid]
         if job.source_kind != "local" or self.reusable_upload(tid) is not None:
             return False
-        return any(self.jobs[r].source == job.source for r in running if r in self.jobs and r != tid)
+        others = [self.jobs[r] for r in running if r in self.jobs and r != tid]
+        if any(o.source == job.source for o in others):
+            return True
+        size = self._size_of(job.source)
+        if size is None or not 2 <= len(self._sizes()[1].get(size, ())) <= _SAME_SIZE_CANDIDATES:
+            return False
+        return any(o.source_kind == "local" and self._size_of(o.source) == size and self._before_upload(o.job_id)
+                   for o in others)
+
+    def _before_upload(self, tid: str) -> bool:
+        """The running task has not reached its video's upload yet, or is sending it: its latest
+        step (the one reported, else the journaled one) is at most ``uploading``, and the journal
+        knows no live upload of its file (an upload is journaled the moment it is made)."""
+        step = self._steps[tid][0] if tid in self._steps else self.state.tasks[tid].step
+        return step in _UPLOAD_NOT_DONE and self.reusable_upload(tid) is None
 
     def _size_of(self, source: str) -> int | None:
         return self._sizes()[0].get(source)
@@ -608,6 +628,7 @@ class Session:
             info = running.get(tid)
             if info is not None:
                 info.pid = int(payload["pid"])
+                info.ppid = payload.get("ppid")
             return None
         if kind == EVENT_STEP:
             # Kept in memory and journaled at the next tick, latest step only: a task that finishes
