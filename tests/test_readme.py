@@ -50,6 +50,8 @@ SKIPPED = {
     "python scripts/bench_ratelimit.py": "a benchmark: minutes; its figures are the ones in docs/RATELIMIT.md",
     "python scripts/torture.py": "minutes of kill -9 torture; its quick version is tests/test_torture.py",
     "python scripts/fault_injection.py": "minutes of fault injection; its quick version is tests/test_faults.py",
+    "python scripts/big_file_demo.py": "sends 4 GB to the sandbox, a minute; its one-upload rule at small size is "
+                                       "tests/test_long_lectures.py::test_copies_that_start_together_upload_once",
     "python scripts/screenshot_report.py": "needs chromium; the report's rendering is tests/test_report.py",
 }
 
