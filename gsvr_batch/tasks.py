@@ -188,8 +188,8 @@ def check_event(event: Any) -> Event | None:
         if not 1 < payload["pid"] < 2**22:  # the manager signals this pid later
             return None
         ppid = payload.get("ppid")
-        if ppid is not None and (type(ppid) is not int or not 0 < ppid < 2**22):
-            return None
+        if ppid is not None and (type(ppid) is not int or not 1 < ppid < 2**22):
+            payload = {k: v for k, v in payload.items() if k != "ppid"}  # the pid still counts
     if kind == EVENT_REQUEST:
         yt = payload.get("youtube_seconds", 0)
         if isinstance(yt, bool) or not isinstance(yt, _NUM) or not 0 <= yt <= 24 * 3600:

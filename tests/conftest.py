@@ -52,17 +52,19 @@ def make_batch(root: Path, n: int, *, sandbox: bool = False, extra_settings: str
     """n real (copied) videos under root/videos and a YAML manifest root/manifest.yaml.
 
     The copies have the same bytes, so they share one upload where they can (a copy waits while
-    another video of its size is still uploading). ``distinct``: each video gets bytes of its own
-    (an MP4 "free" box holding its name after the last box: still a valid video), for tests that
-    need every task to upload, or a sandbox fault that follows a file's name to reach its task."""
+    another video of its size is still uploading). ``distinct``: each video gets bytes and a size
+    of its own (an MP4 "free" box holding its name, padded by its index, after the last box: still
+    a valid video), for tests that need every task to upload at once, or a sandbox fault that
+    follows a file's name to reach its task."""
     vids = root / "videos"
     vids.mkdir(parents=True, exist_ok=True)
     names = names or [f"lecture-{i:03d}.mp4" for i in range(n)]
-    for name in names:
+    for i, name in enumerate(names):
         shutil.copyfile(sample, vids / name)
         if distinct:
+            body = name.encode() + b"." * i
             with open(vids / name, "ab") as fh:
-                fh.write((8 + len(name.encode())).to_bytes(4, "big") + b"free" + name.encode())
+                fh.write((8 + len(body)).to_bytes(4, "big") + b"free" + body)
     jobs = "\n".join(f"  - source: videos/{name}" for name in names)
     settings = textwrap.indent(extra_settings.strip(), "  ") if extra_settings.strip() else ""
     given = {line.split(":", 1)[0].strip() for line in extra_settings.splitlines()

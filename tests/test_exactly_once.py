@@ -163,8 +163,11 @@ def test_manager_killed_between_answer_and_journal_adopts_the_output_not_paying_
     """Issue 11 (3): the workers have the answers and write the outputs while the manager is stopped
     (SIGSTOP), then the manager is killed before it could journal anything. The rerun adopts both
     outputs (``adopted: true``) and the sandbox sees exactly one generate request per task."""
-    server = sandbox(latency=1.0)
-    m = make_batch(tmp_path, 2, distinct=True)  # two videos: both in flight at once, not one waiting
+    # Two videos of their own sizes: both in flight at once, neither waiting for the other's upload.
+    # Answers take 2 s: steps are journaled once a second, so both "generating" records are on disk
+    # well before either answer is back, even on a loaded host.
+    server = sandbox(latency=2.0)
+    m = make_batch(tmp_path, 2, distinct=True)
     j = journal_of(tmp_path)
     out = tmp_path / "out"
     with start_run(m, server) as run:

@@ -454,6 +454,32 @@ def test_copies_that_start_together_upload_once(tmp_path, sandbox):
     assert len(by_type(recs, "upload_deleted")) == 2 and kinds["files_delete"] == 2
 
 
+def test_a_copy_waiting_for_its_twins_upload_keeps_its_place_in_the_queue(tmp_path, sandbox):
+    """Three copies first, then six other videos, two workers. The second and third copies wait for
+    the first one's upload, then run next: they keep their place instead of going to the back of the
+    queue (where, in a long batch, they would run hours later, keeping the upload alive all that time
+    or missing it). And they start together once it exists: a copy offered that upload to match is
+    not waited on (else copies would start one by one, each behind the last one's hash)."""
+    from conftest import make_batch
+
+    server = sandbox(latency=0.5)
+    copies = ["copy-a.mp4", "copy-b.mp4", "copy-c.mp4"]
+    others = [f"other-{i}.mp4" for i in range(6)]
+    m = make_batch(tmp_path, 9, names=copies + others, extra_settings="workers: 2")
+    for i, name in enumerate(others):  # distinct bytes and sizes; the copies stay byte-identical
+        with open(tmp_path / "videos" / name, "ab") as fh:
+            fh.write((9 + i).to_bytes(4, "big") + b"free" + b"." * (1 + i))
+    r = run(m, server)
+    assert r.returncode == 0, r.stdout + r.stderr
+    recs = records(journal_of(tmp_path))
+    names = {x["task_id"]: Path(x["source"]).name for x in recs if x["type"] == "task_added"}
+    started = [names[x["task_id"]] for x in recs if x["type"] == "task_started"]
+    assert started.index("copy-b.mp4") < started.index("other-2.mp4"), started
+    assert started.index("copy-c.mp4") < started.index("other-2.mp4"), started
+    ups = [Path(u["upload"]["source"]).name for u in by_type(recs, "upload_finished")]
+    assert sorted(ups) == sorted(["copy-a.mp4", *others]), ups  # the copies sent their bytes once
+
+
 def test_a_rerun_an_hour_later_uses_the_upload_still_alive(tmp_path, sandbox, monkeypatch):
     """The first run stops after one of three tasks (its daily request budget is spent): the upload
     stays, journaled, because pending tasks need it. An hour later the rerun sends the other two

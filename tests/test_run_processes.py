@@ -170,6 +170,44 @@ def test_a_worker_whose_own_forkserver_is_gone_died_with_it(tmp_path):
     assert not _died_with_its_forkserver(Running("t1", "a1", pool=0, pid=123))  # unknown: charged as before
 
 
+def test_workers_that_died_with_their_forkserver_are_not_charged_when_a_new_one_runs(tmp_path, sandbox, monkeypatch):
+    """The race CI met, made certain: after the forkserver is killed, CPython may start a new one
+    (a task submitted before the broken pool is noticed), so "is the forkserver alive?" says yes.
+    That answer is forced here (the one seam patched); the manager runs in this process with real
+    worker processes and real HTTP. Each dead worker's own parent is gone: nobody is charged."""
+    import threading
+
+    from procs import children, cmdline
+
+    from gsvr_batch.runner import RunOptions, online, run_batch
+
+    server = sandbox(latency=1.5)
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key-not-real")
+    monkeypatch.setattr(online, "_forkserver_died", lambda: False)
+    m = make_batch(tmp_path, 4, distinct=True, extra_settings="workers: 2")
+    j = journal_of(tmp_path)
+    killed: list[int] = []
+
+    def kill_the_forkserver() -> None:
+        if wait_for(lambda: any(r["type"] == "task_step" and r["step"] == "generating" for r in records(j)), 60):
+            for k in children(os.getpid()):
+                if "forkserver" in cmdline(k):
+                    os.kill(k, signal.SIGKILL)
+                    killed.append(k)
+
+    killer = threading.Thread(target=kill_the_forkserver)
+    killer.start()
+    res = run_batch(RunOptions(str(m), progress="quiet"), echo=lambda s: None)
+    killer.join()
+    if not killed:
+        pytest.skip("workers are not started by a forkserver here")
+    recs = records(j)
+    assert res.exit_code == 0 and sum(r["type"] == "task_completed" for r in recs) == 4, res.message
+    assert not any(r.get("error_class") == "WorkerDied" for r in recs), [r for r in recs if "error_class" in r]
+    assert any(r["type"] == "task_requeued" and "forkserver" in r.get("reason", "") for r in recs)
+
+
 def test_sigterm_lets_running_tasks_finish_and_rerun_continues(tmp_path, sandbox):
     server = sandbox(latency=0.5)
     m = make_batch(tmp_path, 8)

@@ -303,24 +303,34 @@ class OnlineRun:
         s = self.s
         now = s.now()
         busy = list(self.running) + list(starting)
-        for _ in range(len(pending)):
+        later: list[str] = []  # due later (a retry's delay): to the back, as a queue does
+        held: list[str] = []  # waiting for an upload that is on its way: they keep their place, so a
+        found = None          # copy still runs next to its twin and shares its upload while it is alive
+        while pending:
             tid = pending.popleft()
             t = s.state.tasks[tid]
             if t.status is not TaskStatus.PENDING:
                 continue
-            if (t.not_before and t.not_before > now) or s.uploading_elsewhere(tid, busy):
-                pending.append(tid)  # not yet: look at the next one
-                continue
-            return tid
-        return None
+            if t.not_before and t.not_before > now:
+                later.append(tid)
+            elif s.uploading_elsewhere(tid, busy):
+                held.append(tid)
+            else:
+                found = tid
+                break
+        pending.extendleft(reversed(held))
+        pending.extend(later)
+        return found
 
     def _submit(self, tid: str, spec: TaskSpec, pending: deque[str]) -> None:
         s = self.s
         assert self.pool is not None
         try:
             fut = self.pool.submit(run_task, spec)
-        except (cf.BrokenExecutor, RuntimeError):
-            # The pool broke between two turns: put the task back uncharged and rebuild.
+        except (cf.BrokenExecutor, RuntimeError, OSError, EOFError):
+            # The pool broke between two turns: put the task back uncharged and rebuild. (EOFError /
+            # OSError: submit starts a worker through a forkserver that was just killed; the item it
+            # queued is cancelled with the old pool.)
             s.interrupted(tid, "the worker pool was being rebuilt")
             pending.appendleft(tid)
             self._pool_broke(pending)

@@ -570,9 +570,12 @@ class Session:
                    for o in others)
 
     def _before_upload(self, tid: str) -> bool:
-        """The running task has not reached its video's upload yet, or is sending it: its latest
-        step (the one reported, else the journaled one) is at most ``uploading``, and the journal
-        knows no live upload of its file (an upload is journaled the moment it is made)."""
+        """The running task will upload its video and has not yet: it was offered no live upload to
+        match (else copies would start one by one, each behind the last one's hash), its latest step
+        (the one reported, else the journaled one) is at most ``uploading``, and the journal knows no
+        live upload of its file (an upload is journaled the moment it is made)."""
+        if self._offered.get(tid):
+            return False  # offered a live upload of its size: it may well not upload; do not queue behind it
         step = self._steps[tid][0] if tid in self._steps else self.state.tasks[tid].step
         return step in _UPLOAD_NOT_DONE and self.reusable_upload(tid) is None
 
@@ -720,13 +723,21 @@ class Session:
         if t.status is not TaskStatus.RUNNING:
             return None
         err = WorkerDied(f"the worker process died while running this task{detail} (killed or out of memory)")
-        return self.fail_attempt(tid, err.to_record(), lost_calls=lost_in_flight(t.step))
+        return self.fail_attempt(tid, err.to_record(), lost_calls=lost_in_flight(self._last_step(tid)))
 
     def interrupted(self, tid: str, reason: str) -> None:
         """Put a running task back, charging nobody (pool teardown, signal, cancel, manager crash)."""
         t = self.state.tasks[tid]
+        step = self._last_step(tid)
         if t.status is TaskStatus.RUNNING:
-            self.log.requeue(tid, reason, interrupted=True, lost_calls=lost_in_flight(t.step))
+            self.log.requeue(tid, reason, interrupted=True, lost_calls=lost_in_flight(step))
+
+    def _last_step(self, tid: str) -> str | None:
+        """The ended attempt's latest step: the one its worker reported (journaled at most a second
+        later, so possibly not yet), else the journaled one. Taken out of the steps to journal: it
+        is not the next attempt's, and a request out at that step may have been billed."""
+        reported = self._steps.pop(tid, None)
+        return reported[0] if reported is not None else self.state.tasks[tid].step
 
     def release_uploads(self, tid: str) -> None:
         """Delete the uploads of ``tid``'s video once no pending or running task needs them."""
