@@ -406,6 +406,14 @@ def test_one_video_three_templates_is_uploaded_once(tmp_path, sandbox):
     assert len({g["task_id"] for g in generates(server)}) == 3
 
 
+def same_size_videos(folder: Path, model: str, pads: dict[str, bytes]) -> None:
+    """Each named video = the video ``model`` + an MP4 "free" box holding its pad (still a valid
+    video): equal pads give byte-identical copies, pads of one length give videos of one size."""
+    body = (folder / model).read_bytes()
+    for name, pad in pads.items():
+        (folder / name).write_bytes(body + (8 + len(pad)).to_bytes(4, "big") + b"free" + pad)
+
+
 def test_a_copy_under_another_name_shares_the_upload_a_video_of_the_same_size_does_not(tmp_path, sandbox):
     """One upload per distinct video by content: a byte-identical copy under another name reuses the
     upload (its worker hashes it and matches the live upload of the same size); a different video of
@@ -416,9 +424,8 @@ def test_a_copy_under_another_name_shares_the_upload_a_video_of_the_same_size_do
         {"source": "videos/lecture-copy.mp4"},
         {"source": "videos/other.mp4"},
     ], settings={"tpm": ROOMY_TPM, "workers": 1})
-    body = (tmp_path / "videos" / "lecture.mp4").read_bytes()
-    for name, pad in (("lecture.mp4", b"same-bytes"), ("lecture-copy.mp4", b"same-bytes"), ("other.mp4", b"diff-bytes")):
-        (tmp_path / "videos" / name).write_bytes(body + (8 + len(pad)).to_bytes(4, "big") + b"free" + pad)
+    same_size_videos(tmp_path / "videos", "lecture.mp4", {"lecture.mp4": b"same-bytes", "lecture-copy.mp4": b"same-bytes",
+                                                        "other.mp4": b"diff-bytes"})
     r = run(m, server)
     assert r.returncode == 0, r.stdout + r.stderr
     kinds = Counter(x["kind"] for x in server.requests)
@@ -439,10 +446,8 @@ def test_copies_that_start_together_upload_once(tmp_path, sandbox):
     names = ["a.mp4", "b.mp4", "c.mp4", "other.mp4"]
     m = lecture_batch(tmp_path, [{"name": "a.mp4", "seconds": 60}] + [{"source": f"videos/{n}"} for n in names[1:]],
                       settings={"tpm": ROOMY_TPM, "workers": 4})
-    body = (tmp_path / "videos" / "a.mp4").read_bytes()
-    for name in names:
-        pad = b"diff-bytes" if name == "other.mp4" else b"same-bytes"
-        (tmp_path / "videos" / name).write_bytes(body + (8 + len(pad)).to_bytes(4, "big") + b"free" + pad)
+    same_size_videos(tmp_path / "videos", "a.mp4",
+                     {n: b"diff-bytes" if n == "other.mp4" else b"same-bytes" for n in names})
     r = run(m, server)
     assert r.returncode == 0, r.stdout + r.stderr
     kinds = Counter(x["kind"] for x in server.requests)
