@@ -576,8 +576,7 @@ class Session:
         live upload of its file (an upload is journaled the moment it is made)."""
         if self._offered.get(tid):
             return False  # offered a live upload of its size: it may well not upload; do not queue behind it
-        step = self._steps[tid][0] if tid in self._steps else self.state.tasks[tid].step
-        return step in _UPLOAD_NOT_DONE and self.reusable_upload(tid) is None
+        return self._latest_step(tid) in _UPLOAD_NOT_DONE and self.reusable_upload(tid) is None
 
     def _size_of(self, source: str) -> int | None:
         return self._sizes()[0].get(source)
@@ -723,20 +722,21 @@ class Session:
         if t.status is not TaskStatus.RUNNING:
             return None
         err = WorkerDied(f"the worker process died while running this task{detail} (killed or out of memory)")
-        return self.fail_attempt(tid, err.to_record(), lost_calls=lost_in_flight(self._last_step(tid)))
+        return self.fail_attempt(tid, err.to_record(), lost_calls=lost_in_flight(self._latest_step(tid, ended=True)))
 
     def interrupted(self, tid: str, reason: str) -> None:
         """Put a running task back, charging nobody (pool teardown, signal, cancel, manager crash)."""
         t = self.state.tasks[tid]
-        step = self._last_step(tid)
+        step = self._latest_step(tid, ended=True)
         if t.status is TaskStatus.RUNNING:
             self.log.requeue(tid, reason, interrupted=True, lost_calls=lost_in_flight(step))
 
-    def _last_step(self, tid: str) -> str | None:
-        """The ended attempt's latest step: the one its worker reported (journaled at most a second
-        later, so possibly not yet), else the journaled one. Taken out of the steps to journal: it
-        is not the next attempt's, and a request out at that step may have been billed."""
-        reported = self._steps.pop(tid, None)
+    def _latest_step(self, tid: str, *, ended: bool = False) -> str | None:
+        """The task's latest step: the one its worker reported (journaled at most a second later, so
+        possibly not yet), else the journaled one. ``ended``: its attempt has ended, so the reported
+        step is taken out of the steps to journal (it is not the next attempt's; a request out at
+        that step may have been billed)."""
+        reported = self._steps.pop(tid, None) if ended else self._steps.get(tid)
         return reported[0] if reported is not None else self.state.tasks[tid].step
 
     def release_uploads(self, tid: str) -> None:
