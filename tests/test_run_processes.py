@@ -171,20 +171,19 @@ def test_a_worker_whose_own_forkserver_is_gone_died_with_it(tmp_path):
 
 
 def test_workers_that_died_with_their_forkserver_are_not_charged_when_a_new_one_runs(tmp_path, sandbox, monkeypatch):
-    """The race CI met, made certain: after the forkserver is killed, CPython may start a new one
-    (a task submitted before the broken pool is noticed), so "is the forkserver alive?" says yes.
-    That answer is forced here (the one seam patched); the manager runs in this process with real
-    worker processes and real HTTP. Each dead worker's own parent is gone: nobody is charged."""
+    """The race CI met: after the forkserver is killed, CPython may start a new one (a task
+    submitted before the broken pool is noticed), so asking whether "the" forkserver is alive says
+    yes. The manager asks each dead worker's own parent instead. Here it runs in this process with
+    real worker processes and real HTTP; each dead worker's parent is gone: nobody is charged."""
     import threading
 
     from procs import children, cmdline
 
-    from gsvr_batch.runner import RunOptions, online, run_batch
+    from gsvr_batch.runner import RunOptions, run_batch
 
     server = sandbox(latency=1.5)
     monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
     monkeypatch.setenv("GEMINI_API_KEY", "test-key-not-real")
-    monkeypatch.setattr(online, "_forkserver_died", lambda: False)
     m = make_batch(tmp_path, 4, distinct=True, extra_settings="workers: 2")
     j = journal_of(tmp_path)
     killed: list[int] = []

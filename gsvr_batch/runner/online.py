@@ -83,27 +83,19 @@ def worker_context() -> Any:
     return ctx
 
 
-def _forkserver_died() -> bool:
-    """True when this process started a forkserver and it is no longer running.
-
-    CPython keeps the forkserver's pid in a private attribute of its module singleton and restarts
-    the server (``ensure_running``) when the next pool starts; there is no public way to ask.
-    """
-    from multiprocessing import forkserver
-
-    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
-    return bool(pid) and not pid_alive(int(pid))
-
-
 def _died_with_its_forkserver(r: Running) -> bool:
-    """The worker's own parent (the forkserver it reported at its start) is gone.
+    """The worker's own parent (the forkserver it reported at its start) is gone: the worker died
+    with it (parent-death signal), which no task caused (the OOM killer picks large processes).
 
-    Asked per worker, not only of the current forkserver: when the forkserver is killed, a task
-    submitted before the broken pool is noticed makes CPython start a new forkserver
-    (``ensure_running``), and the workers that died with the old one must not be charged because
-    the new one is alive. Under ``spawn`` the parent is the manager itself, alive.
+    Asked of each worker's own parent, not of "the" forkserver: when the forkserver is killed, a
+    task submitted before the broken pool is noticed makes CPython start a new one
+    (``ensure_running``), which is alive. (CPython offers no public way to ask after its
+    forkserver anyway.) Under ``spawn`` the parent is the manager itself, alive.
     """
     return bool(r.ppid) and r.ppid != os.getpid() and not pid_alive(int(r.ppid))
+
+
+_WITH_FORKSERVER = "the workers' forkserver process died (killed from outside)"
 
 
 def _pool_processes(pool: cf.ProcessPoolExecutor) -> list[Any]:
@@ -369,7 +361,7 @@ class OnlineRun:
                 self._drain()
                 if tid in self.running and _died_with_its_forkserver(r):  # no task caused that
                     self.running.pop(tid)
-                    self.s.interrupted(tid, "the workers' forkserver process died (killed from outside)")
+                    self.s.interrupted(tid, _WITH_FORKSERVER)
                     self.pending.append(tid)
                 elif tid in self.running:  # died without sending a result: that worker's own death
                     self.running.pop(tid)
@@ -389,10 +381,7 @@ class OnlineRun:
             if p.pid not in busy:
                 self._kill(p.pid)
         culprits = 0
-        # A forkserver killed from outside (the OOM killer picks large processes) takes every worker
-        # with it through the parent-death signal: no task caused that, so none is charged a crash.
-        server_died = _forkserver_died()
-        with_server = 0  # workers that died with their forkserver: no task caused that
+        with_server = 0  # workers that died with their forkserver: no task caused that, none is charged
         for tid, r in list(self.running.items()):
             if r.pool != gen or r.orphan:
                 continue
@@ -405,10 +394,10 @@ class OnlineRun:
                 # Finish this task, then exit: a worker of a broken pool must never take another
                 # item from the old pool's queue (a task the manager has already put back and restarted).
                 self._signal(r.pid, signal.SIGUSR1)
-            elif server_died or _died_with_its_forkserver(r):
+            elif _died_with_its_forkserver(r):
                 with_server += 1
                 self.running.pop(tid)
-                s.interrupted(tid, "the workers' forkserver process died (killed from outside)")
+                s.interrupted(tid, _WITH_FORKSERVER)
                 pending.appendleft(tid)
             else:
                 self.running.pop(tid)
@@ -424,8 +413,7 @@ class OnlineRun:
         except Exception:  # noqa: BLE001 - shutting down a broken pool may raise; nothing to save
             pass
         orphans = sum(1 for r in self.running.values() if r.orphan)
-        s.echo(("The workers' forkserver process died; no task charged for it" if (server_died or with_server)
-                and not culprits else
+        s.echo(("The workers' forkserver process died; no task charged for it" if with_server and not culprits else
                 f"A worker process died; {culprits} task(s) charged for it")
                + (f", {orphans} running task(s) of the old pool are allowed to finish" if orphans else "")
                + "; the worker pool was rebuilt.")
