@@ -36,7 +36,7 @@ from .errors import OutputError, UsageError
 from .fsutil import atomic_write_bytes
 from .journal import iter_records
 from .lifecycle import replay
-from .state import TaskStatus
+from .state import TaskStatus, adoption
 
 FORMATS = ("md", "json", "html")
 TOP_MESSAGES = 3
@@ -262,10 +262,8 @@ def build_report(journal: str | os.PathLike[str]) -> dict[str, Any]:
         "failed_tasks": failed_tasks,
         # Outputs worth a second look: cut at max_output_tokens, or adopted after a crash (paid once).
         "notable_outputs": [{"task_id": t.task_id, "title": titles.get(t.task_id, t.task_id), "output": t.output,
-                             "note": ", ".join(n for n, on in (
-                                 ("truncated at max_output_tokens", t.truncated),
-                                 ("adopted after a crash", t.adopted and t.attempts),
-                                 ("adopted: made under an earlier journal", t.adopted and not t.attempts)) if on)}
+                             "note": ", ".join(n for n in ("truncated at max_output_tokens" if t.truncated else None,
+                                                           adoption(t.adopted, t.attempts)) if n)}
                             for t in tasks.values() if t.status is TaskStatus.COMPLETED and (t.truncated or t.adopted)],
         "calls": sum(t.calls for t in tasks.values()),
         "lost_calls": sum(t.lost_calls for t in tasks.values()),

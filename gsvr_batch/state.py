@@ -53,6 +53,14 @@ DONE = frozenset({TaskStatus.COMPLETED, TaskStatus.SKIPPED})  # nothing left to 
 RUNNABLE = frozenset({TaskStatus.PENDING})
 LIVE = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})  # still needs work (and its upload)
 
+
+def adoption(adopted: Any, attempts: Any) -> str | None:
+    """How a completed task's output was adopted, as replay and the report say it (None: not adopted).
+    An attempt of this journal made it (a crash before its record), or none did (an earlier journal)."""
+    if not adopted:
+        return None
+    return "adopted after a crash" if attempts else "adopted: made under an earlier journal"
+
 _ERROR_KEYS = ("error_class", "message", "disposition", "retryable", "kind", "charge")
 
 

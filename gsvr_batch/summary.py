@@ -14,7 +14,7 @@ from .context import plan_label
 from .fsutil import sha256_file
 from .lifecycle import replay
 from .progress import fmt_duration
-from .state import BatchState, TaskStatus
+from .state import BatchState, TaskStatus, adoption
 
 
 def plan_view(t: Any) -> dict[str, Any]:
@@ -163,9 +163,8 @@ def render_replay(doc: dict[str, Any]) -> str:
         lines.append("")
         lines.append("Outputs:")
         for t in done:
-            flags = (" [truncated: cut at max_output_tokens]" if t.get("truncated") else "") + \
-                ((" [adopted after a crash]" if t.get("attempts") else " [adopted: made under an earlier journal]")
-                 if t.get("adopted") else "")
+            how = adoption(t.get("adopted"), t.get("attempts"))
+            flags = (" [truncated: cut at max_output_tokens]" if t.get("truncated") else "") + (f" [{how}]" if how else "")
             lines.append(f"  {t['id']}  {t['output']}{_plan_text(t)}{flags}")
     if "verify_problems" in doc:
         lines.append("")
