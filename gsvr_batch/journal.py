@@ -402,6 +402,12 @@ def first_line(path: str | os.PathLike[str], limit: int = 1 << 24) -> bytes:
         return fh.readline(limit).rstrip(b"\n")
 
 
+def batch_record(line: bytes) -> dict[str, Any] | None:
+    """The ``batch_created`` record in ``line`` (a journal's first line), or None if it is not one."""
+    rec = decode_line(line)
+    return rec if rec is not None and rec.get("type") == "batch_created" else None
+
+
 def check_repairable(path: str | os.PathLike[str]) -> None:
     """Raise JournalError when :func:`repair` would keep nothing (its first record is not a good one),
     so ``gsvr-batch repair`` refuses before it asks anything or takes the run lock."""

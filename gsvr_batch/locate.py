@@ -145,13 +145,12 @@ def _checked(text: str, what: str, journal: Path, identity: str) -> Path:
 def _batch_of(journal: Path) -> tuple[str, str] | None:
     """(manifest identity, manifest) of the batch in ``journal``, from its first record; None when
     that cannot be read (the command reports the journal's state itself)."""
-    from .journal import decode_line, first_line
+    from .journal import batch_record, first_line
 
     try:
-        first = first_line(journal, 1 << 20)
+        rec = batch_record(first_line(journal, 1 << 20))
     except OSError:
         return None
-    rec = decode_line(first)
-    if rec is None or rec.get("type") != "batch_created" or not rec.get("manifest_identity"):
+    if rec is None or not rec.get("manifest_identity"):
         return None
     return str(rec["manifest_identity"]), str(rec.get("manifest"))

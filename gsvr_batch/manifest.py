@@ -30,7 +30,7 @@ import yaml
 from . import manifest_cache, media
 from .errors import GsvrError, ManifestError
 from .fsutil import TMP_PREFIX, atomic_write_bytes, is_inside
-from .journal import RECORD_START, decode_line
+from .journal import RECORD_START, batch_record
 from .manifest_csv import decode_text, parse_csv, parse_source_list
 from .manifest_outputs import pattern_problem, render_pattern, with_suffix_number
 from .manifest_types import (
@@ -455,9 +455,8 @@ def _read(path: Path, display: str, read: tuple[bytes, str] | None = None
 def _parse(path: Path, display: str, data: bytes, identity: str
            ) -> tuple[RawManifest | None, list[Problem], str, str | None]:
     if data.startswith(RECORD_START):  # `run journal.jsonl`: read as a list file, every record was a "missing file"
-
-        first = decode_line(data[:data.find(b"\n")] if b"\n" in data else data) or {}
-        ran = f" ({first['manifest']})" if first.get("type") == "batch_created" and first.get("manifest") else ""
+        first = batch_record(data[:data.find(b"\n")] if b"\n" in data else data) or {}
+        ran = f" ({first['manifest']})" if first.get("manifest") else ""
         return None, [Problem(display, None, f"this is a gsvr-batch journal, not a manifest: run the manifest the "
                               f"batch was run with{ran}", "status, replay, report and retry take the journal")
                       ], identity, None
