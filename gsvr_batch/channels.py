@@ -49,7 +49,7 @@ log = logging.getLogger("gsvr_batch.channels")
 # -- events ------------------------------------------------------------------------------------
 
 try:  # the decoder the journal uses; the standard library's when it is not installed
-    from orjson import loads as _loads
+    from msgspec.json import decode as _loads
 except ImportError:  # pragma: no cover
     _loads = json.loads
 
@@ -236,7 +236,7 @@ class EventReceiver:
                 continue
             try:
                 event = check_event(_loads(data))
-            except (ValueError, TypeError, RecursionError):  # orjson.JSONDecodeError is a ValueError
+            except (ValueError, TypeError, RecursionError):  # msgspec.DecodeError is a ValueError
                 event = None
             if event is None:
                 self.dropped += 1

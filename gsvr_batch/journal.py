@@ -45,9 +45,9 @@ from .fsutil import atomic_write_bytes, fsync_dir
 from .timeutil import iso_utc_ms
 
 try:  # a C decoder about twice as fast as json's on journal lines; json remains the reference
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - orjson is an install requirement; keep working without it
-    _orjson = None
+    import msgspec as _msgspec
+except ImportError:  # pragma: no cover - msgspec is an install requirement; keep working without it
+    _msgspec = None
 
 _DECODER = json.JSONDecoder()
 # The writer's encoder, built once: json.dumps(..., ensure_ascii=False, separators=...) builds a
@@ -73,10 +73,12 @@ def encode_record(rec: dict[str, Any]) -> bytes:
 
 
 def _no_fast_loads(line: bytes) -> Any:
-    raise ValueError("no orjson: decode_line decodes with json")
+    raise ValueError("no msgspec: decode_line decodes with json")
 
 
-_fast_loads = _orjson.loads if _orjson is not None else _no_fast_loads
+# msgspec, not orjson (the decoder before): orjson (3.13 here) reads an integer beyond 64 bits as a
+# float, silently (2**70 + 1 came back as 2**70), where json and msgspec keep it exact.
+_fast_loads = _msgspec.json.Decoder().decode if _msgspec is not None else _no_fast_loads
 
 
 def _loads_std(body: bytes) -> Any:
@@ -93,36 +95,41 @@ def _loads_std(body: bytes) -> Any:
 def decode_line(line: bytes) -> dict[str, Any] | None:
     """The record in ``line`` (without its newline), or None if it is damaged.
 
-    The CRC covers the line without its ``,"crc":"…"`` suffix. orjson then parses the *whole*
+    The CRC covers the line without its ``,"crc":"…"`` suffix. msgspec then parses the *whole*
     line (the suffix is valid JSON too, so no copy of the body is parsed) and the ``crc`` key is
-    dropped; anything orjson refuses but json accepts (NaN, integers beyond 64 bits — the
-    writer's json can write both) is decoded by json, so what a line means never depends on
-    which decoder read it.
+    dropped; anything msgspec refuses but json accepts (NaN and infinities, which the writer's
+    json can write) is decoded by json, so what a line means never depends on which decoder
+    read it.
     """
-    if len(line) <= CRC_SUFFIX_LEN or line[-CRC_SUFFIX_LEN:-10] != _CRC_KEY or line[-2:] != b'"}':
-        return None
-    try:
-        if zlib.crc32(line[:-CRC_SUFFIX_LEN] + b"}") != int(line[-10:-2], 16):
-            return None
-    except ValueError:
+    if not checksum_ok(line):
         return None
     rec: Any = None
-    if _orjson is not None:
-        try:
-            rec = _orjson.loads(line)
-        except _orjson.JSONDecodeError:
-            rec = None
-        else:
-            if type(rec) is dict:
-                rec.pop("crc", None)  # the suffix just checked: the last key
+    try:
+        rec = _fast_loads(line)
+    except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
+        rec = None
+    else:
+        if type(rec) is dict:
+            rec.pop("crc", None)  # the suffix just checked: the last key
     if rec is None:
         try:
             rec = _loads_std(line[:-CRC_SUFFIX_LEN] + b"}")
-        except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
+        except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError; nesting the writer cannot write
             return None
     if type(rec) is not dict or "seq" not in rec or "type" not in rec:
         return None
     return rec
+
+
+def checksum_ok(line: bytes) -> bool:
+    """Whether ``line`` (without its newline) ends with ``,"crc":"…"}`` holding the CRC-32 of the
+    rest, as :func:`decode_line` checks it first."""
+    if len(line) <= CRC_SUFFIX_LEN or line[-CRC_SUFFIX_LEN:-10] != _CRC_KEY or line[-2:] != b'"}':
+        return False
+    try:
+        return zlib.crc32(line[:-CRC_SUFFIX_LEN] + b"}") == int(line[-10:-2], 16)
+    except ValueError:
+        return False
 
 
 # -- the common case of a batch of lines, checked and decoded in one go (issue 12) ---------------
@@ -169,11 +176,11 @@ def _checksums_ok(lines: list[bytes]) -> bool:
 
 def _decode_group(lines: list[bytes], expect_seq: int | None) -> list[dict[str, Any]] | None:
     """The records of ``lines`` if every line is a good record read the common way (checksum as
-    the writer writes it, orjson, ``seq`` and ``type`` present, ``crc`` dropped) and, when
+    the writer writes it, msgspec, ``seq`` and ``type`` present, ``crc`` dropped) and, when
     ``expect_seq`` is given, their sequence numbers run on from it. Otherwise None, and the caller
     reads the lines one by one with :func:`decode_line`, which decides. Whatever this accepts,
     decode_line accepts too and makes the same record of; anything unusual (damage, a torn tail,
-    a value orjson refuses but json reads) is left to it.
+    a value msgspec refuses but json reads) is left to it.
     """
     loads = _fast_loads
     records: list[dict[str, Any]] = []
@@ -187,7 +194,7 @@ def _decode_group(lines: list[bytes], expect_seq: int | None) -> list[dict[str, 
             if "seq" not in rec or "type" not in rec:
                 return None
             append(rec)
-    except Exception:  # noqa: BLE001 - e.g. orjson refuses a NaN json wrote: decode_line decides
+    except Exception:  # noqa: BLE001 - e.g. msgspec refuses a NaN json wrote: decode_line decides
         return None
     if expect_seq is not None and list(map(_SEQ, records)) != list(range(expect_seq, expect_seq + len(records))):
         return None
@@ -233,7 +240,7 @@ def iter_batches(path: str | os.PathLike[str], start_offset: int = 0, first_line
     The file is read in blocks of ``_CHUNK`` bytes (never the whole journal in memory at once) and
     each block's complete lines are split in one call. A batch of lines is first read the common
     way by :func:`_decode_group`; a batch with anything unusual in it (damage, a torn tail, a value
-    orjson refuses, a wrong sequence number) is read again line by line with :func:`decode_line`,
+    msgspec refuses, a wrong sequence number) is read again line by line with :func:`decode_line`,
     the reference, which decides.
     """
     batch = max(1, batch)
@@ -290,6 +297,51 @@ def iter_batches(path: str | os.PathLike[str], start_offset: int = 0, first_line
         finally:
             if digest is not None:
                 digest["crc"] = crc
+
+
+def check_lines(path: str | os.PathLike[str], start: int, end: int, crc: int = 0) -> tuple[int, int, int]:
+    """How many lines of ``[start, end)``, from the start on, carry the checksum of what was written.
+
+    Returns ``(lines, good_end, crc)``: the lines before the first whose checksum is wrong (or all
+    of them), the offset just after the last of them, and ``crc`` carried over their bytes (the
+    prefix digest). The checksum is checked as the reader checks it (:func:`_checksums_ok` for a
+    whole group, else :func:`checksum_ok` line by line); whether a line is a JSON record is left
+    to whoever decodes it. This is the checking half of :func:`iter_batches` without its records:
+    ``fastreplay`` runs it in a second process while the first one decodes and folds.
+    """
+    lines_ok = 0
+    good_end = start
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        left = end - start
+        carry = b""
+        while left > 0:
+            block = fh.read(min(_CHUNK, left))
+            if not block:
+                break
+            left -= len(block)
+            buf = carry + block if carry else block
+            lines = buf.split(b"\n")
+            carry = lines.pop()
+            pos = 0  # in buf
+            for i in range(0, len(lines), 1024):
+                group = lines[i:i + 1024]
+                if _checksums_ok(group):
+                    ok = len(group)
+                else:
+                    ok = 0
+                    for line in group:
+                        if not checksum_ok(line):
+                            break
+                        ok += 1
+                size = sum(map(len, group[:ok])) + ok
+                crc = zlib.crc32(memoryview(buf)[pos:pos + size], crc)
+                pos += size
+                lines_ok += ok
+                good_end += size
+                if ok < len(group):
+                    return lines_ok, good_end, crc
+    return lines_ok, good_end, crc
 
 
 def _decode_lines(lines: list[bytes], expect_seq: int | None, offset: int
@@ -575,10 +627,8 @@ def load_snapshot(journal_path: str | os.PathLike[str]) -> dict[str, Any] | None
 
 
 def _loads_snapshot(body: bytes) -> Any:
-    """orjson when it can (a 10,000-task snapshot decodes ~2x faster), json when it cannot (NaN)."""
-    if _orjson is not None:
-        try:
-            return _orjson.loads(body)
-        except _orjson.JSONDecodeError:
-            pass
-    return json.loads(body)
+    """msgspec when it can (a 10,000-task snapshot decodes ~2x faster), json when it cannot (NaN)."""
+    try:
+        return _fast_loads(body)
+    except ValueError:
+        return json.loads(body)

@@ -196,21 +196,37 @@ def test_encoding_is_byte_for_byte_what_json_dumps_writes():
     assert jr.encode_record(rec) == body[:-1] + b',"crc":"%08x"}\n' % (jr.zlib.crc32(body) & 0xFFFFFFFF)
 
 
-def test_values_orjson_refuses_are_decoded_by_json_the_same_as_before(monkeypatch):
-    # json writes NaN and integers beyond 64 bits; orjson refuses both: the line is not "damaged".
-    rec = {"seq": 1, "ts": "t", "type": "task_step", "cost_usd": float("nan"), "big": 2**70, "s": "é"}
+def test_values_msgspec_refuses_are_decoded_by_json_the_same_as_before(monkeypatch):
+    # json writes NaN; msgspec refuses it: the line is not "damaged". Integers beyond 64 bits stay
+    # exact (orjson, the decoder before, read 2**70 + 1 as the float 2**70).
+    rec = {"seq": 1, "ts": "t", "type": "task_step", "cost_usd": float("nan"), "big": 2**70 + 1, "s": "é"}
     line = jr.encode_record(rec)[:-1]
     got = jr.decode_line(line)
-    assert got is not None and got["big"] == 2**70 and got["cost_usd"] != got["cost_usd"] and "crc" not in got
-    monkeypatch.setattr(jr, "_orjson", None)  # the reference decoder alone gives the same record
+    assert got is not None and got["big"] == 2**70 + 1 and got["cost_usd"] != got["cost_usd"] and "crc" not in got
+    monkeypatch.setattr(jr, "_fast_loads", jr._no_fast_loads)  # the reference decoder alone gives the same record
     ref = jr.decode_line(line)
     assert ref["big"] == got["big"] and ref["s"] == "é" and set(ref) == set(got)
+
+
+def test_an_integer_beyond_64_bits_is_read_exactly_in_a_batch_too(tmp_path):
+    p = tmp_path / "j.jsonl"
+    p.write_bytes(b"".join(jr.encode_record({"seq": i, "ts": "t", "type": "task_step", "n": 2**70 + i})
+                           for i in range(1, 4)))
+    [(records, _ends)] = list(jr.iter_batches(p, expect_seq=1))
+    assert [r["n"] for r in records] == [2**70 + 1, 2**70 + 2, 2**70 + 3]
+    assert all(type(r["n"]) is int for r in records)
+
+
+def test_nesting_deeper_than_any_writer_makes_is_damage_not_a_traceback():
+    body = b'{"seq":1,"type":"x","v":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    line = body[:-1] + b',"crc":"%08x"}' % jr.zlib.crc32(body)
+    assert jr.decode_line(line) is None
+    assert jr._decode_group([line], None) is None
 
 
 def test_fast_and_reference_decoders_agree_on_a_real_journal(tmp_path, monkeypatch):
     p = _batch(tmp_path / "j.jsonl", n=7)
     fast = [r for _, _, r in jr.iter_records(p, expect_seq=1)]
-    monkeypatch.setattr(jr, "_orjson", None)
     monkeypatch.setattr(jr, "_fast_loads", jr._no_fast_loads)
     ref = [r for _, _, r in jr.iter_records(p, expect_seq=1)]
     assert fast == ref and all("crc" not in r for r in fast)
@@ -319,9 +335,9 @@ def _damaged_journal(rng) -> bytes:
                "task_id": f"t{rng.randint(0, 9)}"}
         kind = rng.random()
         if kind < 0.05:
-            rec["cost_usd"] = float("nan")  # json writes it, orjson refuses it
+            rec["cost_usd"] = float("nan")  # json writes it, msgspec refuses it
         elif kind < 0.1:
-            rec["big"] = 2**70
+            rec["big"] = 2**70 + 1  # exact: orjson made it a float
         elif kind < 0.15:
             rec["text"] = "讲座 ✓ \\ \" é" * rng.randint(1, 3)
         elif kind < 0.2:

@@ -1,0 +1,324 @@
+"""Replay on two cores (fastreplay) ends where the reference replay ends: the same state, the same
+offsets and digest, or the same error — on random legal histories, on damaged journals, from a
+snapshot, with records appended while it runs, and when its checker cannot help.
+
+The checker is a real second process (``python -c``) in every test here that replays a file.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+from test_state import _history, _random_record
+
+from gsvr_batch import fastreplay
+from gsvr_batch import journal as jr
+from gsvr_batch.lifecycle import replay
+from gsvr_batch.state import BatchState, apply
+
+pytestmark = pytest.mark.skipif(fastreplay.msgspec is None, reason="msgspec is not installed")
+
+
+def _write(path: Path, records: list[dict]) -> bytes:
+    data = b"".join(jr.encode_record(r) for r in records)
+    path.write_bytes(data)
+    return data
+
+
+def _outcome(path: Path, fast: bool, monkeypatch, *, use_snapshot: bool = False):
+    """What replay gives, comparable: (state, its orders, offsets, digest...) or (error, message, line)."""
+    with monkeypatch.context() as m:
+        m.setattr(fastreplay, "usable", (lambda n: n > 0) if fast else (lambda n: False))
+        try:
+            rp = replay(path, use_snapshot=use_snapshot)
+        except Exception as exc:  # noqa: BLE001 - compared, whatever it is
+            return ("error", type(exc).__name__, str(exc), getattr(exc, "line", None))
+    st = rp.state
+    # json, not ==: NaN is not equal to itself; the orders of tasks and uploads are part of the state
+    return (json.dumps(st.to_dict(), sort_keys=True), list(st.tasks), list(st.uploads), list(st.sources),
+            {k: sorted(vars(t)) for k, t in st.tasks.items()}, st.last_seq, st.last_ts,
+            rp.end_offset, rp.torn_bytes, rp.used_snapshot, rp.records_read, rp.last_crc, rp.prefix_crc)
+
+
+@pytest.fixture
+def taken(monkeypatch):
+    """The results fastreplay.replay returned (None: it could not vouch, the reference replayed)."""
+    seen: list = []
+    real = fastreplay.replay
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        seen.append(result)
+        return result
+
+    monkeypatch.setattr(fastreplay, "replay", spy)
+    return seen
+
+
+def _legal_journal(rng: random.Random, n_tasks: int | None = None) -> list[dict]:
+    """A random legal history (test_state's), mostly the record types the structs fold."""
+    recs, _tids = _history(rng)
+    return recs
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_same_replay_as_the_reference_on_random_legal_histories(tmp_path, monkeypatch, taken, seed):
+    rng = random.Random(seed)
+    p = tmp_path / "j.jsonl"
+    _write(p, _legal_journal(rng))
+    monkeypatch.setattr(fastreplay, "_CHUNK", rng.choice([64, 700, 4096, 1 << 16]))
+    want = _outcome(p, False, monkeypatch)
+    assert _outcome(p, True, monkeypatch) == want
+    assert taken and taken[-1] is not None  # vouched for by the checker, not replayed again
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fold_structs_is_apply_record_by_record(seed):
+    """Without files: the structs of a legal history and then one more record that may be
+    anything (illegal, a gap, a missing key); fold_structs leaves apply's state, or raises where
+    apply raises (fastreplay then lets the reference decide)."""
+    import copy
+
+    rng = random.Random(seed)
+    recs, tids = _history(rng)
+    typ, fields = _random_record(rng, tids + ["zz"])
+    n = len(recs) + 1
+    last = rng.choice([{"seq": n, "ts": "x", "type": typ, **fields}, {"seq": n + 1, "ts": "x", "type": typ, **fields},
+                       {"seq": n, "type": typ, **fields}, {"ts": "x", "type": typ, **fields}])
+    records = recs + [last]
+    want = BatchState()
+    want_err = None
+    for r in copy.deepcopy(records):
+        try:
+            apply(want, r)
+        except Exception as exc:  # noqa: BLE001
+            want_err = type(exc)
+            break
+    got = BatchState()
+    got_err = None
+    data = b"".join(jr.encode_record(r) for r in records)
+    try:
+        for line in data.splitlines(keepends=True):
+            try:
+                structs = fastreplay._STRUCTS.decode_lines(line)
+            except fastreplay.msgspec.ValidationError:  # not a struct type: as the block path does
+                structs = None
+            if structs is None:
+                rec = jr.decode_line(line[:-1])
+                apply(got, rec)
+            else:
+                fastreplay.fold_structs(structs, got)
+    except Exception as exc:  # noqa: BLE001
+        got_err = type(exc)
+    assert (got_err is None) == (want_err is None)
+    if want_err is None:
+        assert json.dumps(got.to_dict(), sort_keys=True) == json.dumps(want.to_dict(), sort_keys=True)
+        assert list(got.tasks) == list(want.tasks) and list(got.uploads) == list(want.uploads)
+
+
+def _damage(rng: random.Random, data: bytes) -> bytes:
+    """One kind of damage (or a value only json reads) somewhere in a journal."""
+    lines = data.split(b"\n")[:-1]
+    i = rng.randrange(len(lines))
+    line = bytearray(lines[i])
+    how = rng.randrange(11)
+    if how == 0:
+        line[rng.randrange(len(line))] ^= 1 << rng.randrange(8)
+    elif how == 1:
+        del line[rng.randrange(len(line))]
+    elif how == 2:
+        line[-10:-2] = line[-10:-2].upper()  # int(hex, 16) still reads it: not damage
+    elif how == 3:
+        line = bytearray()  # a blank line
+    elif how == 4:
+        j = rng.randrange(len(lines))
+        lines[i], lines[j] = lines[j], lines[i]  # out of sequence
+    elif how == 5:
+        lines.insert(i, lines[i])  # a record twice
+    elif how == 6:  # JSON with a good checksum, but not a record
+        body = b'{"seq":%d}' % (i + 1)
+        line = bytearray(body[:-1] + b',"crc":"%08x"}' % jr.zlib.crc32(body))
+    elif how == 7:  # a value msgspec refuses and json reads (the writer's json can write NaN)
+        rec = jr.decode_line(bytes(line))
+        rec["cost_usd"] = float("nan")
+        line = bytearray(jr.encode_record(rec)[:-1])
+    elif how == 8:  # a torn tail: the last line cut short, no newline
+        cut = lines[-1][: rng.randrange(1, len(lines[-1]))]
+        return b"\n".join(lines[:-1]) + b"\n" + cut
+    elif how == 9:  # an integer beyond 64 bits (exact in both readers now)
+        rec = jr.decode_line(bytes(line))
+        rec["bytes"] = 2**70 + 1
+        line = bytearray(jr.encode_record(rec)[:-1])
+    else:
+        line = line + b"\r"
+    lines[i] = bytes(line)
+    return b"\n".join(lines) + b"\n"
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_a_damaged_journal_replays_exactly_as_the_reference_says(tmp_path, monkeypatch, seed):
+    rng = random.Random(1000 + seed)
+    p = tmp_path / "j.jsonl"
+    data = _damage(rng, _write(p, _legal_journal(rng)))
+    p.write_bytes(data)
+    monkeypatch.setattr(fastreplay, "_CHUNK", rng.choice([64, 700, 1 << 16]))
+    assert _outcome(p, True, monkeypatch) == _outcome(p, False, monkeypatch)
+
+
+def test_damage_the_structs_cannot_see_is_found_by_the_checker(tmp_path, monkeypatch, taken):
+    """A digit changed inside a value: the line still decodes (and folds) fine; only its checksum
+    says it is not what was written. The checker's verdict sends replay to the reference, which
+    stops at that line."""
+    rng = random.Random(7)
+    recs = _legal_journal(rng)
+    while len(recs) < 20:
+        recs = _legal_journal(rng)
+    p = tmp_path / "j.jsonl"
+    lines = _write(p, recs).split(b"\n")
+    k = len(lines) // 2
+    lines[k] = lines[k].replace(b'"ts":"t', b'"ts":"T', 1)
+    p.write_bytes(b"\n".join(lines))
+    got = _outcome(p, True, monkeypatch)
+    assert got == _outcome(p, False, monkeypatch)
+    assert got[0] == "error" and got[1] == "JournalCorrupt" and got[3] == k + 1
+    assert taken == [None]
+
+
+def test_from_a_snapshot_it_folds_only_the_tail(tmp_path, monkeypatch, taken):
+    rng = random.Random(3)
+    recs = _legal_journal(rng)
+    while len(recs) < 30:
+        recs = _legal_journal(rng)
+    p = tmp_path / "j.jsonl"
+    data = _write(p, recs)
+    k = len(recs) // 3
+    head = BatchState()
+    for r in recs[:k]:
+        apply(head, dict(r))
+    offset = sum(len(jr.encode_record(r)) for r in recs[:k])
+    jr.write_snapshot(p, head.to_dict(), k, offset, data[offset - 11:offset - 3].decode(), jr.zlib.crc32(data[:offset]))
+    want = _outcome(p, False, monkeypatch, use_snapshot=True)
+    assert want[9] is True and want[10] == len(recs) - k  # the snapshot was used
+    assert _outcome(p, True, monkeypatch, use_snapshot=True) == want
+    assert taken[-1] is not None and taken[-1][0] == len(recs) - k
+
+
+def test_records_appended_while_it_runs_are_read_after_it(tmp_path, monkeypatch, taken):
+    """A live run appends while `status` replays: what fastreplay did not see, the reference reads
+    on from where it stopped (as from a snapshot), and the result is a replay of the whole file."""
+    rng = random.Random(5)
+    recs = _legal_journal(rng)
+    while len(recs) < 30:
+        recs = _legal_journal(rng)
+    p = tmp_path / "j.jsonl"
+    k = 2 * len(recs) // 3
+    _write(p, recs[:k])
+    tail = b"".join(jr.encode_record(r) for r in recs[k:])
+    inner = fastreplay.replay
+
+    def appending(*args, **kwargs):
+        result = inner(*args, **kwargs)
+        with open(p, "ab") as fh:
+            fh.write(tail + b'{"seq":')  # and a torn tail after them
+        return result
+
+    monkeypatch.setattr(fastreplay, "replay", appending)
+    got = _outcome(p, True, monkeypatch)
+    monkeypatch.setattr(fastreplay, "replay", inner)
+    assert _outcome(p, False, monkeypatch) == got
+    assert got[10] == len(recs) and got[8] == len(b'{"seq":')  # every record; the torn tail reported
+    assert taken[-1] is not None and taken[-1][0] == k
+
+
+def test_without_its_checker_the_reference_replays(tmp_path, monkeypatch, taken):
+    rng = random.Random(11)
+    p = tmp_path / "j.jsonl"
+    _write(p, _legal_journal(rng))
+    want = _outcome(p, False, monkeypatch)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    assert _outcome(p, True, monkeypatch) == want
+    assert taken == [None]
+
+
+def test_a_checker_that_disagrees_sends_replay_to_the_reference(tmp_path, monkeypatch, taken):
+    rng = random.Random(12)
+    p = tmp_path / "j.jsonl"
+    _write(p, _legal_journal(rng))
+    want = _outcome(p, False, monkeypatch)
+    real = fastreplay.checker_verdict
+    monkeypatch.setattr(fastreplay, "checker_verdict", lambda proc: (lambda v: (v[0] - 1, v[1], v[2]))(real(proc)))
+    assert _outcome(p, True, monkeypatch) == want
+    assert taken == [None]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_check_lines_is_the_readers_verdict(tmp_path, monkeypatch, seed):
+    """The checker's half: the lines whose checksums are right, from the start on, their end and
+    digest, in any block size. (Whether they are records is the decoding process's half.)"""
+    rng = random.Random(2000 + seed)
+    p = tmp_path / "j.jsonl"
+    data = _damage(rng, _write(p, _legal_journal(rng)))
+    p.write_bytes(data)
+    monkeypatch.setattr(jr, "_CHUNK", rng.choice([16, 300, 1 << 18]))
+    start = 0 if rng.random() < 0.5 else data.index(b"\n") + 1
+    end = data.rfind(b"\n") + 1
+    lines, good_end, crc = jr.check_lines(p, start, end, 99)
+    want_lines, want_end = 0, start
+    for line in data[start:end].split(b"\n")[:-1]:
+        if not jr.checksum_ok(line):
+            break
+        want_lines += 1
+        want_end += len(line) + 1
+    assert (lines, good_end) == (want_lines, want_end)
+    assert crc == jr.zlib.crc32(data[start:want_end], 99)
+
+
+def test_it_is_used_only_for_long_journals_on_two_cores(monkeypatch):
+    monkeypatch.setattr(fastreplay.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert fastreplay.usable(fastreplay.MIN_BYTES) and not fastreplay.usable(fastreplay.MIN_BYTES - 1)
+    monkeypatch.setattr(fastreplay.os, "sched_getaffinity", lambda pid: {0})
+    assert not fastreplay.usable(10 * fastreplay.MIN_BYTES)
+
+
+def test_the_writers_own_records_are_folded_as_structs(tmp_path, monkeypatch, taken):
+    """A journal as BatchLog writes it (every record type of a task's usual life): the same replay
+    as the reference, and after the first block not one record needs apply or the dict path —
+    the structs fit what the writer writes (else the speed is lost, silently)."""
+    from gsvr_batch.lifecycle import BatchLog
+
+    p = tmp_path / "j.jsonl"
+    bl, _ = BatchLog.open(p)
+    bl.create_batch(manifest="m.yaml", manifest_identity="id", manifest_hash="h", settings={}, version="t")
+    bl.run_started()
+    n = 60
+    for i in range(n):
+        bl.add_task(task_id=f"t{i}", source=f"v{i}.mp4", source_kind="local", title=f"T{i}", template="summary",
+                    model="gemini-2.5-flash", output=f"out/{i}.md", output_format="md", origin=f"m.yaml:{i}")
+    for i in range(n):
+        tid = f"t{i}"
+        bl.start_task(tid, attempt_id=f"a{i}", model="gemini-2.5-flash", fingerprint=f"fp{i}", output=f"out/{i}b.md")
+        bl.step(tid, "uploading", worker=4000 + i)
+        bl.upload_finished({"name": f"files/{i}", "uri": "u", "mime_type": "video/mp4", "source": f"v{i}.mp4",
+                            "source_sha256": f"{i:064x}", "source_size": 5, "source_mtime_ns": 7}, task_id=tid)
+        bl.step(tid, "generating")
+        bl.charge_requests("gemini-2.5-flash", 2, "2026-12-02")
+        bl.complete_task(tid, output=f"out/{i}b.md", sha256="ab" * 32, bytes_=10, usage={"total_tokens": 5},
+                         cost_usd=0.25, model_version="m", video_duration=6.0, elapsed=1.0, calls=1,
+                         fingerprint=f"fp{i}", plan={"strategy": "full", "requests": 1})
+        bl.upload_deleted(f"files/{i}", reason="no pending task needs it")
+    bl.close()
+    data = p.read_bytes()
+    first_block = data.index(b"\n", data.index(b'"type":"task_added"')) + 1  # batch_created, run_started, one task
+    monkeypatch.setattr(fastreplay, "_CHUNK", first_block)
+    applied, dict_blocks = [], []
+    real_apply, real_fold = fastreplay.apply, fastreplay.fold
+    monkeypatch.setattr(fastreplay, "apply", lambda st, r: (applied.append(r["type"]), real_apply(st, r))[1])
+    monkeypatch.setattr(fastreplay, "fold", lambda rs, st: (dict_blocks.append(len(rs)), real_fold(rs, st))[1])
+    got = _outcome(p, True, monkeypatch)
+    assert taken[-1] is not None and taken[-1][0] == data.count(b"\n") > 8 * n
+    assert applied == [] and dict_blocks == [3]  # only the first block, which holds batch_created
+    assert got == _outcome(p, False, monkeypatch)
