@@ -37,6 +37,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -60,6 +61,7 @@ except ImportError:  # pragma: no cover - msgspec is an install requirement; the
 # Below this many bytes to read, the reference alone is as quick (a second process costs ~0.1 s
 # to start). 32 MiB is ~120,000 records.
 MIN_BYTES = 32 << 20
+CHECKER_GRACE = 10.0  # seconds the checker may take beyond this process's own time, at least
 _CHUNK = 1 << 16  # 64 KiB: a block's structs stay in cache while they are folded (256 KiB: ~5 % slower, 1 MiB: ~50 %)
 
 
@@ -330,7 +332,7 @@ def replay_lines(path: Path, state: BatchState, start: int, end: int) -> tuple[i
         left = end - start
         carry = b""
         while left > 0:
-            block = fh.read(min(_CHUNK, left))
+            block = fh.read(min(max(_CHUNK, len(carry)), left))  # a very long line: read more at a time
             if not block:
                 raise _Abandon("the journal is shorter than it was")
             left -= len(block)
@@ -421,13 +423,19 @@ def replay(path: Path, state: BatchState, start: int, crc: int, size: int) -> tu
     proc = start_checker(path, start, end, crc)
     if proc is None:
         return None
+    began = time.monotonic()
     try:
-        n, end_folded = replay_lines(path, state, start, end)
-    except Exception:  # noqa: BLE001 - any surprise: the reference decides (and raises its own error)
-        proc.kill()
-        proc.wait()
-        return None
-    verdict = checker_verdict(proc)
+        try:
+            n, end_folded = replay_lines(path, state, start, end)
+        except Exception:  # noqa: BLE001 - any surprise: the reference decides (and raises its own error)
+            return None
+        # The checker does less than this process: by now it is done or nearly. One that is not
+        # after as long again (a stalled disk, a python that is not one) is not waited for.
+        verdict = checker_verdict(proc, timeout=max(CHECKER_GRACE, time.monotonic() - began))
+    finally:
+        if proc.poll() is None:  # also on Ctrl-C: no checker outlives its replay
+            proc.kill()
+            proc.wait()
     if verdict is None or verdict[0] != n or verdict[1] != end_folded:
         return None
     return n, end_folded, verdict[2]

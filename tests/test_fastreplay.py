@@ -250,7 +250,8 @@ def test_a_checker_that_disagrees_sends_replay_to_the_reference(tmp_path, monkey
     _write(p, _legal_journal(rng))
     want = _outcome(p, False, monkeypatch)
     real = fastreplay.checker_verdict
-    monkeypatch.setattr(fastreplay, "checker_verdict", lambda proc: (lambda v: (v[0] - 1, v[1], v[2]))(real(proc)))
+    monkeypatch.setattr(fastreplay, "checker_verdict",
+                        lambda proc, **kw: (lambda v: (v[0] - 1, v[1], v[2]))(real(proc, **kw)))
     assert _outcome(p, True, monkeypatch) == want
     assert taken == [None]
 
@@ -322,3 +323,144 @@ def test_the_writers_own_records_are_folded_as_structs(tmp_path, monkeypatch, ta
     assert taken[-1] is not None and taken[-1][0] == data.count(b"\n") > 8 * n
     assert applied == [] and dict_blocks == [3]  # only the first block, which holds batch_created
     assert got == _outcome(p, False, monkeypatch)
+
+
+def test_a_checker_that_hangs_is_not_waited_for(tmp_path, monkeypatch, taken):
+    """A "python" that never answers (a stalled disk, a frozen binary that is not python): replay
+    waits about as long again as its own work, then kills it and the reference replays."""
+    import os
+    import time
+
+    rng = random.Random(13)
+    p = tmp_path / "j.jsonl"
+    _write(p, _legal_journal(rng))
+    want = _outcome(p, False, monkeypatch)
+    hang = tmp_path / "hang"
+    hang.write_text("#!/bin/sh\necho $$ > \"$(dirname \"$0\")/pid\"\nexec sleep 600\n")
+    hang.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(hang))
+    monkeypatch.setattr(fastreplay, "CHECKER_GRACE", 0.5)
+    t0 = time.monotonic()
+    assert _outcome(p, True, monkeypatch) == want
+    assert time.monotonic() - t0 < 30 and taken == [None]
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not left behind
+        os.kill(pid, 0)
+
+
+def _long_journal(path: Path, min_bytes: int) -> int:
+    """A journal of one-call tasks, at least ``min_bytes`` long; returns its records."""
+    seq = 0
+    ts = "2026-12-02T06:00:00.000Z"
+
+    def rec(type_: str, **fields) -> bytes:
+        nonlocal seq
+        seq += 1
+        return jr.encode_record({"seq": seq, "ts": ts, "type": type_, **fields})
+
+    size = 0
+    with open(path, "wb") as fh:
+        fh.write(rec("batch_created", batch_id="b", manifest="m.yaml", settings={}))
+        i = 0
+        while size < min_bytes:
+            tid = f"{i:016x}"
+            chunk = b"".join([
+                rec("task_added", task_id=tid, source=f"/v/{i}.mp4", title=f"Lecture {i}", template="summary",
+                    model="gemini-2.5-flash", output=f"/o/{i}.md", output_format="md", origin=f"m.yaml:{i}"),
+                rec("task_started", task_id=tid, attempt=1, attempt_id=tid, model="gemini-2.5-flash"),
+                rec("task_completed", task_id=tid, output=f"/o/{i}.md", sha256=f"{i:064x}", bytes=10,
+                    usage={"prompt_tokens": 100}, cost_usd=0.001, model_version="m", video_duration=60.0,
+                    elapsed=1.0, calls=1)])
+            fh.write(chunk)
+            size += len(chunk)
+            i += 1
+    return seq
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _gone(pid: int, within: float) -> bool:
+    import os
+    import time
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # a zombie of a dead parent is reaped by init; ours would show as Z
+            if (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+@pytest.mark.parametrize("how", ["sigterm-group", "sigkill-replay-alone"])
+def test_a_killed_replay_leaves_no_checker_behind(tmp_path, how):
+    """`gsvr-batch replay` of a journal long enough for two cores, killed while its checker runs:
+    SIGTERM to the whole process group (systemd, `timeout`), or SIGKILL to the replaying process
+    alone. Either way the checker is gone within seconds, and nothing was written."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    p = tmp_path / "journal.jsonl"
+    _long_journal(p, fastreplay.MIN_BYTES + (8 << 20))
+    before = sorted(os.listdir(tmp_path)), p.stat().st_size
+    proc = subprocess.Popen([sys.executable, "-m", "gsvr_batch", "replay", str(p)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        kids: list[int] = []
+        while not kids and proc.poll() is None and time.monotonic() < deadline:
+            kids = _children(proc.pid)
+            time.sleep(0.005)
+        if not kids:
+            pytest.skip("the replay ended before its checker was seen (a very fast machine)")
+        if how == "sigterm-group":
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert all(_gone(k, within=30) for k in kids)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert (sorted(os.listdir(tmp_path)), p.stat().st_size) == before
+
+
+@pytest.mark.slow
+def test_the_command_line_replay_of_a_long_journal_is_the_references(tmp_path):
+    """`gsvr-batch replay --json` of a journal past the two-core threshold prints what the same
+    command prints with two-core replay off (in real processes, as users run it)."""
+    import subprocess
+
+    p = tmp_path / "journal.jsonl"
+    records = _long_journal(p, fastreplay.MIN_BYTES + (1 << 20))
+    code = ("import sys; from gsvr_batch import fastreplay; fastreplay.MIN_BYTES = {}; "
+            "from gsvr_batch.cli import cli; cli(sys.argv[1:])")
+    outs = []
+    for min_bytes in (fastreplay.MIN_BYTES, 1 << 62):
+        r = subprocess.run([sys.executable, "-c", code.format(min_bytes), "replay", str(p), "--json"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        outs.append(json.loads(r.stdout))
+    assert outs[0] == outs[1]
+    assert outs[0]["records"] == records and outs[0]["counts"]["completed"] == (records - 1) // 3
