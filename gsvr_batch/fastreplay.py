@@ -61,19 +61,24 @@ except ImportError:  # pragma: no cover - msgspec is an install requirement; the
 # Below this many bytes to read, the reference alone is as quick (a second process costs ~0.1 s
 # to start). 32 MiB is ~120,000 records.
 MIN_BYTES = 32 << 20
+ENV = "GSVR_BATCH_TWO_CORE_REPLAY"  # off: never; always: any length (tests, torture); else auto
 CHECKER_GRACE = 10.0  # seconds the checker may take beyond this process's own time, at least
 _CHUNK = 1 << 16  # 64 KiB: a block's structs stay in cache while they are folded (256 KiB: ~5 % slower, 1 MiB: ~50 %)
 
 
 def usable(n_bytes: int) -> bool:
-    """Whether replaying ``n_bytes`` of journal this way is worth it here."""
-    if msgspec is None or n_bytes < MIN_BYTES:
+    """Whether to replay ``n_bytes`` of journal this way here."""
+    mode = os.environ.get(ENV, "auto").strip().lower()
+    if msgspec is None or mode == "off" or n_bytes <= 0:
         return False
+    if mode == "always":
+        return True
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         cpus = os.cpu_count() or 1
-    return cpus >= 2  # on one core the checker would only take turns with the fold
+    # On one core the checker would only take turns with the fold.
+    return n_bytes >= MIN_BYTES and cpus >= 2
 
 
 # -- the structs: the writer's record shapes (lifecycle.BatchLog) -------------------------------

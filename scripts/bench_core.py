@@ -24,7 +24,8 @@ Sections (docs/BENCHMARKS.md explains each figure):
 * ``replay`` — one synthetic journal of 1,000,001 records (``batch_created`` then per task
   ``task_added``, ``task_started``, ``task_step`` x3, ``upload_finished``, ``task_completed``,
   ``upload_deleted``: the shapes today's manager writes), written once by this script and replayed
-  by both trees without a snapshot.
+  by both trees without a snapshot (the after tree on two cores: ``fastreplay``; each of its two
+  halves is also timed alone).
 * ``overhead`` — N tasks through the full runner (``run_batch``: journal with fsync, events,
   progress quiet, snapshots) against the same ``pipeline.run_task`` calls through a bare
   ``ProcessPoolExecutor.map`` (same ``init_worker``, same shared rate limiter, no journal),

@@ -464,3 +464,13 @@ def test_the_command_line_replay_of_a_long_journal_is_the_references(tmp_path):
         outs.append(json.loads(r.stdout))
     assert outs[0] == outs[1]
     assert outs[0]["records"] == records and outs[0]["counts"]["completed"] == (records - 1) // 3
+
+
+def test_the_environment_turns_it_off_or_on_for_any_length(monkeypatch):
+    monkeypatch.setattr(fastreplay.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setenv(fastreplay.ENV, "off")
+    assert not fastreplay.usable(10 * fastreplay.MIN_BYTES)
+    monkeypatch.setenv(fastreplay.ENV, "always")
+    assert fastreplay.usable(1) and not fastreplay.usable(0)
+    monkeypatch.setenv(fastreplay.ENV, "auto")
+    assert fastreplay.usable(fastreplay.MIN_BYTES) and not fastreplay.usable(1)
