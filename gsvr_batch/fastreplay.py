@@ -375,12 +375,16 @@ def _dicts(buf: bytes) -> list[dict[str, Any]]:
 
 def start_checker(path: Path, start: int, end: int, crc: int) -> subprocess.Popen[bytes] | None:
     """``journal.check_lines`` over ``[start, end)`` in a second process, or None if it cannot start."""
+    if not sys.executable:  # embedded without an interpreter to start
+        return None
+    # -E -s: no PYTHON* variables, no user site; this package's own folder first (before the cwd
+    # that -c puts on the path), so a clone at another path checks with its own code.
     root = str(Path(__file__).resolve().parent.parent)
     code = f"import sys; sys.path.insert(0, {root!r}); from gsvr_batch.fastreplay import _checker_main; _checker_main()"
     try:
         return subprocess.Popen([sys.executable, "-E", "-s", "-c", code, os.fspath(path), str(start), str(end), str(crc)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):
         return None
 
 

@@ -234,12 +234,13 @@ def test_records_appended_while_it_runs_are_read_after_it(tmp_path, monkeypatch,
     assert taken[-1] is not None and taken[-1][0] == k
 
 
-def test_without_its_checker_the_reference_replays(tmp_path, monkeypatch, taken):
+@pytest.mark.parametrize("python", ["no-such-python", "", None])
+def test_without_its_checker_the_reference_replays(tmp_path, monkeypatch, taken, python):
     rng = random.Random(11)
     p = tmp_path / "j.jsonl"
     _write(p, _legal_journal(rng))
     want = _outcome(p, False, monkeypatch)
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / python) if python else python)
     assert _outcome(p, True, monkeypatch) == want
     assert taken == [None]
 
