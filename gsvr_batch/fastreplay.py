@@ -1,4 +1,4 @@
-"""Replay of a long journal on two cores (issue 12): the same state as the reference, sooner.
+"""Replay of a long journal on two cores (issue 12): the same result as the reference, sooner.
 
 The reference replay is :func:`lifecycle._replay`: ``journal.iter_batches`` checks and decodes
 every line, ``state.fold`` applies it. It decides everything, and nothing here changes what it
@@ -11,29 +11,32 @@ decides. This module reaches the same state for a long journal (a lost snapshot,
   :func:`fold_structs`. It applies the writer's usual shape of the seven common record types
   itself; every other record, and every record off that shape, is handed to ``state.apply`` as
   the dict the reference would have made. A block the structs do not fit (another record type,
-  an unknown field) is decoded line by line into dicts and folded with ``state.fold``;
-* **a second process** (``python -m gsvr_batch.fastreplay``) runs ``journal.check_lines`` over
-  the same bytes: every line's checksum, exactly as the reference reader checks it, and the
-  prefix digest the next snapshot will carry (invariant 14).
+  a field the writer does not write, a ``seq`` that is not an integer) is decoded line by line
+  into dicts and folded with ``state.fold``. Every block must decode to one value per line;
+* **a second process** (``python -I -c``, :func:`journal.check_lines`) reads the same bytes and
+  checks every line's checksum exactly as the reference reader checks it, and that the line
+  begins a record as the writer begins one; it also computes the prefix digest the next snapshot
+  will carry (invariant 14).
 
-The result is taken only if both finish and the checker found all the lines this process folded
-good, as many as it folded, up to the same offset. Anything else — a damaged line, a torn tail
-before that point, a value msgspec refuses (NaN), a sequence gap, an illegal transition, any
-exception, the checker not starting — throws this state away, and the reference replays the
-journal from the start and decides, with its own errors and messages. Records appended after
-that point (a live run's) and a torn tail after it are read by the reference reader, which goes
-on from where this stopped exactly as it goes on from a snapshot.
+The result is taken only if both finish and the checker found good exactly the lines this
+process folded, one record each, up to the same offset. Anything else — a damaged line (also one
+whose damage still decodes), a torn tail before that point, a value msgspec refuses (NaN), a
+sequence gap, an illegal transition, any exception, a checker that does not start or answer —
+throws this state away, and the reference replays the journal from the start and decides, with
+its own errors and messages. Records appended after that point (a live run's) and a torn tail
+after it are read by the reference reader, which goes on from where this stopped exactly as it
+goes on from a snapshot.
 
 Why the struct fold may be trusted to equal ``state.apply``: for each record type it handles it
 makes the checks of that type's handler in ``state.py`` and the same assignments, and it hands
 over (to ``apply``, with the record as a dict) every record it does not fully check — so an
 illegal record always meets ``apply``'s own check. ``tests/test_fastreplay.py`` compares the two
-on random legal histories and on damaged journals.
+on random legal histories, on damaged journals and on lines with forged checksums.
 """
-
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -43,6 +46,7 @@ from typing import Any, Optional, Union
 
 from . import journal as jr
 from .state import (
+    _ADDED_FIELDS,
     _COMPLETED,
     _PENDING,
     _RUNNING,
@@ -52,6 +56,8 @@ from .state import (
     apply,
     fold,
 )
+
+log = logging.getLogger("gsvr_batch.journal")
 
 try:
     import msgspec
@@ -86,17 +92,21 @@ def usable(n_bytes: int) -> bool:
 if msgspec is not None:
     UNSET: Any = msgspec.UNSET
 
-    # Each struct declares the fields its handler in state.py reads, and only those: the decoder
-    # skips the others (``crc`` is the checker's; ``reason`` of a deleted upload is for people).
+    # Each struct declares every field the writer writes for its type (and ``crc``), and any other
+    # makes the block take the dict path (forbid_unknown_fields): a field is never skipped
+    # unread, so every byte of a line is decoded and checked as the reference decodes it, and a
+    # key a handler starts to read can never be dropped here unnoticed
+    # (tests/test_fastreplay.py checks that the writer's own records fit the structs).
     # A field the handler reads with ``r.get(key)`` defaults to None (missing and null mean the
     # same to it); one it reads otherwise — subscript, ``get`` with a default, ``in`` — defaults
     # to UNSET, so that "missing" is still told apart.
 
     # gc=False: a struct lives for one block and holds no cycle (what JSON makes cannot have one),
     # so the collector need not track it (~10 % of the decoding).
-    class _Rec(msgspec.Struct, tag_field="type", gc=False):
+    class _Rec(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, gc=False):
         seq: int  # typed: a record whose seq is missing or not an int makes its block take the dict path
         ts: Any = None
+        crc: Any = None  # the checker's: decoded (and so checked as JSON) but not read
 
     class TaskAdded(_Rec, tag="task_added"):
         task_id: Any = UNSET
@@ -124,10 +134,13 @@ if msgspec is not None:
         worker: Any = None
 
     class UploadFinished(_Rec, tag="upload_finished"):
-        upload: Any = UNSET  # (and task_id, which the handler does not read)
+        upload: Any = UNSET
+        task_id: Any = None  # not read by the handler
 
     class UploadDeleted(_Rec, tag="upload_deleted"):
-        name: Any = None  # (and reason)
+        name: Any = None
+        reason: Any = None  # not read by the handler
+        task_id: Any = None  # not written today; earlier versions (and bench_core) did
 
     class TaskCompleted(_Rec, tag="task_completed"):
         task_id: Optional[str] = None
@@ -158,6 +171,9 @@ if msgspec is not None:
     _TAGS = {kind: kind.__struct_config__.tag for kind in _KINDS}
 
 
+_HEAD = frozenset({"seq", "ts", "crc"})
+
+
 def as_dict(r: Any) -> dict[str, Any]:
     """The record as a dict for ``state.apply``: what the line said, in the terms its handler reads."""
     d: dict[str, Any] = {"seq": r.seq, "ts": r.ts}
@@ -169,8 +185,7 @@ def as_dict(r: Any) -> dict[str, Any]:
     return d
 
 
-_HEAD = frozenset({"seq", "ts"})
-_ADDED_OPTIONAL = ("source_kind", "title", "template", "model", "output", "output_format", "origin")
+_ADDED_OPTIONAL = tuple(sorted(_ADDED_FIELDS - {"task_id", "source"}))  # what a task_added may also set
 _NUMBER = (int, float)
 
 
@@ -328,9 +343,14 @@ class _Abandon(Exception):
     """This way cannot vouch for the result: the reference replays."""
 
 
-def replay_lines(path: Path, state: BatchState, start: int, end: int) -> tuple[int, int]:
+def replay_lines(path: Path, state: BatchState, start: int, end: int) -> int:
     """Decode and fold the lines of ``[start, end)`` (``end`` just after a newline) into
-    ``state``. Returns ``(records, offset after the last)``. Raises on anything unusual."""
+    ``state``; return how many. Raises on anything unusual.
+
+    Each block must decode to exactly one value per line: msgspec reads values across newlines
+    and several on a line, the reference one record per line. (With the checker's rule that every
+    line starts a record, that also rules out a value spread over two lines.)
+    """
     n = 0
     with open(path, "rb", buffering=0) as fh:
         fh.seek(start)
@@ -346,18 +366,22 @@ def replay_lines(path: Path, state: BatchState, start: int, end: int) -> tuple[i
             carry = buf[cut:]
             if not cut:
                 continue  # a line longer than a block: read on
+            lines = buf.count(b"\n", 0, cut)
             try:
                 records = _STRUCTS.decode_lines(memoryview(buf)[:cut])
-            except msgspec.ValidationError:  # another record type, or a field the structs lack
-                dicts = _dicts(buf[:cut])
-                fold(dicts, state)
-                n += len(dicts)
-                continue
-            fold_structs(records, state)
-            n += len(records)
+            except msgspec.ValidationError:  # another record type, a field the writer does not write, a seq not an int
+                records = _dicts(buf[:cut])
+                if len(records) != lines:
+                    raise _Abandon("not one record per line") from None
+                fold(records, state)
+            else:
+                if len(records) != lines:
+                    raise _Abandon("not one record per line")
+                fold_structs(records, state)
+            n += lines
         if carry:
             raise _Abandon("no newline at the end")
-    return n, end
+    return n
 
 
 def _dicts(buf: bytes) -> list[dict[str, Any]]:
@@ -377,37 +401,38 @@ def start_checker(path: Path, start: int, end: int, crc: int) -> subprocess.Pope
     """``journal.check_lines`` over ``[start, end)`` in a second process, or None if it cannot start."""
     if not sys.executable:  # embedded without an interpreter to start
         return None
-    # -E -s: no PYTHON* variables, no user site; this package's own folder first (before the cwd
-    # that -c puts on the path), so a clone at another path checks with its own code.
+    # -I: no PYTHON* variables, no user site, and neither the cwd nor a script's folder on the path
+    # (a json.py where replay runs must not run); this package's folder is put first by hand, so a
+    # clone at another path checks with its own code. -B when this process writes no bytecode.
     root = str(Path(__file__).resolve().parent.parent)
-    code = f"import sys; sys.path.insert(0, {root!r}); from gsvr_batch.fastreplay import _checker_main; _checker_main()"
+    code = f"import sys; sys.path.insert(0, {root!r}); from gsvr_batch.journal import _check_lines_main; _check_lines_main()"
+    argv = [sys.executable, "-I", *(["-B"] if sys.dont_write_bytecode else []), "-c", code,
+            os.fspath(path), str(start), str(end), str(crc)]
     try:
-        return subprocess.Popen([sys.executable, "-E", "-s", "-c", code, os.fspath(path), str(start), str(end), str(crc)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    except (OSError, ValueError, TypeError):
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("replay on one core: its checksum process could not start (%s)", exc)
         return None
 
 
 def checker_verdict(proc: subprocess.Popen[bytes], timeout: float = 600.0) -> tuple[int, int, int] | None:
-    """The checker's ``(lines, good_end, crc)``, or None if it failed."""
+    """The checker's ``(lines, good_end, crc)``, or None if it failed (which is said: replay is
+    then the slower reference, and whoever wonders why should find out)."""
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait()
-        return None
-    if proc.returncode != 0:
+        proc.communicate()
+        log.warning("replay on one core: its checksum process did not answer within %.0f s", timeout)
         return None
     try:
+        if proc.returncode != 0:
+            raise ValueError(f"exit {proc.returncode}")
         lines, good_end, crc = json.loads(out)
         return int(lines), int(good_end), int(crc)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError) as exc:
+        log.warning("replay on one core: its checksum process failed (%s)", exc)
         return None
-
-
-def _checker_main() -> None:
-    path, start, end, crc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    sys.stdout.write(json.dumps(jr.check_lines(path, start, end, crc)))
 
 
 def replay(path: Path, state: BatchState, start: int, crc: int, size: int) -> tuple[int, int, int] | None:
@@ -435,7 +460,7 @@ def replay(path: Path, state: BatchState, start: int, crc: int, size: int) -> tu
     began = time.monotonic()
     try:
         try:
-            n, end_folded = replay_lines(path, state, start, end)
+            n = replay_lines(path, state, start, end)
         except Exception:  # noqa: BLE001 - any surprise: the reference decides (and raises its own error)
             return None
         # The checker does less than this process: by now it is done or nearly. One that is not
@@ -445,6 +470,8 @@ def replay(path: Path, state: BatchState, start: int, crc: int, size: int) -> tu
         if proc.poll() is None:  # also on Ctrl-C: no checker outlives its replay
             proc.kill()
             proc.wait()
-    if verdict is None or verdict[0] != n or verdict[1] != end_folded:
+        if proc.stdout is not None:
+            proc.stdout.close()
+    if verdict is None or verdict[0] != n or verdict[1] != end:
         return None
-    return n, end_folded, verdict[2]
+    return n, end, verdict[2]

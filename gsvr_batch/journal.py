@@ -150,6 +150,7 @@ _TAIL = itemgetter(slice(-CRC_SUFFIX_LEN, None))
 _BODY_AND_COMMA = itemgetter(slice(None, -(CRC_SUFFIX_LEN - 1)))
 _SEQ = itemgetter("seq")
 _PLUS_ONE = (1).__add__  # a line's length plus its newline
+_NEXT_RECORD = b"\n" + RECORD_START
 _CHUNK = 1 << 18  # bytes read and split at a time (then handed out in batches)
 
 
@@ -305,9 +306,11 @@ def check_lines(path: str | os.PathLike[str], start: int, end: int, crc: int = 0
     Returns ``(lines, good_end, crc)``: the lines before the first whose checksum is wrong (or all
     of them), the offset just after the last of them, and ``crc`` carried over their bytes (the
     prefix digest). The checksum is checked as the reader checks it (:func:`_checksums_ok` for a
-    whole group, else :func:`checksum_ok` line by line); whether a line is a JSON record is left
-    to whoever decodes it. This is the checking half of :func:`iter_batches` without its records:
-    ``fastreplay`` runs it in a second process while the first one decodes and folds.
+    whole group, else :func:`checksum_ok` line by line), and the line must begin as the writer
+    begins every record (``{"seq":``; the reader takes other orders, this does not, so no record
+    can be spread over two lines here). Whether a line is a JSON record is left to whoever decodes
+    it. This is the checking half of :func:`iter_batches` without its records: ``fastreplay``
+    runs it in a second process while the first one decodes and folds.
     """
     lines_ok = 0
     good_end = start
@@ -326,12 +329,16 @@ def check_lines(path: str | os.PathLike[str], start: int, end: int, crc: int = 0
             pos = 0  # in buf
             for i in range(0, len(lines), 1024):
                 group = lines[i:i + 1024]
-                if _checksums_ok(group):
+                # Every line begins a record: the group's first, and one after each newline inside
+                # it (a line holds no raw newline, so each b'\n{"seq":' there is a line's start).
+                whole = sum(map(len, group)) + len(group)
+                if (_checksums_ok(group) and buf.startswith(RECORD_START, pos)
+                        and buf.count(_NEXT_RECORD, pos, pos + whole - 1) == len(group) - 1):
                     ok = len(group)
                 else:
                     ok = 0
                     for line in group:
-                        if not checksum_ok(line):
+                        if not (checksum_ok(line) and line.startswith(RECORD_START)):
                             break
                         ok += 1
                 size = sum(map(len, group[:ok])) + ok
@@ -342,6 +349,15 @@ def check_lines(path: str | os.PathLike[str], start: int, end: int, crc: int = 0
                 if ok < len(group):
                     return lines_ok, good_end, crc
     return lines_ok, good_end, crc
+
+
+def _check_lines_main() -> None:
+    """``python -c`` entry of :func:`check_lines` (fastreplay's second process): arguments PATH
+    START END CRC, the verdict printed as one JSON array."""
+    import sys
+
+    path, start, end, crc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    sys.stdout.write(json.dumps(check_lines(path, start, end, crc)))
 
 
 def _decode_lines(lines: list[bytes], expect_seq: int | None, offset: int

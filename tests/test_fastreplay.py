@@ -259,8 +259,9 @@ def test_a_checker_that_disagrees_sends_replay_to_the_reference(tmp_path, monkey
 
 @pytest.mark.parametrize("seed", range(40))
 def test_check_lines_is_the_readers_verdict(tmp_path, monkeypatch, seed):
-    """The checker's half: the lines whose checksums are right, from the start on, their end and
-    digest, in any block size. (Whether they are records is the decoding process's half.)"""
+    """The checker's half: the lines whose checksums are right and that begin as the writer begins a
+    record, from the start on, their end and digest, in any block size. (Whether they are records
+    is the decoding process's half.)"""
     rng = random.Random(2000 + seed)
     p = tmp_path / "j.jsonl"
     data = _damage(rng, _write(p, _legal_journal(rng)))
@@ -271,7 +272,7 @@ def test_check_lines_is_the_readers_verdict(tmp_path, monkeypatch, seed):
     lines, good_end, crc = jr.check_lines(p, start, end, 99)
     want_lines, want_end = 0, start
     for line in data[start:end].split(b"\n")[:-1]:
-        if not jr.checksum_ok(line):
+        if not (jr.checksum_ok(line) and line.startswith(jr.RECORD_START)):
             break
         want_lines += 1
         want_end += len(line) + 1
@@ -475,3 +476,85 @@ def test_the_environment_turns_it_off_or_on_for_any_length(monkeypatch):
     assert fastreplay.usable(1) and not fastreplay.usable(0)
     monkeypatch.setenv(fastreplay.ENV, "auto")
     assert fastreplay.usable(fastreplay.MIN_BYTES) and not fastreplay.usable(1)
+
+
+def _forged(body: bytes) -> bytes:
+    """``body`` (the line without its closing brace) with a checksum that matches it, as a line:
+    what only a hand, not the writer, makes — the reader must still judge it as the reference does."""
+    return body + b',"crc":"%08x"}\n' % jr.zlib.crc32(body + b"}")
+
+
+def _with_head(tmp_path: Path, tail: list[bytes], n: int = 40) -> Path:
+    recs = [{"seq": 1, "ts": "t", "type": "batch_created", "batch_id": "b", "settings": {}}]
+    for i in range(2, n):
+        recs.append({"seq": i, "ts": "t", "type": "upload_finished", "upload": {"name": f"files/{i}"}})
+    p = tmp_path / "j.jsonl"
+    p.write_bytes(b"".join(jr.encode_record(r) for r in recs) + b"".join(tail))
+    return p
+
+
+@pytest.mark.parametrize("case", ["spread-over-two-lines", "two-on-one-line", "bad-utf8-unread-field",
+                                  "long-int-unread-field", "bad-utf8-last", "bad-utf8-declared-field",
+                                  "a-reordered-record"])
+def test_lines_only_a_hand_makes_are_judged_as_the_reference_judges_them(tmp_path, monkeypatch, taken, case):
+    """Found by review: msgspec reads values across newlines and several on a line, and would skip
+    a field no struct declares without checking its bytes. Lines with forged checksums of each kind
+    give the reference's replay (which calls them damage, or a torn tail when last)."""
+    n = 40
+
+    def more(seq: int) -> bytes:  # a good record after the odd ones, numbered on from what they claim
+        return jr.encode_record({"seq": seq, "ts": "t", "type": "upload_deleted", "name": "files/3"})
+
+    tail = {
+        "spread-over-two-lines": [
+            _forged(b'{"seq":%d,"ts":"t","type":"upload_deleted","name":"files/2","junk":{"k":1' % n),
+            _forged(b' '),
+            _forged(b'{"seq":%d,"ts":"t","type":"upload_deleted","name":"a","crc":"00000000"} '
+                    b'{"seq":%d,"ts":"t","type":"upload_deleted","name":"b"' % (n + 1, n + 2)), more(n + 3)],
+        "two-on-one-line": [
+            _forged(b'{"seq":%d,"ts":"t","type":"upload_deleted","name":"a","crc":"00000000"} '
+                    b'{"seq":%d,"ts":"t","type":"upload_deleted","name":"b"' % (n, n + 1)), more(n + 2)],
+        "bad-utf8-unread-field": [_forged(b'{"seq":%d,"ts":"t","type":"upload_deleted","name":"x","junk":"\xff"' % n),
+                                  more(n + 1)],
+        "long-int-unread-field": [_forged(b'{"seq":%d,"ts":"t","type":"upload_deleted","name":"x","junk":%s'
+                                          % (n, b"1" * 5000)), more(n + 1)],
+        "bad-utf8-last": [_forged(b'{"seq":%d,"ts":"t","type":"upload_deleted","name":"x","junk":"\xff"' % n)],
+        "bad-utf8-declared-field": [_forged(b'{"seq":%d,"ts":"t","type":"upload_deleted","name":"x","reason":"\xff"'
+                                            % n), more(n + 1)],
+        "a-reordered-record": [_forged(b'{"ts":"t","seq":%d,"type":"upload_deleted","name":"files/2"' % n)],
+    }[case]
+    p = _with_head(tmp_path, tail, n)
+    # The first block holds batch_created alone (it is no struct): the odd lines meet the structs.
+    monkeypatch.setattr(fastreplay, "_CHUNK", p.read_bytes().index(b"\n") + 1)
+    assert _outcome(p, True, monkeypatch) == _outcome(p, False, monkeypatch)
+    assert taken == [None]  # not vouched for: the reference replayed
+
+
+def test_a_snapshot_that_does_not_end_where_it_says_is_the_references_to_report(tmp_path, monkeypatch, taken):
+    p = _with_head(tmp_path, [], 60)
+    data = p.read_bytes()
+    k = 30
+    offset = sum(len(line) + 1 for line in data.split(b"\n")[:k])
+    head = BatchState()
+    for line in data.split(b"\n")[:k]:
+        apply(head, jr.decode_line(line))
+    head.last_seq = 0  # the snapshot's state says nothing was folded; its seq says k
+    jr.write_snapshot(p, head.to_dict(), k, offset, data[offset - 11:offset - 3].decode(), jr.zlib.crc32(data[:offset]))
+    want = _outcome(p, False, monkeypatch, use_snapshot=True)
+    assert _outcome(p, True, monkeypatch, use_snapshot=True) == want
+    assert taken == []  # not even tried
+
+
+def test_the_checker_runs_no_code_from_where_replay_is_run(tmp_path, monkeypatch, taken):
+    """A json.py (or any module) in the working directory must not run in the checker (`-I`)."""
+    rng = random.Random(21)
+    p = tmp_path / "j.jsonl"
+    _write(p, _legal_journal(rng))
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("json", "zlib", "struct", "gsvr_batch"):
+        (work / f"{name}.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'a').write({name!r})\n")
+    monkeypatch.chdir(work)
+    want = _outcome(p, False, monkeypatch)
+    assert _outcome(p, True, monkeypatch) == want
+    assert taken[-1] is not None and not (tmp_path / "ran").exists()
