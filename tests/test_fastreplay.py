@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_journal import damage_a_line
 from test_state import _history, _random_record
 
 from gsvr_batch import fastreplay
@@ -121,41 +122,23 @@ def test_fold_structs_is_apply_record_by_record(seed):
 
 
 def _damage(rng: random.Random, data: bytes) -> bytes:
-    """One kind of damage (or a value only json reads) somewhere in a journal."""
+    """One kind of damage (test_journal's kinds), or a value only json reads, or a torn tail."""
     lines = data.split(b"\n")[:-1]
-    i = rng.randrange(len(lines))
-    line = bytearray(lines[i])
-    how = rng.randrange(11)
-    if how == 0:
-        line[rng.randrange(len(line))] ^= 1 << rng.randrange(8)
-    elif how == 1:
-        del line[rng.randrange(len(line))]
-    elif how == 2:
-        line[-10:-2] = line[-10:-2].upper()  # int(hex, 16) still reads it: not damage
-    elif how == 3:
-        line = bytearray()  # a blank line
-    elif how == 4:
-        j = rng.randrange(len(lines))
-        lines[i], lines[j] = lines[j], lines[i]  # out of sequence
-    elif how == 5:
-        lines.insert(i, lines[i])  # a record twice
-    elif how == 6:  # JSON with a good checksum, but not a record
-        body = b'{"seq":%d}' % (i + 1)
-        line = bytearray(body[:-1] + b',"crc":"%08x"}' % jr.zlib.crc32(body))
-    elif how == 7:  # a value msgspec refuses and json reads (the writer's json can write NaN)
-        rec = jr.decode_line(bytes(line))
+    how = rng.randrange(5)
+    if how == 0:  # a value msgspec refuses and json reads (the writer's json can write NaN)
+        i = rng.randrange(len(lines))
+        rec = jr.decode_line(lines[i])
         rec["cost_usd"] = float("nan")
-        line = bytearray(jr.encode_record(rec)[:-1])
-    elif how == 8:  # a torn tail: the last line cut short, no newline
-        cut = lines[-1][: rng.randrange(1, len(lines[-1]))]
-        return b"\n".join(lines[:-1]) + b"\n" + cut
-    elif how == 9:  # an integer beyond 64 bits (exact in both readers now)
-        rec = jr.decode_line(bytes(line))
+        lines[i] = jr.encode_record(rec)[:-1]
+    elif how == 1:  # an integer beyond 64 bits (exact in both readers)
+        i = rng.randrange(len(lines))
+        rec = jr.decode_line(lines[i])
         rec["bytes"] = 2**70 + 1
-        line = bytearray(jr.encode_record(rec)[:-1])
+        lines[i] = jr.encode_record(rec)[:-1]
+    elif how == 2:  # a torn tail: the last line cut short, no newline
+        return b"\n".join(lines[:-1]) + b"\n" + lines[-1][: rng.randrange(1, len(lines[-1]))]
     else:
-        line = line + b"\r"
-    lines[i] = bytes(line)
+        damage_a_line(rng, lines)
     return b"\n".join(lines) + b"\n"
 
 

@@ -327,6 +327,40 @@ def _reference_read(data: bytes, expect_seq: int | None) -> tuple[list, list[int
             expect_seq += 1
 
 
+def damage_a_line(rng, lines: list[bytes]) -> None:
+    """One kind of damage to one of ``lines`` (without their newlines), in place: a flipped bit, a
+    byte gone, upper-case checksum digits (not damage), a blank or white line, two lines swapped, a
+    line twice, JSON with a good checksum that is no record, a checksum under another key, a CR."""
+    i = rng.randrange(len(lines))
+    line = bytearray(lines[i])
+    how = rng.randrange(10)
+    if how == 0 and line:
+        line[rng.randrange(len(line))] ^= 1 << rng.randrange(8)
+    elif how == 1 and line:
+        del line[rng.randrange(len(line))]
+    elif how == 2:
+        line[-10:-2] = line[-10:-2].upper()  # int(hex, 16) still reads it: not damage
+    elif how == 3:
+        line = bytearray()  # a blank line
+    elif how == 4:
+        line = bytearray(b"  \t ")
+    elif how == 5:
+        j = rng.randrange(len(lines))
+        lines[i], lines[j] = lines[j], lines[i]  # out of sequence
+    elif how == 6:
+        lines.insert(i, lines[i])  # a record twice
+    elif how == 7:  # JSON with a good checksum, but not a record
+        body = b'{"seq":%d}' % (i + 1)
+        line = bytearray(body[:-1] + b',"crc":"%08x"}' % jr.zlib.crc32(body))
+    elif how == 8:  # a good checksum under another key (and a "crc" inside the body)
+        body = bytes(line[:-18]) + b',"crc":"x"}'
+        line = bytearray(body[:-1] + b',"crd":"%08x"}' % jr.zlib.crc32(body))
+    else:
+        line = line + b"\r"
+    if how not in (5, 6):
+        lines[i] = bytes(line)
+
+
 def _damaged_journal(rng) -> bytes:
     """A journal of every shape of value the writer can write, then a few kinds of damage."""
     recs = []
@@ -347,34 +381,7 @@ def _damaged_journal(rng) -> bytes:
         recs.append(jr.encode_record(rec))
     lines = [line[:-1] for line in recs]
     for _ in range(rng.choice([0, 0, 1, 1, 2, 3])):
-        i = rng.randrange(len(lines))
-        line = bytearray(lines[i])
-        how = rng.randrange(10)
-        if how == 0 and line:
-            line[rng.randrange(len(line))] ^= 1 << rng.randrange(8)
-        elif how == 1 and line:
-            del line[rng.randrange(len(line))]
-        elif how == 2:
-            line[-10:-2] = line[-10:-2].upper()  # int(hex, 16) still reads it: not damage
-        elif how == 3:
-            line = bytearray()  # a blank line
-        elif how == 4:
-            line = bytearray(b"  \t ")
-        elif how == 5:
-            j = rng.randrange(len(lines))
-            lines[i], lines[j] = lines[j], lines[i]  # out of sequence
-        elif how == 6:
-            lines.insert(i, lines[i])  # a record twice
-        elif how == 7:  # JSON with a good checksum, but not a record
-            body = b'{"seq":%d}' % (i + 1)
-            line = bytearray(body[:-1] + b',"crc":"%08x"}' % jr.zlib.crc32(body))
-        elif how == 8:  # a good checksum under another key (and a "crc" inside the body)
-            body = bytes(line[:-18]) + b',"crc":"x"}'
-            line = bytearray(body[:-1] + b',"crd":"%08x"}' % jr.zlib.crc32(body))
-        else:
-            line = line + b"\r"
-        if how not in (5, 6):
-            lines[i] = bytes(line)
+        damage_a_line(rng, lines)
     data = b"\n".join(lines) + b"\n"
     tail = rng.randrange(6)
     if tail == 0:
