@@ -167,7 +167,6 @@ if msgspec is not None:
 
     _KINDS = (TaskAdded, TaskStarted, TaskStep, UploadFinished, UploadDeleted, TaskCompleted, RequestsCharged)
     _STRUCTS = msgspec.json.Decoder(Union[_KINDS])  # type: ignore[valid-type]
-    _DICTS = msgspec.json.Decoder()
     _TAGS = {kind: kind.__struct_config__.tag for kind in _KINDS}
 
 
@@ -385,16 +384,13 @@ def replay_lines(path: Path, state: BatchState, start: int, end: int) -> int:
 
 
 def _dicts(buf: bytes) -> list[dict[str, Any]]:
-    """The records of a block as the reference reader makes them (``crc`` dropped). What it cannot
-    read that way (NaN, damage) raises: the reference decides."""
-    out = []
-    for line in buf.split(b"\n")[:-1]:
-        rec = _DICTS.decode(line)
-        if type(rec) is not dict or "seq" not in rec or "type" not in rec or "crc" not in rec:
-            raise _Abandon("not a record")
-        del rec["crc"]
-        out.append(rec)
-    return out
+    """The records of a block as the reference reader makes them: its own common way
+    (``journal._decode_group``). What it does not read that way (NaN, damage) raises: the
+    reference decides."""
+    records = jr._decode_group(buf.split(b"\n")[:-1], None)
+    if records is None:
+        raise _Abandon("not read the common way")
+    return records
 
 
 def start_checker(path: Path, start: int, end: int, crc: int) -> subprocess.Popen[bytes] | None:

@@ -341,7 +341,7 @@ def check_lines(path: str | os.PathLike[str], start: int, end: int, crc: int = 0
                         if not (checksum_ok(line) and line.startswith(RECORD_START)):
                             break
                         ok += 1
-                size = sum(map(len, group[:ok])) + ok
+                size = whole if ok == len(group) else sum(map(len, group[:ok])) + ok
                 crc = zlib.crc32(memoryview(buf)[pos:pos + size], crc)
                 pos += size
                 lines_ok += ok
