@@ -78,6 +78,8 @@ def _replay(path: Path, use_snapshot: bool) -> Replay:
         # for its result — from scratch below, by the reference, which then decides.
         fast = fastreplay.replay(path, state, start, crc, size)
         if fast is None:
+            # Loaded again, not reused: the state built from it shares its dicts (uploads,
+            # sources, a task's usage...), which the attempt has changed.
             state, start, first_line, expect, used, last_crc, crc = _replay_start(path, use_snapshot)
         else:
             n, start, crc = fast

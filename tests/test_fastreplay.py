@@ -541,3 +541,27 @@ def test_the_checker_runs_no_code_from_where_replay_is_run(tmp_path, monkeypatch
     want = _outcome(p, False, monkeypatch)
     assert _outcome(p, True, monkeypatch) == want
     assert taken[-1] is not None and not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_damage_after_a_snapshot_replays_as_the_reference_says(tmp_path, monkeypatch, seed):
+    """Damage in the tail a snapshot does not cover, with the snapshot present: the attempt (which
+    changed the state built from the snapshot: uploads, sources, request counts) is thrown away and
+    the reference starts again from the snapshot as it is on disk."""
+    rng = random.Random(3000 + seed)
+    recs = _legal_journal(rng)
+    while len(recs) < 40:
+        recs = _legal_journal(rng)
+    p = tmp_path / "j.jsonl"
+    data = _write(p, recs)
+    k = len(recs) // 3
+    head = BatchState()
+    for r in recs[:k]:
+        apply(head, dict(r))
+    offset = sum(len(jr.encode_record(r)) for r in recs[:k])
+    jr.write_snapshot(p, head.to_dict(), k, offset, data[offset - 11:offset - 3].decode(), jr.zlib.crc32(data[:offset]))
+    tail = _damage(rng, data[offset:])
+    p.write_bytes(data[:offset] + tail)
+    monkeypatch.setattr(fastreplay, "_CHUNK", rng.choice([64, 700, 1 << 16]))
+    want = _outcome(p, False, monkeypatch, use_snapshot=True)
+    assert _outcome(p, True, monkeypatch, use_snapshot=True) == want
